@@ -1,0 +1,126 @@
+"""The ``far-export`` command line. Library code logs; this module decides what users see.
+
+Every error a user can cause is a ``FarError``: printed as one sentence, exit status 2.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import click
+
+from far_runtime.errors import FarError
+
+log = logging.getLogger("far_export")
+
+
+class FarGroup(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except FarError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=FarGroup)
+@click.option("-v", "--verbose", is_flag=True, help="Show debug logging.")
+def main(verbose: bool):
+    """Export FAR/MAR checkpoints to ONNX, build engines, and run/verify/bench the runtime."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(levelname).1s %(name)s: %(message)s")
+
+
+def _fmt_m(n: int) -> str:
+    return f"{n / 1e6:.1f}M"
+
+
+@main.command()
+@click.argument("checkpoint", required=False)
+@click.option("--vae", "vae_path", help="VAE checkpoint ({'model': ...}, state dict or safetensors).")
+@click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True,
+              help="Which weights of a training checkpoint to use.")
+@click.option("--heads", type=int, help="Attention heads, when shapes and metadata cannot tell.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def inspect(checkpoint, vae_path, weights, heads, as_json):
+    """Print the inferred config, parameter counts, head kind, weights used and file hash."""
+    from .checkpoint import load_model_checkpoint, load_vae_checkpoint, param_counts
+    from .defaults import default_paths
+    checkpoint, vae_path = default_paths(checkpoint, vae_path)
+    ck = load_model_checkpoint(checkpoint, weights, heads)
+    vae = load_vae_checkpoint(vae_path) if vae_path else None
+    counts = param_counts(ck.config, vae.config if vae else None)
+    report = {"checkpoint": ck.path, "sha256": ck.sha256, "weights": ck.weights,
+              "head_kind": ck.config.head.kind, "heads_rule": ck.config.backbone.heads_rule,
+              "config": ck.config.to_dict(), "parameters": counts, **ck.extra}
+    if vae:
+        from dataclasses import asdict
+        report["vae"] = {"path": vae.path, "sha256": vae.sha256, "config": asdict(vae.config)}
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    bb, hd = ck.config.backbone, ck.config.head
+    click.echo(f"checkpoint  {ck.path}")
+    click.echo(f"sha256      {ck.sha256}")
+    click.echo(f"weights     {ck.weights}" + (f" (epoch {ck.extra['epoch']})" if "epoch" in ck.extra else ""))
+    click.echo(f"backbone    {_fmt_m(counts['backbone'])} params: width {bb.encoder_width}/{bb.decoder_width}, "
+               f"depth {bb.encoder_depth}+{bb.decoder_depth}, heads {bb.encoder_heads}/{bb.decoder_heads} "
+               f"({bb.heads_rule}), tokens {bb.seq_len}x{bb.token_dim}, buffer {bb.buffer_size}, "
+               f"classes {bb.num_classes}")
+    click.echo(f"head        {_fmt_m(counts['head'])} params: {hd.kind} "
+               f"({'MAR diffusion, ' + str(hd.diffusion_steps) + ' steps' if hd.kind == 'diffusion' else 'FAR shortcut'}), "
+               f"width {hd.width}, depth {hd.depth}, out {hd.out_dim}, prefix {hd.prefix}")
+    if vae:
+        v = vae.config
+        click.echo(f"vae decoder {_fmt_m(counts['vae_decoder'])} params: embed {v.embed_dim}, ch {v.ch}, "
+                   f"ch_mult {v.ch_mult}, res blocks {v.num_res_blocks}, scale {v.scale_factor}, "
+                   f"sha256 {vae.sha256[:16]}")
+
+
+@main.command()
+@click.argument("checkpoint", required=False)
+@click.option("--vae", "vae_path", help="VAE checkpoint.")
+@click.option("--class", "classes", default="0", show_default=True,
+              help="Class label(s), comma-separated; repeated to fill --num.")
+@click.option("--num", default=4, show_default=True, help="Images to generate.")
+@click.option("--K", "num_iter", default=16, show_default=True, help="Autoregressive iterations.")
+@click.option("--O", "head_steps", default=8, show_default=True, help="Shortcut head steps.")
+@click.option("--cfg", default=1.0, show_default=True, help="Classifier-free guidance scale.")
+@click.option("--cfg-schedule", type=click.Choice(["linear", "constant"]), default="linear")
+@click.option("--temperature", default=1.0, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", default="out/reference.png", show_default=True, help="PNG grid to write.")
+def sample(checkpoint, vae_path, classes, num, num_iter, head_steps, cfg, cfg_schedule,
+           temperature, seed, out):
+    """Run the PyTorch reference sampler and write a PNG grid (no export involved)."""
+    from .defaults import default_paths
+    from .reference.pipeline import ReferencePipeline
+    from far_runtime.images import grid, to_uint8, write_png
+    checkpoint, vae_path = default_paths(checkpoint, vae_path)
+    if not vae_path:
+        raise FarError("sample needs a VAE to decode images; pass --vae FILE.")
+    pipe = ReferencePipeline.load(checkpoint, vae_path)
+    labels = parse_labels(classes, num)
+    with click.progressbar(length=num_iter, label="sampling", file=sys.stderr) as bar:
+        images = pipe.generate(labels, num_iter=num_iter, head_steps=head_steps, cfg=cfg,
+                               cfg_schedule=cfg_schedule, temperature=temperature, seed=seed,
+                               progress=lambda it: bar.update(1))
+    write_png(out, grid(to_uint8(images)))
+    click.echo(f"wrote {out}")
+
+
+def parse_labels(classes: str, num: int) -> list[int]:
+    if num < 1:
+        raise FarError(f"--num must be at least 1, got {num}.")
+    try:
+        base = [int(c) for c in str(classes).split(",") if c.strip()]
+    except ValueError:
+        raise FarError(f"--class takes integers separated by commas, got {classes!r}.") from None
+    if not base:
+        raise FarError("--class needs at least one class label.")
+    return [base[i % len(base)] for i in range(num)]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""Model configuration: one dataclass per component, presets, and inference from tensor shapes.
+
+Users pass only files; widths, depths, token sizes and head kind are read off the state dict.
+The one thing shapes cannot tell is the number of attention heads (MAR-H has 16 heads of 80
+dims), so ``attention_heads`` takes it from, in order: the user, the checkpoint's own metadata,
+``args.model`` (mar_base/mar_large/mar_huge), else ``width // 64``, and says which rule it used.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+from far_runtime.errors import FarError
+
+HEAD_PREFIXES = ("head.", "diffloss.net.")
+MAR_HEADS = {"mar_base": 12, "mar_large": 16, "mar_huge": 16}
+DEFAULT_VAE_SCALE = 0.2325
+
+
+@dataclass
+class BackboneConfig:
+    token_dim: int = 16
+    seq_len: int = 256
+    buffer_size: int = 64
+    num_classes: int = 1000
+    encoder_width: int = 768
+    encoder_depth: int = 12
+    encoder_heads: int = 12
+    decoder_width: int = 768
+    decoder_depth: int = 12
+    decoder_heads: int = 12
+    mlp_ratio: float = 4.0
+    heads_rule: str = "preset"
+
+
+@dataclass
+class HeadConfig:
+    kind: str = "diffusion"        # "diffusion" (MAR) or "shortcut" (FAR)
+    width: int = 1024
+    depth: int = 6
+    token_dim: int = 16
+    cond_dim: int = 768
+    out_dim: int = 32
+    freq_dim: int = 256
+    prefix: str = "diffloss.net."
+    diffusion_steps: int = 100     # respaced DDPM steps (diffusion heads only)
+
+
+@dataclass
+class VAEConfig:
+    embed_dim: int = 16
+    z_channels: int = 16
+    ch: int = 128
+    ch_mult: tuple = (1, 1, 2, 2, 4)
+    num_res_blocks: int = 2
+    attn_levels: tuple = ()
+    out_ch: int = 3
+    in_ch: int = 3
+    scale_factor: float = DEFAULT_VAE_SCALE
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+
+@dataclass
+class ModelConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+
+    def to_dict(self) -> dict:
+        return {"backbone": asdict(self.backbone), "head": asdict(self.head)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        return cls(BackboneConfig(**d["backbone"]), HeadConfig(**d["head"]))
+
+
+def vae_config_from_dict(d: dict) -> VAEConfig:
+    d = dict(d)
+    d["ch_mult"] = tuple(d["ch_mult"])
+    d["attn_levels"] = tuple(d["attn_levels"])
+    return VAEConfig(**d)
+
+
+# --- presets -------------------------------------------------------------------------------
+
+_SIZES = {  # width, depth per half, heads, head depth, head width
+    "B": (768, 12, 12, 6, 1024),
+    "L": (1024, 16, 16, 8, 1280),
+    "H": (1280, 20, 16, 12, 1536),
+}
+
+
+def preset(name: str, head_kind: str = "shortcut") -> ModelConfig:
+    """MAR/FAR sizes B, L, H, and ``tiny``/``small`` for tests and demos."""
+    if name in _SIZES:
+        w, d, h, hd, hw = _SIZES[name]
+        bb = BackboneConfig(encoder_width=w, encoder_depth=d, encoder_heads=h,
+                            decoder_width=w, decoder_depth=d, decoder_heads=h)
+    elif name == "tiny":
+        bb = BackboneConfig(token_dim=4, seq_len=16, buffer_size=4, num_classes=10,
+                            encoder_width=32, encoder_depth=1, encoder_heads=2,
+                            decoder_width=32, decoder_depth=1, decoder_heads=2)
+        hd, hw = 2, 32
+    elif name == "small":
+        bb = BackboneConfig(token_dim=16, seq_len=64, buffer_size=16, num_classes=10,
+                            encoder_width=128, encoder_depth=3, encoder_heads=4,
+                            decoder_width=128, decoder_depth=3, decoder_heads=4)
+        hd, hw = 3, 128
+    else:
+        raise FarError(f"Unknown preset {name!r}; choose one of tiny, small, B, L, H.")
+    return ModelConfig(bb, head_config_for(bb, head_kind, hd, hw))
+
+
+def head_config_for(bb: BackboneConfig, kind: str, depth: int, width: int) -> HeadConfig:
+    if kind not in ("shortcut", "diffusion"):
+        raise FarError(f"Head kind must be 'shortcut' or 'diffusion', got {kind!r}.")
+    return HeadConfig(kind=kind, width=width, depth=depth, token_dim=bb.token_dim,
+                      cond_dim=bb.decoder_width,
+                      out_dim=bb.token_dim * (2 if kind == "diffusion" else 1),
+                      prefix="head." if kind == "shortcut" else "diffloss.net.")
+
+
+# --- inference from shapes -----------------------------------------------------------------
+
+def _shape(sd, key):
+    if key not in sd:
+        raise FarError(f"The checkpoint has no tensor {key!r}, so it is not a MAR/FAR model.")
+    return tuple(sd[key].shape)
+
+
+def _count_blocks(sd, prefix: str) -> int:
+    pat = re.compile(re.escape(prefix) + r"(\d+)\.")
+    ids = {int(m.group(1)) for k in sd for m in [pat.match(k)] if m}
+    return max(ids) + 1 if ids else 0
+
+
+def attention_heads(width: int, args=None, metadata: dict | None = None,
+                    user: int | None = None, which: str = "encoder") -> tuple[int, str]:
+    """Number of heads and the rule that gave it (see module docstring)."""
+    if user:
+        rule, n = "user option", user
+    elif metadata and metadata.get(f"{which}_heads"):
+        rule, n = "checkpoint metadata", int(metadata[f"{which}_heads"])
+    elif args is not None and getattr(args, f"{which}_num_heads", None):
+        rule, n = f"args.{which}_num_heads", int(getattr(args, f"{which}_num_heads"))
+    elif args is not None and getattr(args, "model", None) in MAR_HEADS:
+        rule, n = f"args.model={args.model}", MAR_HEADS[args.model]
+    else:
+        rule, n = "width/64", max(1, width // 64)
+    if width % n:
+        raise FarError(f"The {which} width {width} is not divisible by {n} attention heads "
+                       f"(rule: {rule}); pass the right count with --heads.")
+    return n, rule
+
+
+def infer_model_config(sd: dict, args=None, metadata: dict | None = None,
+                       heads: int | None = None) -> ModelConfig:
+    """Backbone and head configuration from a MAR/FAR state dict (tensors or meta tensors)."""
+    if any(k.startswith(("decoder.up.", "encoder.down.")) for k in sd) and "z_proj.weight" not in sd:
+        raise FarError("This file holds a VAE, not a MAR/FAR model; pass it with --vae instead.")
+    E, C = _shape(sd, "z_proj.weight")
+    D, _ = _shape(sd, "decoder_embed.weight")
+    _, L, _ = _shape(sd, "diffusion_pos_embed_learned")
+    _, LB, _ = _shape(sd, "encoder_pos_embed_learned")
+    ncls, _ = _shape(sd, "class_emb.weight")
+    hidden, _ = _shape(sd, "encoder_blocks.0.mlp.fc1.weight")
+    eh, rule = attention_heads(E, args, metadata, heads, "encoder")
+    dh, _ = attention_heads(D, args, metadata, heads, "decoder")
+    bb = BackboneConfig(token_dim=C, seq_len=L, buffer_size=LB - L, num_classes=ncls,
+                        encoder_width=E, encoder_depth=_count_blocks(sd, "encoder_blocks."),
+                        encoder_heads=eh, decoder_width=D,
+                        decoder_depth=_count_blocks(sd, "decoder_blocks."), decoder_heads=dh,
+                        mlp_ratio=hidden / E, heads_rule=rule)
+    prefix = next((p for p in HEAD_PREFIXES if f"{p}input_proj.weight" in sd), None)
+    if prefix is None:
+        raise FarError("The checkpoint has a backbone but no head (no 'head.input_proj.weight' "
+                       "or 'diffloss.net.input_proj.weight').")
+    W, _ = _shape(sd, f"{prefix}input_proj.weight")
+    out, _ = _shape(sd, f"{prefix}final_layer.linear.weight")
+    _, freq = _shape(sd, f"{prefix}time_embed.mlp.0.weight")
+    _, zc = _shape(sd, f"{prefix}cond_embed.weight")
+    kind = "shortcut" if f"{prefix}step_embed.mlp.0.weight" in sd else "diffusion"
+    steps = 100
+    if args is not None and getattr(args, "num_sampling_steps", None):
+        steps = int(args.num_sampling_steps)
+    head = HeadConfig(kind=kind, width=W, depth=_count_blocks(sd, f"{prefix}res_blocks."),
+                      token_dim=C, cond_dim=zc, out_dim=out, freq_dim=freq, prefix=prefix,
+                      diffusion_steps=steps)
+    if zc != D:
+        raise FarError(f"The head's condition width {zc} does not match the backbone's decoder "
+                       f"width {D}.")
+    if out not in (C, 2 * C):
+        raise FarError(f"The head outputs {out} channels; a token has {C}, so expected {C} "
+                       f"(shortcut) or {2 * C} (diffusion with learned variance).")
+    return ModelConfig(bb, head)
+
+
+def infer_vae_config(sd: dict, scale_factor: float = DEFAULT_VAE_SCALE) -> VAEConfig:
+    """LDM KL-VAE decoder configuration from ``decoder.*`` and ``post_quant_conv`` shapes."""
+    if "z_proj.weight" in sd:
+        raise FarError("This file holds a MAR/FAR model, not a VAE; pass the VAE with --vae.")
+    z_ch, embed, _, _ = _shape(sd, "post_quant_conv.weight")
+    n_levels = _count_blocks(sd, "decoder.up.")
+    if n_levels == 0:
+        raise FarError("The VAE file has no 'decoder.up.*' tensors, so it is not an LDM KL-VAE.")
+    widths = [_shape(sd, f"decoder.up.{i}.block.0.conv1.weight")[0] for i in range(n_levels)]
+    from math import gcd
+    ch = 0
+    for w in widths:
+        ch = gcd(ch, w)
+    out_ch, _, _, _ = _shape(sd, "decoder.conv_out.weight")
+    in_ch = sd["encoder.conv_in.weight"].shape[1] if "encoder.conv_in.weight" in sd else 3
+    attn = tuple(i for i in range(n_levels) if f"decoder.up.{i}.attn.0.q.weight" in sd)
+    return VAEConfig(embed_dim=embed, z_channels=z_ch, ch=ch,
+                     ch_mult=tuple(w // ch for w in widths),
+                     num_res_blocks=_count_blocks(sd, "decoder.up.0.block.") - 1,
+                     attn_levels=attn, out_ch=out_ch, in_ch=in_ch, scale_factor=scale_factor)

@@ -1,0 +1,122 @@
+"""The reference sampler: SPEC's loop in PyTorch eager, the ground truth for parity.
+
+All randomness comes from a ``far_runtime.Randomness`` (drawn from one seeded generator, or
+passed in), so the runtime and this sampler can be compared step for step. ``trace`` (when
+given a list) receives the token latent after every iteration, for drift reports.
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch
+
+from far_runtime.ddpm import ddpm_schedule
+from far_runtime.errors import FarError
+from far_runtime.randomness import Randomness, draw_randomness, iteration_indices
+from far_runtime.schedule import cfg_at, mask_schedule
+
+from .backbone import Backbone
+from .heads import SimpleMLPAdaLN
+
+log = logging.getLogger(__name__)
+
+
+def check_head_steps(steps: int) -> None:
+    if not isinstance(steps, int) or steps < 1 or steps > 128 or steps & (steps - 1):
+        raise FarError(f"O (shortcut head steps) must be a power of two in 1..128, got {steps!r}.")
+
+
+def shortcut_sample(head: SimpleMLPAdaLN, noise, z, steps: int, cfg_iter: float | None):
+    """O Euler steps of size d = 1/O from noise to tokens; ``z`` stacks cond over uncond rows
+    when ``cfg_iter`` is given."""
+    x = noise
+    d = 1.0 / steps
+    for i in range(steps):
+        xin = torch.cat([x, x]) if cfg_iter is not None else x
+        v = head.velocity(xin, i * d, d, z)
+        if cfg_iter is not None:
+            v_c, v_u = v.chunk(2)
+            v = v_u + cfg_iter * (v_c - v_u)
+        x = x + v * d
+    return x
+
+
+def diffusion_sample(head: SimpleMLPAdaLN, noise, step_noise, z, sched, cfg_iter, temperature):
+    """MAR's respaced DDPM loop (epsilon prediction, learned-range variance, CFG on eps)."""
+    C = noise.shape[-1]
+    x = noise
+    for j, i in enumerate(reversed(range(sched.steps))):
+        t = torch.full((x.shape[0] * (2 if cfg_iter is not None else 1),),
+                       float(sched.timestep_map[i]), dtype=x.dtype)
+        xin = torch.cat([x, x]) if cfg_iter is not None else x
+        out = head(xin, t, z)
+        eps, var = out[:, :C], out[:, C:]
+        if cfg_iter is not None:
+            e_c, e_u = eps.chunk(2)
+            eps = e_u + cfg_iter * (e_c - e_u)
+            var = var[: x.shape[0]]
+        x0 = sched.sqrt_recip_ac[i] * x - sched.sqrt_recipm1_ac[i] * eps
+        mean = sched.coef1[i] * x0 + sched.coef2[i] * x
+        frac = (var + 1) / 2
+        log_var = frac * sched.log_var_max[i] + (1 - frac) * sched.log_var_min[i]
+        if i > 0:
+            x = mean + torch.exp(0.5 * log_var) * step_noise[j] * temperature
+        else:
+            x = mean
+    return x
+
+
+@torch.no_grad()
+def sample_tokens(backbone: Backbone, head: SimpleMLPAdaLN, labels, num_iter: int = 64,
+                  head_steps: int = 8, cfg: float = 1.0, cfg_schedule: str = "linear",
+                  temperature: float = 1.0, seed: int = 0, randomness: Randomness | None = None,
+                  trace: list | None = None, progress=None) -> torch.Tensor:
+    """K iterations of MAR/FAR sampling; returns the token latents [B, L, C]."""
+    cfg_b = backbone.cfg
+    L, C = cfg_b.seq_len, cfg_b.token_dim
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    B = len(labels)
+    if B < 1:
+        raise FarError("Batch size must be at least 1.")
+    if labels.min() < 0 or labels.max() >= cfg_b.num_classes:
+        raise FarError(f"Class labels must be in 0..{cfg_b.num_classes - 1}, got {labels.tolist()}.")
+    plan = mask_schedule(num_iter, L)
+    diffusion = head.cfg.kind == "diffusion"
+    sched = ddpm_schedule(head.cfg.diffusion_steps) if diffusion else None
+    if not diffusion:
+        check_head_steps(head_steps)
+    if randomness is None:
+        randomness = draw_randomness(seed, B, L, C, sched.steps if diffusion else 0)
+    randomness.check(B, L, C, sched.steps if diffusion else 0)
+    use_cfg = cfg != 1.0
+    rows = 2 * B if use_cfg else B
+    lab = np.concatenate([labels, np.full(B, cfg_b.num_classes)]) if use_cfg else labels
+    lab_t = torch.from_numpy(lab)
+    tokens = torch.zeros(B, L, C)
+    noise_all = torch.from_numpy(randomness.noise)
+    step_all = torch.from_numpy(randomness.step_noise) if diffusion else None
+    bidx = torch.arange(B)[:, None]
+    for it in plan:
+        if it.n_pred > 0:
+            known, pred = iteration_indices(randomness.orders, it.before, it.after)
+            known_t = torch.from_numpy(known).repeat(rows // B, 1)
+            pred_t = torch.from_numpy(pred)
+            tok_in = tokens.repeat(rows // B, 1, 1)
+            z = backbone(tok_in, lab_t, known_t, pred_t.repeat(rows // B, 1))   # [rows, n, D]
+            n = it.n_pred
+            z = z.reshape(rows // B, B, n, -1).reshape(rows * n, -1)
+            cfg_iter = cfg_at(it, cfg, cfg_schedule) if use_cfg else None
+            noise = noise_all[bidx, pred_t].reshape(B * n, C)
+            if diffusion:
+                step = step_all[:, bidx, pred_t].reshape(sched.steps, B * n, C)
+                x = diffusion_sample(head, noise, step, z, sched, cfg_iter, temperature)
+            else:
+                x = shortcut_sample(head, noise * temperature, z, head_steps, cfg_iter)
+            tokens[bidx, pred_t] = x.reshape(B, n, C)
+        if trace is not None:
+            trace.append(tokens.clone())
+        if progress is not None:
+            progress(it)
+    return tokens
