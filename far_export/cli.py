@@ -110,6 +110,150 @@ def sample(checkpoint, vae_path, classes, num, num_iter, head_steps, cfg, cfg_sc
     click.echo(f"wrote {out}")
 
 
+def _head_steps_option(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise FarError(f"--head-steps takes comma-separated integers, got {text!r}.") from None
+
+
+_export_options = [
+    click.option("--vae", "vae_path", help="VAE checkpoint."),
+    click.option("--components", default="backbone,head,vae", show_default=True,
+                 help="Which components to export."),
+    click.option("--head-steps", default="1,2,4,8", show_default=True,
+                 help="O values that get a fused FAR head graph."),
+    click.option("--opset", default=18, show_default=True, help="ONNX opset (>= 18)."),
+    click.option("--exporter", type=click.Choice(["legacy", "dynamo"]), default="legacy", show_default=True),
+    click.option("--max-batch", default=8, show_default=True, help="Largest batch the graphs are validated and profiled for."),
+    click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True),
+    click.option("--heads", type=int, help="Attention heads, when shapes and metadata cannot tell."),
+    click.option("--external-data", is_flag=True, help="Store weights beside each graph even under 2 GB."),
+]
+
+
+def export_options(fn):
+    for opt in reversed(_export_options):
+        fn = opt(fn)
+    return fn
+
+
+def _run_export(checkpoint, vae_path, out, components, head_steps, opset, exporter, max_batch,
+                weights, heads, external_data):
+    from .export.bundle import export_bundle, parse_components
+    manifest = export_bundle(checkpoint, vae_path, out, parse_components(components),
+                             _head_steps_option(head_steps), opset, exporter, max_batch, weights,
+                             heads, external_data, progress=lambda m: click.echo(m, err=True))
+    click.echo(f"wrote {len(manifest['graphs'])} graphs, validation.json, trt_readiness.json and "
+               f"manifest.json to {out}")
+    return manifest
+
+
+@main.command()
+@click.argument("checkpoint", required=False)
+@click.option("--out", default="graphs/default", show_default=True, help="Bundle folder.")
+@export_options
+def export(checkpoint, out, vae_path, **kw):
+    """Export backbone, head and VAE decoder graphs, validate them, and write the manifest."""
+    from .defaults import default_paths
+    checkpoint, vae_path = default_paths(checkpoint, vae_path)
+    _run_export(checkpoint, vae_path, out, **kw)
+
+
+@main.command()
+@click.argument("checkpoint", required=False)
+@click.option("--out", default="graphs/default", show_default=True, help="Bundle folder.")
+@click.option("--precision", type=click.Choice(["fp32"]), default="fp32", show_default=True)
+@click.option("--skip-verify", is_flag=True, help="Do not run verify after exporting.")
+@export_options
+def build(checkpoint, out, precision, skip_verify, vae_path, **kw):
+    """The main job: export + validate, engines where TensorRT exists, then verify."""
+    from .defaults import default_paths
+    checkpoint, vae_path = default_paths(checkpoint, vae_path)
+    _run_export(checkpoint, vae_path, out, **kw)
+    try:
+        import tensorrt  # noqa: F401
+        click.echo("engines: TensorRT found, but engine building is not part of this build yet; "
+                   "the ONNX Runtime bundle is ready.", err=True)
+    except ImportError:
+        click.echo("engines: TensorRT is not installed here, so no engines were built; "
+                   "the ONNX Runtime bundle is ready.", err=True)
+    if not skip_verify:
+        _run_verify(out, None, None, None, 2, 0, None, None, None)
+
+
+@main.command()
+@click.argument("bundle")
+@click.option("--class", "classes", default="0", show_default=True,
+              help="Class label(s), comma-separated; repeated to fill --num.")
+@click.option("--num", default=8, show_default=True, help="Images to generate.")
+@click.option("--K", "num_iter", default=16, show_default=True, help="Autoregressive iterations (1..256).")
+@click.option("--O", "head_steps", default=8, show_default=True, help="Shortcut head steps.")
+@click.option("--cfg", default=3.0, show_default=True, help="Classifier-free guidance scale.")
+@click.option("--cfg-schedule", type=click.Choice(["linear", "constant"]), default="linear")
+@click.option("--temperature", default=1.0, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--head", type=click.Choice(["auto", "fused", "step"]), default="auto", show_default=True,
+              help="Fused O-step head graph or one call per step.")
+@click.option("--threads", type=int, help="ONNX Runtime intra-op threads.")
+@click.option("--save-randomness", help="Write the run's orders and noise to this .npz.")
+@click.option("--out", default="out/grid.png", show_default=True, help="PNG grid to write.")
+def generate(bundle, classes, num, num_iter, head_steps, cfg, cfg_schedule, temperature, seed,
+             head, threads, save_randomness, out):
+    """Generate images with the torch-free runtime and write a PNG grid."""
+    from far_runtime.images import grid, write_png
+    from far_runtime.pipeline import Pipeline
+    from far_runtime.randomness import draw_randomness
+    pipe = Pipeline.load(bundle, threads=threads)
+    labels = parse_labels(classes, num)
+    max_batch = pipe.bundle.manifest["max_batch"]
+    if num > max_batch:
+        raise FarError(f"--num {num} is larger than the bundle's max batch {max_batch}; "
+                       f"re-export with --max-batch {num} or generate fewer.")
+    m = pipe.model
+    rnd = draw_randomness(seed, num, m["seq_len"], m["token_dim"], m["diffusion_steps"])
+    if save_randomness:
+        rnd.save(save_randomness)
+    pipe.check_labels(labels)                            # all option errors before any work
+    pipe.plan(num, num_iter, head_steps, cfg, head)
+    with click.progressbar(length=num_iter, label="iterations", file=sys.stderr) as bar:
+        images = pipe.generate(labels, K=num_iter, O=head_steps, cfg=cfg, cfg_schedule=cfg_schedule,
+                               temperature=temperature, randomness=rnd, head=head,
+                               progress=lambda it: bar.update(1))
+    write_png(out, grid(images))
+    click.echo(f"wrote {out} ({num} images, classes {sorted(set(labels))})")
+
+
+def _run_verify(bundle, out, num_iter, head_steps, batch, seed, cfg, checkpoint, vae):
+    from .verify import verify_bundle
+
+    def progress(i, n, r):
+        click.echo(f"[{i}/{n}] K={r['K']} O={r['O']} cfg={r['cfg']} batch={r['batch']}: "
+                   f"latent max abs {r['latent_max_abs']:.2e}"
+                   + (f", PSNR {r['psnr_db']:.1f} dB" if "psnr_db" in r else ""), err=True)
+    report = verify_bundle(bundle, out, num_iter, head_steps, cfg, batch, seed, checkpoint, vae,
+                           progress=progress)
+    click.echo(report["summary"])
+    if not report["passed"]:
+        raise FarError("Verification failed: the runtime is outside tolerance of the reference "
+                       f"(see {out or bundle + '/verify.json'}).")
+
+
+@main.command()
+@click.argument("bundle")
+@click.option("--K", "num_iter", type=int, help="Only this K (default 16).")
+@click.option("--O", "head_steps", type=int, help="Only this O (default: every fused O).")
+@click.option("--cfg", type=float, help="Only this CFG (default 1.0 and 3.0).")
+@click.option("--batch", default=2, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--checkpoint", help="Reference checkpoint, if it moved since export.")
+@click.option("--vae", help="Reference VAE, if it moved since export.")
+@click.option("--out", help="Report path (default BUNDLE/verify.json).")
+def verify(bundle, num_iter, head_steps, cfg, batch, seed, checkpoint, vae, out):
+    """Compare the runtime with the PyTorch reference under identical randomness."""
+    _run_verify(bundle, out, num_iter, head_steps, batch, seed, cfg, checkpoint, vae)
+
+
 def parse_labels(classes: str, num: int) -> list[int]:
     if num < 1:
         raise FarError(f"--num must be at least 1, got {num}.")

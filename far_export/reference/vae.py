@@ -6,6 +6,8 @@ latent scale and returns the image in [-1, 1].
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -170,9 +172,9 @@ class VAEDecoder(nn.Module):
 
     def forward(self, tokens):
         """Tokens [B, h*w, C] (scaled latents, channels-last raster) to an image in [-1, 1]."""
-        B, L, C = tokens.shape
-        h = int(round(L ** 0.5))
-        z = tokens.transpose(1, 2).reshape(B, C, h, L // h) / self.cfg.scale_factor
+        L, C = int(tokens.shape[1]), int(tokens.shape[2])   # static; only the batch is dynamic
+        h = math.isqrt(L)
+        z = tokens.transpose(1, 2).reshape(-1, C, h, L // h) / self.cfg.scale_factor
         return self.decode_latent(z)
 
 

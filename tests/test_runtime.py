@@ -1,0 +1,173 @@
+"""The torch-free runtime: parity with the reference over K/O/CFG/batch, determinism, errors,
+bundle checks, providers and thread safety."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from far_export.reference.pipeline import ReferencePipeline
+from far_runtime.errors import FarError
+from far_runtime.pipeline import Pipeline
+from far_runtime.randomness import Randomness, draw_randomness
+
+
+@pytest.fixture(scope="module")
+def far(bundles, tiny_files):
+    return Pipeline.load(bundles["far"]), ReferencePipeline.load(tiny_files["far"], tiny_files["vae"])
+
+
+@pytest.mark.parametrize("K", [1, 8, 64])
+@pytest.mark.parametrize("O", [1, 2, 8])
+@pytest.mark.parametrize("B", [1, 4])
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_parity_far(far, K, O, B, cfg):
+    pipe, ref = far
+    labels = [(3 * i + K) % 10 for i in range(B)]
+    r = draw_randomness(K * 7 + O, B, 16, 4)
+    a = ref.tokens(labels, num_iter=K, head_steps=O, cfg=cfg, temperature=0.95, randomness=r)
+    b = pipe.generate_tokens(labels, K=K, O=O, cfg=cfg, temperature=0.95, randomness=r)
+    assert np.abs(a.numpy() - b).max() <= 1e-3
+    from far_export.verify import psnr
+    assert psnr(ref.decode(a), pipe.decode(b)) >= 50
+
+
+def test_parity_mar(bundles, tiny_files):
+    pipe = Pipeline.load(bundles["mar"])
+    ref = ReferencePipeline.load(tiny_files["mar"], tiny_files["vae"])
+    r = draw_randomness(1, 2, 16, 4, 100)
+    a = ref.tokens([1, 2], num_iter=4, cfg=2.0, randomness=r).numpy()
+    b = pipe.generate_tokens([1, 2], K=4, cfg=2.0, randomness=r)
+    # random MAR heads drive latents far from 1: judge relative to their scale
+    assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max()
+
+
+def test_step_graph_equals_fused(far):
+    pipe, _ = far
+    a = pipe.generate_tokens([1, 2], K=4, O=8, cfg=2.0, seed=3, head="fused")
+    b = pipe.generate_tokens([1, 2], K=4, O=8, cfg=2.0, seed=3, head="step")
+    assert np.abs(a - b).max() <= 1e-5
+
+
+def test_determinism_and_saved_randomness(far, tmp_path):
+    pipe, ref = far
+    a = pipe.generate([1, 5], K=8, O=2, cfg=3.0, seed=11)
+    b = pipe.generate([1, 5], K=8, O=2, cfg=3.0, seed=11)
+    c = pipe.generate([1, 5], K=8, O=2, cfg=3.0, seed=12)
+    assert a.dtype == np.uint8 and a.shape == (2, 8, 8, 3)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    path = str(tmp_path / "rnd.npz")
+    draw_randomness(11, 2, 16, 4).save(path)
+    loaded = Randomness.load(path)
+    t_rt = pipe.generate_tokens([1, 5], K=8, O=2, cfg=3.0, randomness=loaded)
+    t_ref = ref.tokens([1, 5], num_iter=8, head_steps=2, cfg=3.0, randomness=loaded).numpy()
+    assert np.abs(t_rt - t_ref).max() <= 1e-5
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(labels=[10]), "Class 10 is unknown"), (dict(labels=[-1]), "unknown"),
+    (dict(labels=[], ), "at least 1"), (dict(K=0), "K"), (dict(K=257), "K"),
+    (dict(O=3), "power of two"), (dict(O=4, head="fused"), "no fused head graph"),
+    (dict(labels=list(range(9))), "max batch"),
+])
+def test_errors(far, kw, msg):
+    pipe, _ = far
+    args = dict(labels=[1], K=4, O=2)
+    args.update(kw)
+    with pytest.raises(FarError, match=msg):
+        pipe.generate_tokens(args.pop("labels"), **args)
+
+
+def test_o_without_fused_graph_uses_step_graph(far):
+    pipe, ref = far
+    r = draw_randomness(0, 1, 16, 4)
+    a = pipe.generate_tokens([2], K=4, O=4, cfg=2.0, randomness=r)   # no head_fused_o4 exported
+    b = ref.tokens([2], num_iter=4, head_steps=4, cfg=2.0, randomness=r).numpy()
+    assert np.abs(a - b).max() <= 1e-5
+
+
+def test_bundle_integrity_checks(bundles, tmp_path):
+    root = str(tmp_path / "copy")
+    shutil.copytree(bundles["far"], root)
+    with open(os.path.join(root, "head_step.onnx"), "ab") as f:
+        f.write(b"tamper")
+    with pytest.raises(FarError, match="sha256"):
+        Pipeline.load(root)
+    os.unlink(os.path.join(root, "head_step.onnx"))
+    with pytest.raises(FarError, match="missing"):
+        Pipeline.load(root)
+    m = json.load(open(os.path.join(root, "manifest.json")))
+    m["format_version"] = 99
+    json.dump(m, open(os.path.join(root, "manifest.json"), "w"))
+    with pytest.raises(FarError, match="format version"):
+        Pipeline.load(root, check_hashes=False)
+    os.unlink(os.path.join(root, "manifest.json"))
+    with pytest.raises(FarError, match="not a far-export bundle"):
+        Pipeline.load(root)
+
+
+def test_gpu_provider_is_never_a_silent_cpu_fallback(bundles):
+    with pytest.raises(FarError, match="CUDAExecutionProvider"):
+        Pipeline.load(bundles["far"], providers=("CUDAExecutionProvider",))
+
+
+def test_thread_safety(far):
+    pipe, _ = far
+    jobs = [([i % 10, (i + 3) % 10], 100 + i) for i in range(6)]
+    expected = [pipe.generate_tokens(l, K=8, O=2, cfg=2.0, seed=s) for l, s in jobs]
+    got = [None] * len(jobs)
+    errors = []
+
+    def work(i):
+        try:
+            for _ in range(2):
+                got[i] = pipe.generate_tokens(jobs[i][0], K=8, O=2, cfg=2.0, seed=jobs[i][1])
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for e, g in zip(expected, got):
+        assert np.array_equal(e, g)
+
+
+def test_runtime_imports_and_runs_without_torch(bundles, tmp_path):
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from far_runtime.pipeline import Pipeline\n"
+        f"p = Pipeline.load({bundles['far']!r})\n"
+        "img = p.generate([1, 2], K=4, O=2, cfg=2.0, seed=0)\n"
+        "assert img.shape == (2, 8, 8, 3), img.shape\n"
+        "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+        "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_cli_generate_and_verify(bundles, tmp_path):
+    exe = [sys.executable, "-m", "far_export.cli"]
+    out = str(tmp_path / "grid.png")
+    r = subprocess.run(exe + ["generate", bundles["far"], "--class", "1,2", "--num", "4", "--K", "4",
+                              "--O", "2", "--out", out], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert open(out, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    for bad in (["--class", "12"], ["--K", "300"], ["--O", "4", "--head", "fused"], ["--num", "0"],
+                ["--num", "9"]):
+        r = subprocess.run(exe + ["generate", bundles["far"], "--out", out] + bad,
+                           capture_output=True, text=True)
+        assert r.returncode == 2 and r.stderr.startswith("error: "), (bad, r.stderr)
+    rep = str(tmp_path / "verify.json")
+    r = subprocess.run(exe + ["verify", bundles["far"], "--K", "8", "--out", rep], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    data = json.load(open(rep))
+    assert data["passed"] and len(data["results"]) == 6   # O in 1,2,8 x cfg in 1,3
+    assert all(len(x["per_iteration_latent_max_abs"]) == 8 for x in data["results"])
+    assert "PASSED" in r.stdout
