@@ -110,11 +110,11 @@ def sample(checkpoint, vae_path, classes, num, num_iter, head_steps, cfg, cfg_sc
     click.echo(f"wrote {out}")
 
 
-def _head_steps_option(text: str) -> list[int]:
+def _int_list(text: str, option: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise FarError(f"--head-steps takes comma-separated integers, got {text!r}.") from None
+        raise FarError(f"{option} takes comma-separated integers, got {text!r}.") from None
 
 
 _export_options = [
@@ -129,6 +129,8 @@ _export_options = [
     click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True),
     click.option("--heads", type=int, help="Attention heads, when shapes and metadata cannot tell."),
     click.option("--external-data", is_flag=True, help="Store weights beside each graph even under 2 GB."),
+    click.option("--validate-batches", default="1,3,8", show_default=True,
+                 help="Batch sizes of the validation grid (each crossed with 0, 1, mid, L-1 known tokens)."),
 ]
 
 
@@ -139,11 +141,12 @@ def export_options(fn):
 
 
 def _run_export(checkpoint, vae_path, out, components, head_steps, opset, exporter, max_batch,
-                weights, heads, external_data):
+                weights, heads, external_data, validate_batches):
     from .export.bundle import export_bundle, parse_components
     manifest = export_bundle(checkpoint, vae_path, out, parse_components(components),
-                             _head_steps_option(head_steps), opset, exporter, max_batch, weights,
-                             heads, external_data, progress=lambda m: click.echo(m, err=True))
+                             _int_list(head_steps, '--head-steps'), opset, exporter, max_batch, weights,
+                             heads, external_data, progress=lambda m: click.echo(m, err=True),
+                             validate_batches=_int_list(validate_batches, '--validate-batches'))
     click.echo(f"wrote {len(manifest['graphs'])} graphs, validation.json, trt_readiness.json and "
                f"manifest.json to {out}")
     return manifest

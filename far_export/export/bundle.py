@@ -78,11 +78,13 @@ def versions() -> dict:
 def export_bundle(checkpoint: str, vae: str | None, out_dir: str, components=COMPONENTS,
                   head_steps=(1, 2, 4, 8), opset: int = 18, exporter: str = "legacy",
                   max_batch: int = 8, weights: str = "ema", heads: int | None = None,
-                  external_data: bool = False, progress=None) -> dict:
+                  external_data: bool = False, progress=None, validate_batches=(1, 3, 8)) -> dict:
     """Export, check, validate and describe every requested graph; returns the manifest."""
     say = progress or (lambda msg: log.info(msg))
     components = list(components)
     head_steps = check_head_steps_list(head_steps)
+    if not validate_batches or any(not 1 <= b <= max_batch for b in validate_batches):
+        raise FarError(f"--validate-batches must be batch sizes in 1..{max_batch}, got {list(validate_batches)}.")
     if not 1 <= max_batch <= 1024:
         raise FarError(f"--max-batch must be in 1..1024, got {max_batch}.")
     if "vae" in components and not vae:
@@ -119,7 +121,7 @@ def export_bundle(checkpoint: str, vae: str | None, out_dir: str, components=COM
         say(f"[{i + 1}/{len(wanted)}] {name}: {facts['nodes']} nodes, {facts['bytes'] / 1e6:.1f} MB "
             f"in {facts['export_seconds']:.2f}s; validating")
         sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-        rep = validate_graph(sess, spec, module, model, head=head)
+        rep = validate_graph(sess, spec, module, model, head=head, batches=validate_batches)
         reports[name] = rep
         readiness[name] = _readiness(path)
         say(f"[{i + 1}/{len(wanted)}] {name}: worst error {rep['worst_rel_to_max']:.2e} of max "

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import torch
 
-from far_runtime.specs import ComponentSpec, ZROWS, ROWS, sample_inputs, validation_grid
+from far_runtime.specs import ComponentSpec, sample_inputs, validation_grid
 
 from ..reference.sampler import shortcut_sample
 
@@ -45,13 +45,13 @@ def reference_fn(spec: ComponentSpec, module: torch.nn.Module, head=None):
 
 
 def validate_graph(session, spec: ComponentSpec, module, model: dict, head=None,
-                   tolerance: float | None = None, seed: int = 1) -> dict:
+                   tolerance: float | None = None, seed: int = 1, batches=(1, 3, 8)) -> dict:
     tol = spec.tolerance if tolerance is None else tolerance
     fn = reference_fn(spec, module, head)
     rng = np.random.default_rng(seed)
     points = []
     t0 = time.perf_counter()
-    for dims in validation_grid(spec, model):
+    for dims in validation_grid(spec, model, batches):
         inputs = sample_inputs(spec, dims, model, rng)
         with torch.no_grad():
             ref = fn(*[torch.from_numpy(v) for v in inputs.values()])
