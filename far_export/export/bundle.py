@@ -83,10 +83,10 @@ def export_bundle(checkpoint: str, vae: str | None, out_dir: str, components=COM
     say = progress or (lambda msg: log.info(msg))
     components = list(components)
     head_steps = check_head_steps_list(head_steps)
-    if not validate_batches or any(not 1 <= b <= max_batch for b in validate_batches):
-        raise FarError(f"--validate-batches must be batch sizes in 1..{max_batch}, got {list(validate_batches)}.")
     if not 1 <= max_batch <= 1024:
         raise FarError(f"--max-batch must be in 1..1024, got {max_batch}.")
+    if not validate_batches or any(not 1 <= b <= max_batch for b in validate_batches):
+        raise FarError(f"--validate-batches must be batch sizes in 1..{max_batch}, got {list(validate_batches)}.")
     if "vae" in components and not vae:
         raise FarError("Exporting the VAE decoder needs --vae FILE (or leave 'vae' out of --components).")
     ort = import_onnxruntime()
