@@ -106,7 +106,7 @@ def sample_tokens(backbone: Backbone, head: SimpleMLPAdaLN, labels, num_iter: in
             tok_in = tokens.repeat(rows // B, 1, 1)
             z = backbone(tok_in, lab_t, known_t, pred_t.repeat(rows // B, 1))   # [rows, n, D]
             n = it.n_pred
-            z = z.reshape(rows // B, B, n, -1).reshape(rows * n, -1)
+            z = z.reshape(rows * n, -1)                    # cond rows first, then their twins
             cfg_iter = cfg_at(it, cfg, cfg_schedule) if use_cfg else None
             noise = noise_all[bidx, pred_t].reshape(B * n, C)
             if diffusion:
