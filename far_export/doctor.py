@@ -1,0 +1,144 @@
+"""``far-export doctor``: what this machine can really run, checked rather than assumed.
+
+ONNX Runtime lists providers it was built with, not ones that work: onnxruntime-gpu on a
+machine without CUDA lists CUDAExecutionProvider and then runs on the CPU. So every
+provider is tried with a tiny session, and counted usable only when the session really
+uses it (``get_providers()``) and runs. TensorRT and CUDA are imported, not looked up.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+import click
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def _tiny_model() -> bytes:
+    import onnx
+    from onnx import TensorProto, helper
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
+    graph = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "doctor", [x], [y])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9).SerializeToString()
+
+
+def check_onnxruntime() -> dict:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return {"installed": False, "usable": [], "listed": []}
+    listed = ort.get_available_providers()
+    usable, failed = [], {}
+    model = _tiny_model()
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    for p in listed:
+        try:
+            sess = ort.InferenceSession(model, opts, providers=[p])
+            active = sess.get_providers()
+            y = sess.run(None, {"x": np.array([1.0, 2.0], np.float32)})[0]
+            if active and active[0] == p and np.allclose(y, [2.0, 4.0]):
+                usable.append(p)
+            else:
+                failed[p] = f"session fell back to {', '.join(active)}"
+        except Exception as e:                     # any failure means: not usable here
+            failed[p] = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+    return {"installed": True, "version": ort.__version__, "listed": listed, "usable": usable,
+            "not_usable": failed}
+
+
+def check_torch() -> dict:
+    try:
+        import torch
+    except ImportError:
+        return {"installed": False}
+    out = {"installed": True, "version": torch.__version__, "built_with_cuda": torch.version.cuda,
+           "cuda_available": bool(torch.cuda.is_available())}
+    if out["cuda_available"]:
+        out["gpus"] = [{"name": torch.cuda.get_device_name(i),
+                        "compute_capability": "%d.%d" % torch.cuda.get_device_capability(i)}
+                       for i in range(torch.cuda.device_count())]
+        out["bf16"] = bool(torch.cuda.is_bf16_supported())
+    return out
+
+
+def check_tensorrt() -> dict:
+    from far_runtime.errors import FarError
+    from far_runtime.trt_backend import device_facts, import_cudart, import_tensorrt
+    try:
+        trt = import_tensorrt()
+    except FarError as e:
+        return {"installed": False, "reason": str(e)}
+    out = {"installed": True, "version": trt.__version__}
+    try:
+        out["device"] = device_facts(trt, import_cudart())
+    except FarError as e:
+        out["device_error"] = str(e)
+    return out
+
+
+def diagnose() -> dict:
+    from far_runtime.backends import GPU_PROVIDERS
+    ort, torch_, trt = check_onnxruntime(), check_torch(), check_tensorrt()
+    gpu_ort = [p for p in ort.get("usable", []) if p in GPU_PROVIDERS]
+    report = {"onnxruntime": ort, "torch": torch_, "tensorrt": trt}
+    engines_ok = trt.get("installed") and "device" in trt
+    report["build"] = ("export + ONNX Runtime validation, then TensorRT engines"
+                       if engines_ok else "export + ONNX Runtime validation; no TensorRT engines"
+                       + (" (TensorRT is not installed)" if not trt.get("installed") else " (no usable GPU)"))
+    report["generate"] = ("onnxruntime with CPUExecutionProvider" if ort.get("installed")
+                          else "nothing: onnxruntime is not installed (pip install far-export[cpu])")
+    other = []
+    if engines_ok:
+        other.append("tensorrt (far_runtime.trt_backend.TrtBackend, after far-export engines)")
+    if torch_.get("cuda_available"):
+        other.append("torch-cuda with CUDA graphs (far_export.torch_cuda_backend.TorchCudaBackend)")
+    other += [f"onnxruntime with {p}" for p in gpu_ort]
+    report["gpu_backends_usable"] = other
+    return report
+
+
+def format_report(r: dict) -> str:
+    lines = []
+    t = r["torch"]
+    if t["installed"]:
+        cuda = (f"CUDA {t['built_with_cuda']}, " if t["built_with_cuda"] else "CPU build, ")
+        cuda += "GPU available" if t["cuda_available"] else "no GPU available"
+        lines.append(f"torch        {t['version']} ({cuda})")
+        for g in t.get("gpus", []):
+            lines.append(f"gpu          {g['name']}, compute capability {g['compute_capability']}")
+    else:
+        lines.append("torch        not installed")
+    o = r["onnxruntime"]
+    if o["installed"]:
+        lines.append(f"onnxruntime  {o['version']}: usable {', '.join(o['usable']) or 'none'}")
+        for p, why in o["not_usable"].items():
+            lines.append(f"             {p} listed but not usable: {why}")
+    else:
+        lines.append("onnxruntime  not installed")
+    trt = r["tensorrt"]
+    if trt["installed"]:
+        lines.append(f"tensorrt     {trt['version']}")
+        d = trt.get("device")
+        if d:
+            lines.append(f"             CUDA runtime {d['cuda_runtime']}, driver {d['driver']}, {d['gpu']} "
+                         f"(compute capability {d['compute_capability']})")
+        else:
+            lines.append(f"             {trt.get('device_error')}")
+    else:
+        lines.append(f"tensorrt     not usable: {trt['reason']}")
+    lines.append(f"build        {r['build']}")
+    lines.append(f"generate     {r['generate']}")
+    lines.append("gpu backends " + ("; ".join(r["gpu_backends_usable"]) or "none usable here"))
+    return "\n".join(lines)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def doctor(as_json):
+    """Report torch/CUDA, usable ONNX Runtime providers, TensorRT, the GPU, and the backends used."""
+    r = diagnose()
+    click.echo(json.dumps(r, indent=2) if as_json else format_report(r))

@@ -1,0 +1,138 @@
+"""CUDA-graph capture and replay of the sampling loop, written once for every GPU backend.
+
+Every graph call of a generate() has a shape key ``(graph, dims)`` known before the loop
+(``plan.Call.key``). A backend keeps one set of device buffers per key; this cache keeps one
+captured CUDA graph per key, so iterations with equal shapes share a graph (the O head
+steps of one iteration, the equal-size iterations of a long schedule, every later
+generate() with the same plan).
+
+What differs between backends is only how work is captured and replayed: PyTorch has
+``torch.cuda.CUDAGraph``, TensorRT runs on a raw CUDA stream captured with the CUDA runtime.
+That difference is a ``Capturer``; the policy is here:
+
+- the first ``warmup`` calls of a key run eagerly (cuBLAS/TensorRT set-up, lazy allocations,
+  TensorRT's required enqueue after a shape change); the next call captures and replays;
+  later calls replay;
+- a captured graph remembers the shape, dtype and device address of every buffer it was
+  captured with. A replay whose buffers differ (the backend re-allocated them) would read
+  and write freed memory, so the stale graph is released and the call is captured again;
+- at most ``max_graphs`` graphs are kept, least recently used first out, so a long-running
+  server that sees many plans holds bounded device memory.
+
+No CUDA, torch or TensorRT import happens here: the runtime stays importable everywhere.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Hashable, Protocol
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Binding:
+    """One buffer a captured graph reads or writes: what must not change between replays."""
+    name: str
+    shape: tuple
+    dtype: str
+    address: int
+
+
+class CapturedGraph(Protocol):
+    def replay(self) -> None:
+        """Launch the captured work on the stream it was captured on."""
+
+    def release(self) -> None:
+        """Free the graph (and its executable instance)."""
+
+
+class Capturer(Protocol):
+    def capture(self, body: Callable[[], None]) -> CapturedGraph:
+        """Record the device work ``body`` enqueues; the work itself does not run."""
+
+
+@dataclass
+class _Entry:
+    graph: CapturedGraph
+    bindings: tuple
+
+
+@dataclass
+class GraphStats:
+    eager: int = 0          # warm-up calls run without a graph
+    captures: int = 0
+    replays: int = 0
+    evictions: int = 0
+    stale: int = 0          # graphs dropped because their buffers moved or changed shape
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class GraphCache:
+    """Captured graphs by shape key: bounded LRU with a shape and address check at replay."""
+
+    def __init__(self, capturer: Capturer, max_graphs: int = 256, warmup: int = 1):
+        if max_graphs < 1:
+            raise ValueError("max_graphs must be at least 1")
+        self.capturer = capturer
+        self.max_graphs = max_graphs
+        self.warmup = warmup
+        self.stats = GraphStats()
+        self._graphs: OrderedDict[Hashable, _Entry] = OrderedDict()
+        self._seen: dict[Hashable, int] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._graphs)
+
+    def __contains__(self, key) -> bool:
+        return key in self._graphs
+
+    def run(self, key: Hashable, bindings, body: Callable[[], None]) -> str:
+        """Execute ``body``'s work for ``key``: eagerly, by capture + replay, or by replay.
+
+        ``bindings``: the ``Binding`` of every buffer ``body`` touches, as they are now.
+        Returns what happened: ``"eager"``, ``"captured"`` or ``"replayed"``.
+        """
+        bindings = tuple(bindings)
+        with self._lock:
+            entry = self._graphs.get(key)
+            if entry is not None and entry.bindings != bindings:
+                log.warning("CUDA graph for %s was captured with other buffers; capturing again", key)
+                self._drop(key)
+                self.stats.stale += 1
+                entry = None
+            if entry is None:
+                seen = self._seen.get(key, 0)
+                if seen < self.warmup:
+                    self._seen[key] = seen + 1
+                    self.stats.eager += 1
+                    body()
+                    return "eager"
+                entry = _Entry(self.capturer.capture(body), bindings)
+                self._graphs[key] = entry
+                self.stats.captures += 1
+                while len(self._graphs) > self.max_graphs:
+                    old, _ = next(iter(self._graphs.items()))
+                    self._drop(old)
+                    self.stats.evictions += 1
+                entry.graph.replay()
+                return "captured"
+            self._graphs.move_to_end(key)
+            self.stats.replays += 1
+            entry.graph.replay()
+            return "replayed"
+
+    def _drop(self, key) -> None:
+        entry = self._graphs.pop(key)
+        entry.graph.release()
+
+    def clear(self) -> None:
+        with self._lock:
+            for key in list(self._graphs):
+                self._drop(key)
+            self._seen.clear()
