@@ -269,5 +269,11 @@ def parse_labels(classes: str, num: int) -> list[int]:
     return [base[i % len(base)] for i in range(num)]
 
 
+from .build.engines_cli import engines  # noqa: E402
+from .doctor import doctor  # noqa: E402
+main.add_command(engines)
+main.add_command(doctor)
+
+
 if __name__ == "__main__":
     main()
