@@ -275,5 +275,9 @@ main.add_command(engines)
 main.add_command(doctor)
 
 
+from .bench import bench  # noqa: E402
+main.add_command(bench)
+
+
 if __name__ == "__main__":
     main()

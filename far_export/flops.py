@@ -1,0 +1,129 @@
+"""FLOPs of a sampling run, counted from the model config and the shape plan, and the
+machine's measured matmul peak: what ``far-export bench`` divides to get achieved throughput.
+
+Counted: every matrix product (Linear layers, attention's QK^T and AV), at 2 FLOPs per
+multiply-add, the convention of ``torch.utils.flop_counter`` (the tests check the two agree).
+Not counted: LayerNorm, softmax, GELU/SiLU, gathers, adds (a few percent at these widths).
+Torch-free: the runtime worker and the report import this module.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from far_runtime.plan import ShapePlan
+from far_runtime.specs import N_KNOWN, ROWS, ZROWS
+
+
+def block_flops(seq: int, width: int, mlp_ratio: float) -> int:
+    """One timm ViT block on one row of ``seq`` tokens: qkv, proj, fc1, fc2, QK^T, AV."""
+    hidden = int(width * mlp_ratio)
+    linear = 2 * seq * (3 * width * width + width * width + 2 * width * hidden)
+    attention = 2 * 2 * seq * seq * width
+    return linear + attention
+
+
+def backbone_flops(bb: dict, rows: int, n_known: int) -> int:
+    """One backbone call: ``rows`` rows (2 x batch with CFG), ``n_known`` known tokens.
+
+    ``bb`` is a BackboneConfig as a dict (the bundle manifest's ``config.backbone``).
+    The encoder sees buffer + known tokens; the decoder always the full buffer + sequence.
+    """
+    E, D, L, C, buf = bb["encoder_width"], bb["decoder_width"], bb["seq_len"], bb["token_dim"], bb["buffer_size"]
+    s_enc, s_dec = buf + n_known, buf + L
+    per_row = (2 * L * C * E                                           # z_proj on every token
+               + bb["encoder_depth"] * block_flops(s_enc, E, bb["mlp_ratio"])
+               + 2 * s_enc * E * D                                     # decoder_embed
+               + bb["decoder_depth"] * block_flops(s_dec, D, bb["mlp_ratio"]))
+    return rows * per_row
+
+
+def head_eval_flops(hd: dict, embeds: bool = True) -> int:
+    """One head evaluation of one row (``hd`` a HeadConfig dict). ``embeds``: include the
+    time/step/condition embedders (a step graph computes them per row and call)."""
+    W, C, D, F, out = hd["width"], hd["token_dim"], hd["cond_dim"], hd["freq_dim"], hd["out_dim"]
+    core = (2 * C * W                                  # input_proj
+            + hd["depth"] * (2 * W * 3 * W + 2 * 2 * W * W)   # adaLN (3W) + 2-layer MLP per block
+            + 2 * W * 2 * W + 2 * W * out)             # final adaLN (2W) + linear
+    if not embeds:
+        return core
+    n_embed = 2 if hd["kind"] == "shortcut" else 1     # time (+ step size)
+    return core + n_embed * 2 * (F * W + W * W) + 2 * D * W
+
+
+def plan_flops(config: dict, plan: ShapePlan) -> dict:
+    """Backbone and head FLOPs of every graph call of a plan (``config``: manifest ``config``)."""
+    bb, hd = config["backbone"], config["head"]
+    out = {"backbone": 0, "head": 0}
+    for call in plan.calls():
+        if call.graph == "backbone":
+            out["backbone"] += backbone_flops(bb, plan.rows, call.dim(N_KNOWN))
+        elif call.graph == "head_step":
+            out["head"] += call.dim(ROWS) * head_eval_flops(hd)
+        elif call.graph.startswith("head_fused_o"):
+            # the condition embedded once per z row, the step size once, the time once per
+            # step (one row each); x is repeated to z's rows at every step
+            z_rows, W = call.dim(ZROWS), hd["width"]
+            one_embed = 2 * (hd["freq_dim"] * W + W * W)
+            out["head"] += (z_rows * 2 * hd["cond_dim"] * W + one_embed
+                            + plan.head_steps * (z_rows * head_eval_flops(hd, embeds=False) + one_embed))
+    return out
+
+
+def measure_matmul_peak(threads: int, seconds: float = 1.0, n: int = 2048) -> dict:
+    """Best fp32 GFLOP/s of an n x n x n matmul over ~``seconds``, with torch and with numpy."""
+    import numpy as np
+    import torch
+    torch.set_num_threads(threads)
+    result = {"n": n, "threads": threads}
+    a32 = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    b32 = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
+    ta, tb = torch.from_numpy(a32), torch.from_numpy(b32)
+    for name, fn in (("torch", lambda: torch.matmul(ta, tb)), ("numpy", lambda: a32 @ b32)):
+        fn()                                           # warm-up
+        best, t_end = float("inf"), time.perf_counter() + seconds
+        reps = 0
+        while time.perf_counter() < t_end or reps < 2:
+            t0 = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t0)
+            reps += 1
+        result[f"{name}_gflops"] = 2 * n ** 3 / best / 1e9
+        result[f"{name}_reps"] = reps
+    result["peak_gflops"] = max(result["torch_gflops"], result["numpy_gflops"])
+    result["nominal"] = nominal_peak(threads)
+    return result
+
+
+def nominal_peak(threads: int) -> dict | None:
+    """cores x clock x fp32 FLOPs per cycle from /proc/cpuinfo: 2 FMA pipes x 8 lanes x 2 = 32
+    for AVX2 and for AMD Zen 2-4 (Zen 4 runs AVX-512 on 256-bit pipes), 64 for AVX-512 on
+    Intel and on Zen 5. The clock is the one the kernel reports (the base clock in a VM, not
+    the boost clock); a paper limit, not a measurement."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return None
+    mhz, flags, model, vendor, family = None, "", "", "", 0
+    for line in text.splitlines():
+        key, _, val = line.partition(":")
+        key = key.strip()
+        if key == "cpu MHz" and mhz is None:
+            mhz = float(val)
+        elif key == "flags" and not flags:
+            flags = val
+        elif key == "model name" and not model:
+            model = val.strip()
+        elif key == "vendor_id" and not vendor:
+            vendor = val.strip()
+        elif key == "cpu family" and not family:
+            family = int(val)
+    if not mhz:
+        return None
+    fl = flags.split()
+    wide = "avx512f" in fl and not (vendor == "AuthenticAMD" and family < 26)
+    per_cycle = 64 if wide else 32 if ("avx2" in fl and "fma" in fl) else 16 if "avx" in fl else 8
+    cores = min(threads, os.cpu_count() or 1)
+    return {"cpu": f"{model} ({vendor} family {family})", "mhz": mhz, "cores": cores, "flops_per_cycle": per_cycle,
+            "gflops": cores * mhz * 1e6 * per_cycle / 1e9}

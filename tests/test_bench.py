@@ -1,0 +1,151 @@
+"""``far-export bench`` on the tiny models: a well-formed report (figures are not asserted),
+FLOP counts equal to torch's own counter, presets that share one backbone, user errors."""
+import json
+import math
+from dataclasses import asdict
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch.utils.flop_counter import FlopCounterMode
+
+from far_export.bench import COMPONENTS, REFERENCE, RUNTIME, backbone_digest, write_preset_models
+from far_export.cli import main
+from far_export.config import preset
+from far_export.reference import Backbone
+from far_export.export.modules import FusedShortcutGraph, ShortcutStepGraph
+from far_export.flops import backbone_flops, plan_flops
+from far_export.synthetic import random_model
+from far_runtime.plan import make_plan
+
+
+@pytest.fixture(scope="module")
+def report(bundles, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    res = CliRunner().invoke(main, [
+        "bench", bundles["far"], "--mar", bundles["mar"], "--K", "2", "--O", "8", "--cfg", "3.0",
+        "--threads", "1", "--runs", "1", "--warmup", "0", "--sweep-K", "1,2", "--sweep-O", "1,2",
+        "--matmul-seconds", "0.1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    with open(out / "bench.json") as f:
+        return json.load(f), out, res.output
+
+
+def check_backend_entry(r: dict, batch: int) -> None:
+    assert len(r["total_s"]) == 1 and all(t > 0 for t in r["total_s"])
+    assert 0 < r["latency_median_s"] <= r["latency_p90_s"] <= max(r["total_s"]) / batch + 1e-12
+    assert math.isclose(r["images_per_s"], 1 / r["latency_median_s"], rel_tol=1e-9)
+    assert set(r["breakdown_s"]) == set(COMPONENTS)
+    assert all(r["breakdown_s"][c] > 0 for c in ("backbone", "head", "vae"))
+    assert math.isclose(sum(r["shares"].values()), 1.0, abs_tol=1e-9)
+    assert math.isclose(sum(r["breakdown_s"].values()), r["mean_total_s"], rel_tol=1e-9)
+    assert 0 <= r["generate_overhead_share"] < 1
+    assert r["peak_rss_mb"] > 10
+    assert r["flops"]["backbone"] > 0 and r["flops"]["head"] > 0
+    assert r["achieved_gflops"]["backbone"] > 0
+
+
+def test_report_is_well_formed(report):
+    rep, out, text = report
+    main_ = rep["main"]
+    assert (main_["K"], main_["O"], main_["batch"], main_["cfg"]) == (2, 8, 1, 3.0)
+    assert set(main_["backends"]) == {REFERENCE, RUNTIME}
+    for r in main_["backends"].values():
+        check_backend_entry(r, 1)
+    # both backends did the same work: same seeds, same latents (runtime parity is 1e-3)
+    assert main_["same_work"]["latent_max_abs_diff"] <= 1e-3
+    assert main_["speedup"] > 0 and main_["speedup_paired_median"] > 0
+    # the reference counts its head in step mode, the runtime uses the fused O=8 graph
+    assert main_["backends"][REFERENCE]["head_mode"] == "step"
+    assert main_["backends"][RUNTIME]["head_mode"] == "fused"
+    assert [(e["K"], e["O"]) for e in rep["sweep"]] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    for e in rep["sweep"]:
+        for r in e["backends"].values():
+            check_backend_entry(r, 1)
+    mvf = rep["mar_vs_far"]
+    assert mvf["mar_steps"] == 100 and mvf["far_O"] == 8
+    assert mvf["same_backbone_weights"] is False          # the fixtures' FAR and MAR differ
+    for b in (REFERENCE, RUNTIME):
+        row = mvf["backends"][b]
+        assert row["far_speedup_over_mar"] > 0 and 0 < row["mar_head_share"] < 1
+    assert mvf["mar"]["backends"][RUNTIME]["calls"]["head_step"] == 100 * 2   # K=2 iterations
+    mm = rep["matmul_peak"]
+    assert mm["peak_gflops"] >= max(mm["torch_gflops"], mm["numpy_gflops"]) > 0
+    assert rep["throughput"]["backends"][RUNTIME]["backbone_fraction_of_matmul_peak"] > 0
+    assert rep["models"]["far"]["torch_imported"] == {REFERENCE: True, RUNTIME: False}
+    assert not rep["backends"]["tensorrt"]["available"] and rep["backends"]["tensorrt"]["reason"]
+    assert rep["command"].startswith("far-export bench ") and "--K 2" in rep["command"]
+    assert rep["load"]["before"]["cpus"] >= 1
+
+
+def test_report_files(report):
+    rep, out, text = report
+    md = (out / "bench.md").read_text()
+    assert "| backend | images/s" in md and "MAR (diffusion head, 100 steps)" in md and "K x O sweep" in md
+    assert md.strip() in text                              # the command prints the table too
+    png = (out / "bench.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+@pytest.mark.parametrize("name", ["tiny", "small"])
+@pytest.mark.parametrize("rows,n_known", [(1, 0), (2, 5), (3, 15)])
+def test_backbone_flops_match_torch_counter(name, rows, n_known):
+    cfg = preset(name)
+    bb = Backbone(cfg.backbone).eval()
+    L, C = cfg.backbone.seq_len, cfg.backbone.token_dim
+    known = torch.stack([torch.randperm(L)[:n_known].sort().values for _ in range(rows)])
+    pred = torch.stack([torch.arange(L)[:1] for _ in range(rows)])
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        bb(torch.randn(rows, L, C), torch.zeros(rows, dtype=torch.long), known, pred)
+    assert backbone_flops(asdict(cfg.backbone), rows, n_known) == counter.get_total_flops()
+
+
+@pytest.mark.parametrize("mode", ["step", "fused"])
+@pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
+def test_plan_head_flops_match_torch_counter(mode, cfg_scale):
+    """The head FLOPs of a whole plan equal what torch counts running those graph modules."""
+    cfg = preset("tiny")
+    _, head = random_model(cfg)
+    model = {"seq_len": 16, "token_dim": 4, "cond_dim": 32, "num_classes": 10, "head_kind": "shortcut",
+             "diffusion_steps": 0}
+    O, B = 4, 2
+    plan = make_plan(model, B, 3, O, cfg_scale != 1.0, mode, False)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        for call in plan.calls():
+            if call.graph == "head_step":
+                n = call.dim("rows")
+                ShortcutStepGraph(head)(torch.randn(n, 4), torch.rand(n), torch.full((n,), 0.25),
+                                        torch.randn(n, 32))
+            elif call.graph.startswith("head_fused"):
+                FusedShortcutGraph(head, O)(torch.randn(call.dim("rows"), 4),
+                                            torch.randn(call.dim("zrows"), 32), torch.tensor([3.0]))
+    assert plan_flops({"backbone": asdict(cfg.backbone), "head": asdict(cfg.head)}, plan)["head"] \
+        == counter.get_total_flops()
+
+
+def test_preset_models_share_the_backbone(tmp_path):
+    from far_export.checkpoint import load_model_checkpoint, load_vae_checkpoint
+    files = write_preset_models("tiny", str(tmp_path))
+    far, mar = load_model_checkpoint(files["far"]), load_model_checkpoint(files["mar"])
+    assert (far.config.head.kind, mar.config.head.kind) == ("shortcut", "diffusion")
+    assert far.config.backbone.encoder_heads == preset("tiny").backbone.encoder_heads
+    assert backbone_digest(files["far"]) == backbone_digest(files["mar"])
+    vae = load_vae_checkpoint(files["vae"]).config
+    assert vae.embed_dim == far.config.backbone.token_dim
+    assert math.isqrt(far.config.backbone.seq_len) * vae.downsample == 8
+    other = write_preset_models("tiny", str(tmp_path / "other"), seed=1)
+    assert backbone_digest(other["far"]) != backbone_digest(files["far"])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--preset", "tiny", "some.pth"], "either a CHECKPOINT or BUNDLE"),
+    (["--preset", "tiny", "--sweep-O", "3"], "power of two"),
+    (["--preset", "tiny", "--K", "0"], "K (autoregressive iterations)"),
+    (["/nonexistent/far.pth"], "neither a checkpoint file nor a bundle"),
+])
+def test_user_errors(args, message, tmp_path):
+    res = CliRunner().invoke(main, ["bench", *args, "--out", str(tmp_path)])
+    assert res.exit_code == 2
+    assert message in res.output
