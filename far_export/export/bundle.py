@@ -78,8 +78,11 @@ def versions() -> dict:
 def export_bundle(checkpoint: str, vae: str | None, out_dir: str, components=COMPONENTS,
                   head_steps=(1, 2, 4, 8), opset: int = 18, exporter: str = "legacy",
                   max_batch: int = 8, weights: str = "ema", heads: int | None = None,
-                  external_data: bool = False, progress=None, validate_batches=(1, 3, 8)) -> dict:
-    """Export, check, validate and describe every requested graph; returns the manifest."""
+                  external_data: bool = False, progress=None, validate_batches=(1, 3, 8),
+                  precision: str = "fp32", precision_options=None) -> dict:
+    """Export, check, validate and describe every requested graph; returns the manifest.
+
+    ``precision`` fp16 or int8 then rewrites the validated fp32 graphs (``build/convert.py``)."""
     say = progress or (lambda msg: log.info(msg))
     components = list(components)
     head_steps = check_head_steps_list(head_steps)
@@ -141,13 +144,19 @@ def export_bundle(checkpoint: str, vae: str | None, out_dir: str, components=COM
                    "weights": ck.weights, "vae": os.path.abspath(vae) if vae else None,
                    "vae_sha256": vae_ck.sha256 if vae_ck else None},
         "config": {**ck.config.to_dict(), "vae": asdict(vae_ck.config) if vae_ck else None},
-        "model": model, "max_batch": max_batch, "head_steps": head_steps if model["head_kind"] == "shortcut" else [],
+        "precision": "fp32", "model": model, "max_batch": max_batch, "head_steps": head_steps if model["head_kind"] == "shortcut" else [],
         "graphs": graphs, "versions": versions(),
     }
     failed = [n for n, r in reports.items() if not r["passed"]]
     if failed:
         raise FarError(f"Validation failed for {', '.join(failed)}: see "
                        f"{os.path.join(out_dir, 'validation.json')}; no manifest was written.")
+    if precision != "fp32":
+        from ..build.convert import PrecisionOptions, convert_bundle
+        opts = precision_options or PrecisionOptions(precision)
+        manifest, rewritten = convert_bundle(out_dir, manifest, opts, progress=say)
+        readiness.update(rewritten)
+        _write_json(os.path.join(out_dir, "trt_readiness.json"), readiness)
     _write_json(os.path.join(out_dir, rt_bundle.MANIFEST), manifest)
     return manifest
 
