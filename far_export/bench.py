@@ -44,12 +44,11 @@ import numpy as np
 
 from far_runtime.errors import FarError
 
+from .bench_report import COMPONENTS, REFERENCE, RUNTIME, markdown, write_report
 from .flops import plan_flops
 
 log = logging.getLogger(__name__)
 
-REFERENCE, RUNTIME = "pytorch-eager", "onnxruntime-cpu"
-COMPONENTS = ("backbone", "head", "vae", "overhead")
 MAR_VS_FAR_O = 8                    # the paper's FAR setting for its 2.3x claim
 
 # A VAE per preset whose latent grid is sqrt(seq_len) on a side: tiny -> 8x8 images, small
@@ -228,6 +227,13 @@ class ReferenceEngine:
         torch.set_num_threads(spec["threads"])
         self.torch = torch
         self.pipe = ReferencePipeline.load(spec["checkpoint"], spec["vae"], spec["weights"], spec["heads"])
+        # the modules hold copies of the weights; drop the loader's state dicts so the peak
+        # RSS is the eager model's, not the model's plus the file's
+        for ck in (self.pipe.ckpt, self.pipe.vae_ckpt):
+            if ck is not None:
+                ck.state_dict.clear()
+        import gc
+        gc.collect()
         self.timer = ModuleTimer()
         self.timer.attach("backbone", self.pipe.backbone)
         self.timer.attach("head", self.pipe.head)
@@ -618,151 +624,6 @@ def throughput(report: dict) -> dict:
                               "backbone_fraction_of_nominal": g / nominal if g and nominal else None,
                               "head_gflops": r["achieved_gflops"]["head"]}
     return out
-
-
-# --- the report ------------------------------------------------------------------------------
-
-def _ms(s: float) -> str:
-    return f"{1000 * s:.1f}"
-
-
-def markdown(report: dict) -> str:
-    main = report["main"]
-    L = []
-    L.append(f"# far-export bench ({time.strftime('%Y-%m-%d', time.gmtime())})\n")
-    if report.get("command"):
-        L.append(f"Command: `{report['command']}`\n")
-    ld = report["load"]
-    L.append(f"Threads {report['threads']}, fp32, {report['runs']} measured runs after "
-             f"{report['warmup']} warm-up per backend and configuration, backends alternated run by run "
-             f"with equal seeds. Load average before/after: {ld['before']['loadavg_1m']:.2f} / "
-             f"{ld['after']['loadavg_1m']:.2f} (1 min, {ld['before']['cpus']} CPUs).\n")
-    L.append(f"## Main: FAR, K={main['K']}, O={main['O']}, batch {main['batch']}, CFG {main['cfg']}\n")
-    L.append("| backend | images/s | latency/image median (ms) | p90 (ms) | backbone | head | VAE | overhead | "
-             "overhead in generate | peak RSS (MB) |")
-    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for b, r in main["backends"].items():
-        t, s = r["breakdown_s"], r["shares"]
-        L.append(f"| {b} | {r['images_per_s']:.3f} | {_ms(r['latency_median_s'])} | {_ms(r['latency_p90_s'])} | "
-                 + " | ".join(f"{_ms(t[c])} ({100 * s[c]:.0f}%)" for c in COMPONENTS)
-                 + f" | {100 * r['generate_overhead_share']:.1f}% | {r['peak_rss_mb']:.0f} |")
-    if "speedup" in main:
-        L.append(f"\nRuntime speed-up over eager PyTorch, end to end (median latency ratio): "
-                 f"**{main['speedup']:.2f}x**. Same work: final latents differ by at most "
-                 f"{main['same_work']['latent_max_abs_diff']:.2e} (max |latent| "
-                 f"{main['same_work']['latent_max_abs']:.2e}).\n")
-    unavailable = [f"{b} ({v['reason']})" for b, v in report["backends"].items() if not v["available"]]
-    if unavailable:
-        L.append("Not measured: " + "; ".join(unavailable) + ".\n")
-    mvf = report.get("mar_vs_far")
-    if mvf:
-        L.append(f"## MAR (diffusion head, {mvf['mar_steps']} steps) vs FAR (shortcut head, O={mvf['far_O']}), "
-                 f"K={mvf['K']}, same backbone weights: {mvf['same_backbone_weights']}\n")
-        L.append("| backend | MAR latency (ms) | FAR latency (ms) | FAR speed-up | MAR head share | FAR head share |")
-        L.append("|---|---:|---:|---:|---:|---:|")
-        for b, r in mvf["backends"].items():
-            L.append(f"| {b} | {_ms(r['mar_latency_s'])} | {_ms(r['far_latency_s'])} | "
-                     f"{r['far_speedup_over_mar']:.2f}x | {100 * r['mar_head_share']:.0f}% | "
-                     f"{100 * r['far_head_share']:.0f}% |")
-        L.append("")
-    if report["sweep"]:
-        backends = list(report["sweep"][0]["backends"])
-        L.append(f"## K x O sweep (FAR, batch {main['batch']}, CFG {main['cfg']}): median latency per image (ms)\n")
-        L.append("| K | O | " + " | ".join(backends) + " | speed-up | head share (" + backends[-1] + ") |")
-        L.append("|---:|---:|" + "---:|" * (len(backends) + 2))
-        for e in report["sweep"]:
-            lat = [_ms(e["backends"][b]["latency_median_s"]) for b in backends]
-            sp = f"{e['speedup']:.2f}x" if "speedup" in e else "-"
-            L.append(f"| {e['K']} | {e['O']} | " + " | ".join(lat) + f" | {sp} | "
-                     f"{100 * e['backends'][backends[-1]]['shares']['head']:.0f}% |")
-        L.append("")
-    tp = report["throughput"]
-    mm = report["matmul_peak"]
-    nom = mm.get("nominal")
-    L.append("## Throughput\n")
-    L.append(f"Measured fp32 matmul peak ({mm['n']}^3, {mm['threads']} threads): torch "
-             f"{mm['torch_gflops']:.1f} GFLOP/s, numpy {mm['numpy_gflops']:.1f} GFLOP/s"
-             + (f"; nominal {nom['gflops']:.1f} GFLOP/s ({nom['cores']} cores x {nom['mhz']:.0f} MHz x "
-                f"{nom['flops_per_cycle']} FLOP/cycle)" if nom else "") + ".\n")
-    fl = {b: r["flops"] for b, r in main["backends"].items()}
-    L.append(f"Main configuration, counted from the config and the plan: backbone "
-             f"{fl[REFERENCE]['backbone'] / 1e9:.2f} GFLOP per run; head "
-             + ", ".join(f"{b} {f['head'] / 1e9:.2f} GFLOP ({main['backends'][b]['head_mode']} mode)"
-                         for b, f in fl.items()) + ".\n")
-    L.append("| backend | backbone GFLOP/s | of matmul peak | of nominal | head GFLOP/s |")
-    L.append("|---|---:|---:|---:|---:|")
-    for b, r in tp["backends"].items():
-        def pct(x):
-            return f"{100 * x:.0f}%" if x else "-"
-        L.append(f"| {b} | {r['backbone_gflops']:.1f} | {pct(r['backbone_fraction_of_matmul_peak'])} | "
-                 f"{pct(r['backbone_fraction_of_nominal'])} | "
-                 f"{(r['head_gflops'] or 0):.1f} |")
-    L.append("")
-    L.append("Peak RSS: " + report["memory_method"] + ". Idle RSS after loading and runtime torch-free: "
-             + "; ".join(f"{n}: " + ", ".join(f"{b} {v:.0f} MB" for b, v in m["idle_rss_mb"].items())
-                         + f" (runtime imported torch: {m['torch_imported'].get(RUNTIME)})"
-                         for n, m in report["models"].items()) + ".\n")
-    return "\n".join(L)
-
-
-def plot(report: dict, path: str) -> None:
-    """Left: each backend's time split into components (shares, total ms at the bar's end),
-    per configuration. Right: the K x O sweep, latency per image on a log scale."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    rows = [(f"FAR K={report['main']['K']} O={report['main']['O']}", report["main"])]
-    if report.get("mar_vs_far"):
-        m = report["mar_vs_far"]
-        if (m["far"]["K"], m["far"]["O"]) != (report["main"]["K"], report["main"]["O"]):
-            rows.append((f"FAR K={m['K']} O={m['far_O']}", m["far"]))
-        rows.append((f"MAR K={m['K']} steps={m['mar_steps']}", m["mar"]))
-    bars = [(f"{label}\n{b}", e["backends"][b]) for label, e in rows for b in e["backends"]]
-    colors = {"backbone": "#4c72b0", "head": "#dd8452", "vae": "#55a868", "overhead": "#8c8c8c"}
-    sweep = report["sweep"]
-    fig, axes = plt.subplots(1, 2 if sweep else 1, figsize=(13 if sweep else 7, 0.7 * len(bars) + 2),
-                             squeeze=False)
-    ax = axes[0][0]
-    y = np.arange(len(bars))
-    left = np.zeros(len(bars))
-    for c in COMPONENTS:
-        vals = np.array([100 * r["shares"][c] for _, r in bars])
-        ax.barh(y, vals, left=left, color=colors[c], label=c)
-        left += vals
-    for i, (_, r) in enumerate(bars):
-        ax.text(101, i, f"{1000 * r['latency_median_s']:.0f} ms", va="center", fontsize=8)
-    ax.set_xlim(0, 118)
-    ax.set_yticks(y, [label for label, _ in bars], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("% of end-to-end time (mean); median latency per image at the right")
-    ax.set_title(f"Where the time goes (batch {report['main']['batch']}, CFG {report['main']['cfg']}, "
-                 f"{report['threads']} threads)", fontsize=10)
-    ax.legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.14))
-    if sweep:
-        ax = axes[0][1]
-        Os = sorted({e["O"] for e in sweep})
-        for b in sweep[0]["backends"]:
-            for k in sorted({e["K"] for e in sweep}):
-                pts = sorted((e["O"], 1000 * e["backends"][b]["latency_median_s"]) for e in sweep if e["K"] == k)
-                ax.plot(*zip(*pts), marker="o", linestyle="-" if b == RUNTIME else "--", label=f"{b} K={k}")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xticks(Os, [str(o) for o in Os])
-        ax.set_xlabel("O (head steps)")
-        ax.set_ylabel("ms per image (median)")
-        ax.set_title("K x O sweep (FAR)", fontsize=10)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def write_report(report: dict, out: str) -> None:
-    from .export.bundle import _write_json
-    _write_json(os.path.join(out, "bench.json"), report)
-    with open(os.path.join(out, "bench.md"), "w") as f:
-        f.write(markdown(report))
-    plot(report, os.path.join(out, "bench.png"))
 
 
 # --- the command -------------------------------------------------------------------------------
