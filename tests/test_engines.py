@@ -406,7 +406,8 @@ def test_tensorrt_engines_build_reuse_and_run(bundles, tmp_path):
             results.append(pipe.generate_tokens([1, 2], K=8, O=2, cfg=3.0, seed=2))
     for b in results:                       # TensorRT's default TF32 matmuls: not bit-exact fp32
         assert np.abs(a - b).max() <= 1e-2 * max(1.0, np.abs(a).max())
-    assert all(np.array_equal(results[0], b) for b in results[1:])   # replay == eager
+    for b in results[1:]:                   # graph replay == eager enqueue
+        assert np.abs(results[0] - b).max() <= 1e-5 * max(1.0, np.abs(a).max())
     with pytest.raises(FarError, match="no optimisation profile"):
         Pipeline(bundle, TrtBackend(bundle, "fp32", out)).generate_tokens([1, 2], K=32, O=2, cfg=3.0)
     manifest_path = os.path.join(out, "engines.json")

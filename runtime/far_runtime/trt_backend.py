@@ -67,9 +67,10 @@ def import_cudart():
             raise FarError("The CUDA runtime bindings are not installed; install "
                            "far-export[tensorrt] (it brings cuda-python).") from None
     err, count = cudart.cudaGetDeviceCount()
-    if int(err) != 0 or count < 1:
-        raise FarError("No CUDA GPU is usable here (cudaGetDeviceCount failed or found none); "
-                       "TensorRT engines need an NVIDIA GPU and its driver.")
+    if int(err) != 0 or not count:
+        why = getattr(err, "name", str(err)) if int(err) != 0 else "no device found"
+        raise FarError(f"No CUDA GPU is usable here ({why}); TensorRT engines need an NVIDIA GPU "
+                       "and its driver.")
     return cudart
 
 
