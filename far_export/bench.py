@@ -50,6 +50,7 @@ from .flops import plan_flops
 log = logging.getLogger(__name__)
 
 MAR_VS_FAR_O = 8                    # the paper's FAR setting for its 2.3x claim
+TENSORRT, TORCH_CUDA = "tensorrt-fp32", "torch-cuda-graphs-fp32"   # GPU backends, when present
 
 # A VAE per preset whose latent grid is sqrt(seq_len) on a side: tiny -> 8x8 images, small
 # -> 32x32 (the demo's VAE shape), B -> MAR's kl16 (256x256).
@@ -216,6 +217,49 @@ class RuntimeEngine:
         return self.pipe.decode(tokens)
 
 
+class TimedBackend:
+    """Any runtime backend with a ``GraphTimer`` around ``run`` (for backends without one).
+    GPU backends return host arrays, so ``run`` has synchronised when it returns: the time
+    includes the host<->device copies of that call."""
+
+    def __init__(self, backend):
+        from far_runtime.backends import GraphTimer
+        self.inner = backend
+        self.name = backend.name
+        self.timer = GraphTimer()
+
+    def prepare(self, plan) -> None:
+        self.inner.prepare(plan)
+
+    def run(self, call, feeds):
+        t0 = time.perf_counter()
+        out = self.inner.run(call, feeds)
+        self.timer.add(call.graph, time.perf_counter() - t0)
+        return out
+
+
+class GpuEngine(RuntimeEngine):
+    """The runtime's loop over a GPU backend (fp32): TensorRT engines or PyTorch with CUDA
+    graphs. Only built where ``backend_availability`` says the backend can run."""
+
+    def __init__(self, spec: dict):
+        from far_runtime.bundle import load_bundle
+        from far_runtime.pipeline import Pipeline
+        bundle = load_bundle(spec["bundle"])
+        if spec["backend"] == TENSORRT:
+            from far_runtime.trt_backend import TrtBackend
+            backend = TrtBackend(bundle, precision="fp32")
+        else:
+            from .torch_cuda_backend import TorchCudaBackend
+            backend = TorchCudaBackend(bundle, dtype="fp32", cuda_graphs=True)
+        self.name = spec["backend"]
+        self.pipe = Pipeline(bundle, TimedBackend(backend))
+        self.timer = self.pipe.backend.timer
+        m = self.pipe.model
+        self.dims = (m["seq_len"], m["token_dim"], m["diffusion_steps"])
+        self.decodes = bundle.has("vae_decoder")
+
+
 class ReferenceEngine:
     """The PyTorch eager reference, its modules timed by hooks."""
 
@@ -307,7 +351,7 @@ def worker_main() -> None:
 
     spec = json.loads(sys.stdin.readline())
     try:
-        engine = (ReferenceEngine if spec["backend"] == REFERENCE else RuntimeEngine)(spec)
+        engine = {REFERENCE: ReferenceEngine, RUNTIME: RuntimeEngine}.get(spec["backend"], GpuEngine)(spec)
     except FarError as e:
         send({"error": str(e)})
         return
@@ -417,6 +461,10 @@ def measure_config(workers: list, K: int, O: int, batch: int, cfg: float, runs: 
                           / out["backends"][RUNTIME]["latency_median_s"])
         out["speedup_paired_median"] = float(np.median(
             [a["total"] / b["total"] for a, b in zip(results[REFERENCE], results[RUNTIME])]))
+    if REFERENCE in results:
+        ref = out["backends"][REFERENCE]["latency_median_s"]
+        out["speedup_over_eager"] = {b: ref / r["latency_median_s"] for b, r in out["backends"].items()
+                                     if b != REFERENCE}
     return out
 
 
@@ -454,7 +502,7 @@ def add_flops(entry: dict, manifest: dict, batch: int, K: int, cfg: float) -> No
     steps = entry["O"]
     fused = model["head_kind"] == "shortcut" and fused_name(steps) in manifest["graphs"]
     for b, r in entry["backends"].items():
-        mode = "fused" if fused and b == RUNTIME else "step"
+        mode = "fused" if fused and b != REFERENCE else "step"
         fl = plan_flops(manifest["config"], make_plan(model, batch, K, steps, cfg != 1.0, mode, False))
         t = r["breakdown_s"]
         r["flops"] = fl
@@ -462,22 +510,33 @@ def add_flops(entry: dict, manifest: dict, batch: int, K: int, cfg: float) -> No
         r["achieved_gflops"] = {c: (fl[c] / t[c] / 1e9 if t[c] > 0 else None) for c in ("backbone", "head")}
 
 
-def backend_availability() -> dict:
-    """Which backends exist here; the unavailable ones with the reason."""
+def backend_availability(bundle: str | None = None) -> dict:
+    """Which backends can run here; the others with the reason. The GPU backends run the
+    runtime's own loop (fp32) where PyTorch sees a CUDA device (CUDA graphs) and, for
+    TensorRT, where it is installed and fp32 engines were built for the bundle."""
     out = {REFERENCE: {"available": True}, RUNTIME: {"available": True}}
-    try:
-        import tensorrt  # noqa: F401
-        out["tensorrt"] = {"available": False, "reason": "TensorRT is installed, but the runtime "
-                           "has no TensorRT backend yet"}
-    except ImportError:
-        out["tensorrt"] = {"available": False, "reason": "TensorRT is not installed"}
     try:
         import torch
         cuda = torch.cuda.is_available()
+        why_not = (f"PyTorch {torch.__version__} sees no CUDA device"
+                   + ("" if torch.version.cuda else " (a CPU-only build)"))
     except ImportError:
-        cuda = False
-    out["cuda-graphs"] = {"available": False, "reason": ("no CUDA graph backend in the runtime yet" if cuda
-                                                         else "no CUDA device")}
+        cuda, why_not = False, "PyTorch is not installed"
+    out[TORCH_CUDA] = {"available": cuda, "reason": None if cuda else why_not}
+    try:
+        import tensorrt  # noqa: F401
+        trt, trt_why = True, None
+    except (ImportError, OSError) as e:
+        trt, trt_why = False, ("TensorRT is not installed" if isinstance(e, ImportError)
+                               else f"TensorRT does not load ({e})")
+    if trt and not cuda:
+        trt, trt_why = False, why_not
+    if trt and bundle:
+        from far_runtime.trt_backend import ENGINE_MANIFEST, default_engine_dir
+        edir = default_engine_dir(bundle, "fp32")
+        if not os.path.isfile(os.path.join(edir, ENGINE_MANIFEST)):
+            trt, trt_why = False, f"no fp32 engines in {edir} (build them with far-export engines)"
+    out[TENSORRT] = {"available": trt, "reason": trt_why}
     return out
 
 
@@ -543,7 +602,7 @@ def run_bench(source: str | None, out: str, preset: str | None = None, mar: str 
 
     report = {"command": None, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t_start)),
               "threads": threads, "runs": runs, "warmup": warmup, "seed": seed, "preset": preset,
-              "backends": backend_availability(), "matmul_peak": matmul,
+              "backends": backend_availability(models["far"]["bundle"]), "matmul_peak": matmul,
               "models": {}, "main": None, "mar_vs_far": None, "sweep": [],
               "memory_method": ("peak resident set (VmHWM) of each backend's own worker process, "
                                 "reset before each configuration via /proc/self/clear_refs")}
@@ -552,8 +611,11 @@ def run_bench(source: str | None, out: str, preset: str | None = None, mar: str 
     def run_model(name: str, configs: list[tuple]):
         m = models[name]
         man = m["manifest"]
+        avail = backend_availability(m["bundle"])
         specs = [{"backend": REFERENCE, "threads": threads, **m["reference"]},
                  {"backend": RUNTIME, "threads": threads, "bundle": m["bundle"]}]
+        specs += [{"backend": b, "threads": threads, "bundle": m["bundle"]}
+                  for b in (TORCH_CUDA, TENSORRT) if avail[b]["available"]]
         workers = []
         try:
             for s in specs:

@@ -27,17 +27,19 @@ def markdown(report: dict) -> str:
              f"with equal seeds. Load average before/after: {ld['before']['loadavg_1m']:.2f} / "
              f"{ld['after']['loadavg_1m']:.2f} (1 min, {ld['before']['cpus']} CPUs).\n")
     L.append(f"## Main: FAR, K={main['K']}, O={main['O']}, batch {main['batch']}, CFG {main['cfg']}\n")
-    L.append("| backend | images/s | latency/image median (ms) | p90 (ms) | backbone | head | VAE | overhead | "
-             "overhead in generate | peak RSS (MB) |")
-    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    L.append("| backend | images/s | latency/image median (ms) | p90 (ms) | vs eager | backbone | head | VAE | "
+             "overhead | overhead in generate | peak RSS (MB) |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    ref_lat = main["backends"].get(REFERENCE, {}).get("latency_median_s")
     for b, r in main["backends"].items():
         t, s = r["breakdown_s"], r["shares"]
-        L.append(f"| {b} | {r['images_per_s']:.3f} | {_ms(r['latency_median_s'])} | {_ms(r['latency_p90_s'])} | "
+        vs = f"{ref_lat / r['latency_median_s']:.2f}x" if ref_lat else "-"
+        L.append(f"| {b} | {r['images_per_s']:.3f} | {_ms(r['latency_median_s'])} | {_ms(r['latency_p90_s'])} | {vs} | "
                  + " | ".join(f"{_ms(t[c])} ({100 * s[c]:.0f}%)" for c in COMPONENTS)
                  + f" | {100 * r['generate_overhead_share']:.1f}% | {r['peak_rss_mb']:.0f} |")
     if "speedup" in main:
-        L.append(f"\nRuntime speed-up over eager PyTorch, end to end (median latency ratio): "
-                 f"**{main['speedup']:.2f}x**. Same work: final latents differ by at most "
+        L.append(f"\nRuntime speed-up over eager PyTorch, end to end: **{main['speedup']:.2f}x** (ratio of "
+                 f"median latencies; median of the per-run ratios {main['speedup_paired_median']:.2f}x). Same work: final latents differ by at most "
                  f"{main['same_work']['latent_max_abs_diff']:.2e} (max |latent| "
                  f"{main['same_work']['latent_max_abs']:.2e}).\n")
     unavailable = [f"{b} ({v['reason']})" for b, v in report["backends"].items() if not v["available"]]

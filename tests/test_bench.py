@@ -9,7 +9,8 @@ import torch
 from click.testing import CliRunner
 from torch.utils.flop_counter import FlopCounterMode
 
-from far_export.bench import COMPONENTS, REFERENCE, RUNTIME, backbone_digest, write_preset_models
+from far_export.bench import (COMPONENTS, REFERENCE, RUNTIME, TENSORRT, TORCH_CUDA, backbone_digest,
+                              write_preset_models)
 from far_export.cli import main
 from far_export.config import preset
 from far_export.reference import Backbone
@@ -73,7 +74,8 @@ def test_report_is_well_formed(report):
     assert mm["peak_gflops"] >= max(mm["torch_gflops"], mm["numpy_gflops"]) > 0
     assert rep["throughput"]["backends"][RUNTIME]["backbone_fraction_of_matmul_peak"] > 0
     assert rep["models"]["far"]["torch_imported"] == {REFERENCE: True, RUNTIME: False}
-    assert not rep["backends"]["tensorrt"]["available"] and rep["backends"]["tensorrt"]["reason"]
+    for gpu in (TENSORRT, TORCH_CUDA):           # no GPU here: listed, with the reason, never faked
+        assert rep["backends"][gpu]["available"] is False and rep["backends"][gpu]["reason"]
     assert rep["command"].startswith("far-export bench ") and "--K 2" in rep["command"]
     assert rep["load"]["before"]["cpus"] >= 1
 
@@ -149,3 +151,21 @@ def test_user_errors(args, message, tmp_path):
     res = CliRunner().invoke(main, ["bench", *args, "--out", str(tmp_path)])
     assert res.exit_code == 2
     assert message in res.output
+
+
+def test_timed_backend_wraps_any_backend(bundles):
+    """The timing proxy used for the GPU backends, here around ONNX Runtime: same tokens, and
+    every graph call of the plan is timed."""
+    import numpy as np
+    from far_export.bench import TimedBackend
+    from far_runtime.backends import OrtBackend
+    from far_runtime.bundle import load_bundle
+    from far_runtime.pipeline import Pipeline
+    bundle = load_bundle(bundles["far"])
+    plain, timed = Pipeline(bundle, OrtBackend(bundle)), Pipeline(bundle, TimedBackend(OrtBackend(bundle)))
+    a = plain.generate_tokens([1, 2], K=4, O=2, cfg=3.0, seed=5)
+    b = timed.generate_tokens([1, 2], K=4, O=2, cfg=3.0, seed=5)
+    assert np.array_equal(a, b)
+    calls = timed.backend.timer.calls
+    assert calls["backbone"] == 4 and calls["head_fused_o2"] == 4
+    assert all(s > 0 for s in timed.backend.timer.seconds.values())
