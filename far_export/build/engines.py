@@ -388,6 +388,6 @@ def maybe_build_engines(bundle_dir: str, precision: str) -> str:
         m = build_engines(bundle_dir, precision)
     except FarError as e:
         return f"engines: none built: {e}"
-    where = os.path.dirname(os.path.join(default_engine_dir(bundle_dir, precision), ENGINE_MANIFEST))
+    where = default_engine_dir(bundle_dir, precision)
     return (f"engines: {len(m['engines'])} {precision} engines in {where} ({m['built']} built, "
             f"{m['reused']} reused) for {m['built_on']['gpu']}, TensorRT {m['built_on']['tensorrt']}.")
