@@ -141,12 +141,13 @@ def export_options(fn):
 
 
 def _run_export(checkpoint, vae_path, out, components, head_steps, opset, exporter, max_batch,
-                weights, heads, external_data, validate_batches):
+                weights, heads, external_data, validate_batches, precision="fp32", precision_options=None):
     from .export.bundle import export_bundle, parse_components
     manifest = export_bundle(checkpoint, vae_path, out, parse_components(components),
                              _int_list(head_steps, '--head-steps'), opset, exporter, max_batch, weights,
                              heads, external_data, progress=lambda m: click.echo(m, err=True),
-                             validate_batches=_int_list(validate_batches, '--validate-batches'))
+                             validate_batches=_int_list(validate_batches, '--validate-batches'),
+                             precision=precision, precision_options=precision_options)
     click.echo(f"wrote {len(manifest['graphs'])} graphs, validation.json, trt_readiness.json and "
                f"manifest.json to {out}")
     return manifest
@@ -166,14 +167,26 @@ def export(checkpoint, out, vae_path, **kw):
 @main.command()
 @click.argument("checkpoint", required=False)
 @click.option("--out", default="graphs/default", show_default=True, help="Bundle folder.")
-@click.option("--precision", type=click.Choice(["fp32"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="fp16: keep-list from ranges recorded on real sampling runs; int8: Q/DQ calibrated on them.")
+@click.option("--calibration-cache", help="Folder of recorded inputs and int8 ranges "
+              "(default $FAR_EXPORT_CACHE or ~/.cache/far-export/calibration).")
+@click.option("--int8-exclude", default="", help="Graphs or node names kept in float, comma-separated.")
+@click.option("--int8-budget", default=0.05, show_default=True,
+              help="Largest relative L2 error of an int8 graph on held-out inputs; more sensitive nodes stay float.")
 @click.option("--skip-verify", is_flag=True, help="Do not run verify after exporting.")
 @export_options
-def build(checkpoint, out, precision, skip_verify, vae_path, **kw):
-    """The main job: export + validate, engines where TensorRT exists, then verify."""
+def build(checkpoint, out, precision, calibration_cache, int8_exclude, int8_budget, skip_verify,
+          vae_path, **kw):
+    """The main job: export + validate (+ fp16/int8), engines where TensorRT exists, then verify."""
+    from .build.convert import PrecisionOptions
+    from .build.quantize import Int8Settings
     from .defaults import default_paths
     checkpoint, vae_path = default_paths(checkpoint, vae_path)
-    _run_export(checkpoint, vae_path, out, **kw)
+    exclude = tuple(x.strip() for x in int8_exclude.split(",") if x.strip())
+    opts = PrecisionOptions(precision, int8=Int8Settings(error_budget=int8_budget, exclude=exclude),
+                            cache_dir=calibration_cache)
+    _run_export(checkpoint, vae_path, out, **kw, precision=precision, precision_options=opts)
     try:
         import tensorrt  # noqa: F401
         click.echo("engines: TensorRT found, but engine building is not part of this build yet; "

@@ -2,7 +2,14 @@
 
 For each configuration it records the latent error after every iteration k (so drift
 accumulation is visible), the final latent error and the decoded-image PSNR, and judges them
-against the tolerances (fp32: final latent max abs <= 1e-3 and PSNR >= 50 dB).
+against the tolerances of the bundle's precision: fp32: final latent max abs <= 1e-3 and
+PSNR >= 50 dB; fp16: PSNR >= 35 dB (latent error reported); int8: latent error and PSNR
+reported. Every precision must stay finite at every iteration and in the image.
+
+On the demo model (10 classes, 32x32 images, shipped classifier present) reduced-precision
+bundles are also judged by what the images are for: classifier accuracy and Fréchet distance
+of runtime images against images of the FP32 reference pipeline drawn with the same
+randomness (int8 gate: accuracy within 2 points, Fréchet distance within 10%).
 """
 from __future__ import annotations
 
@@ -25,7 +32,10 @@ from .reference.pipeline import ReferencePipeline
 
 log = logging.getLogger(__name__)
 
-TOLERANCES = {"fp32": {"latent_max_abs": 1e-3, "psnr_db": 50.0}}
+TOLERANCES = {"fp32": {"latent_max_abs": 1e-3, "psnr_db": 50.0},
+              "fp16": {"latent_max_abs": None, "psnr_db": 35.0},
+              "int8": {"latent_max_abs": None, "psnr_db": None}}
+QUALITY_GATES = {"int8": {"accuracy_drop": 0.02, "frechet_ratio": 1.10}}
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -76,7 +86,8 @@ def verify_one(pipe: Pipeline, ref: ReferencePipeline, labels, K: int, O: int, c
               "latent_scale": scale, "reference_seconds": t1 - t0, "runtime_seconds": t2 - t1}
     if ref.vae is not None and pipe.bundle.has("vae_decoder"):
         result["psnr_db"] = psnr(ref.decode(torch.from_numpy(ref_tokens)), pipe.decode(rt_tokens))
-    result["finite"] = bool(np.isfinite(rt_tokens).all())
+    result["finite"] = bool(np.isfinite(rt_tokens).all() and all(np.isfinite(t).all() for t in t_rt)
+                            and ("psnr_db" not in result or bool(np.isfinite(pipe.decode(rt_tokens)).all())))
     return result
 
 
@@ -91,9 +102,11 @@ def default_configs(pipe: Pipeline, K=None, O=None, cfg=None, batch=None):
 
 def verify_bundle(bundle_dir: str, out: str | None = None, K=None, O=None, cfg=None, batch=None,
                   seed: int = 0, checkpoint: str | None = None, vae: str | None = None,
-                  precision: str = "fp32", progress=None) -> dict:
+                  precision: str | None = None, progress=None, quality: bool | None = None,
+                  quality_per_class: int = 20) -> dict:
     pipe = Pipeline.load(bundle_dir)
     ref = reference_for_bundle(pipe, checkpoint, vae)
+    precision = precision or pipe.bundle.manifest.get("precision", "fp32")
     tol = TOLERANCES[precision]
     results = []
     configs = default_configs(pipe, K, O, cfg, batch)
@@ -102,24 +115,72 @@ def verify_bundle(bundle_dir: str, out: str | None = None, K=None, O=None, cfg=N
         r = verify_one(pipe, ref, labels, k, o, c, seed)
         # Absolute for latents of normal scale (|x| <= 1), relative beyond: a random-weight
         # MAR head drives latents to 1e4 and float32 can only be relative there.
-        limit = tol["latent_max_abs"] * max(1.0, r["latent_scale"])
+        limit = (tol["latent_max_abs"] or math.inf) * max(1.0, r["latent_scale"])
         r["passed"] = bool(r["finite"] and r["latent_max_abs"] <= limit
-                           and r.get("psnr_db", 1e9) >= tol["psnr_db"])
+                           and r.get("psnr_db", 1e9) >= (tol["psnr_db"] or -math.inf))
         results.append(r)
         if progress:
             progress(i + 1, len(configs), r)
     report = {"bundle": os.path.abspath(bundle_dir), "precision": precision, "tolerances": tol,
               "results": results, "passed": all(r["passed"] for r in results)}
+    if quality is None:
+        quality = precision != "fp32" and demo_scorer_available(pipe)
+    if quality:
+        report["quality"] = image_quality(pipe, ref, per_class=quality_per_class, seed=seed)
+        gate = QUALITY_GATES.get(precision)
+        if gate:
+            q = report["quality"]
+            q["gate"] = gate
+            q["passed"] = bool(q["accuracy_drop"] <= gate["accuracy_drop"]
+                               and q["frechet_ratio"] <= gate["frechet_ratio"])
+            report["passed"] = report["passed"] and q["passed"]
     report["summary"] = summary(report)
     _write_json(out or os.path.join(bundle_dir, "verify.json"), report)
     return report
 
 
+def demo_scorer_available(pipe: Pipeline) -> bool:
+    """The shipped demo classifier exists and the bundle makes images it can score."""
+    from .demo.score import DEFAULT_CLASSIFIER
+    m = pipe.model
+    return (os.path.isfile(DEFAULT_CLASSIFIER) and pipe.bundle.has("vae_decoder") and m["num_classes"] == 10
+            and m["image_size"] == 32 and m["image_channels"] == 3)
+
+
+def image_quality(pipe: Pipeline, ref: ReferencePipeline, per_class: int = 20, K: int = 16,
+                  O: int | None = None, cfg: float = 3.0, seed: int = 0, batch: int | None = None) -> dict:
+    """Classifier accuracy and Fréchet distance of runtime images and of FP32 reference images
+    drawn with the same randomness (``10 * per_class`` images each)."""
+    from far_runtime.images import to_uint8
+    from .demo.score import score_images
+    m = pipe.model
+    O = O or max(pipe.bundle.manifest["head_steps"] or [1])
+    batch = batch or pipe.bundle.manifest["max_batch"]
+    K = min(K, m["seq_len"])
+    labels = np.tile(np.arange(m["num_classes"]), per_class)
+    S = m["diffusion_steps"] if m["head_kind"] == "diffusion" else 0
+    ours, theirs = [], []
+    t0 = time.perf_counter()
+    for i, start in enumerate(range(0, len(labels), batch)):
+        lab = labels[start:start + batch]
+        rnd = draw_randomness(seed + 1000 + i, len(lab), m["seq_len"], m["token_dim"], S)
+        kw = dict(cfg=cfg, randomness=rnd)
+        ours.append(to_uint8(pipe.decode(pipe.generate_tokens(lab, K=K, O=O, **kw))))
+        theirs.append(to_uint8(ref.decode(ref.tokens(lab, num_iter=K, head_steps=O, **kw))))
+    ours, theirs = np.concatenate(ours), np.concatenate(theirs)
+    a, b = score_images(ours, labels), score_images(theirs, labels)
+    return {"images": int(len(labels)), "K": K, "O": O, "cfg": cfg,
+            "accuracy": a["accuracy"], "frechet": a["frechet"],
+            "fp32_accuracy": b["accuracy"], "fp32_frechet": b["frechet"],
+            "accuracy_drop": b["accuracy"] - a["accuracy"],
+            "frechet_ratio": a["frechet"] / b["frechet"] if b["frechet"] > 0 else math.inf,
+            "finite": bool(np.isfinite(ours).all()), "seconds": time.perf_counter() - t0}
+
+
 def summary(report: dict) -> str:
     lines = [f"verify {report['bundle']} ({report['precision']}): "
              f"{'PASSED' if report['passed'] else 'FAILED'}",
-             f"  tolerances: final latent max abs <= {report['tolerances']['latent_max_abs']:g} x max(1, |latent|), "
-             f"PSNR >= {report['tolerances']['psnr_db']:g} dB",
+             "  tolerances: " + _tolerance_text(report["tolerances"]),
              "     K    O   cfg  B   latent max abs   worst iter   PSNR dB   ok"]
     for r in report["results"]:
         it = r["per_iteration_latent_max_abs"]
@@ -127,4 +188,18 @@ def summary(report: dict) -> str:
         ps = f"{r['psnr_db']:8.1f}" if "psnr_db" in r else "     n/a"
         lines.append(f"  {r['K']:4d} {r['O']:4d} {r['cfg']:5.1f} {r['batch']:2d}   {r['latent_max_abs']:14.3e}"
                      f"   k={worst:<8d} {ps}   {'yes' if r['passed'] else 'NO'}")
+    q = report.get("quality")
+    if q:
+        lines.append(f"  images ({q['images']}, K={q['K']} O={q['O']} cfg={q['cfg']:g}): accuracy {q['accuracy']:.3f} "
+                     f"(fp32 {q['fp32_accuracy']:.3f}), Frechet {q['frechet']:.2f} (fp32 {q['fp32_frechet']:.2f}, "
+                     f"x{q['frechet_ratio']:.3f})" + (f"  {'ok' if q['passed'] else 'NO'}" if "passed" in q else ""))
     return "\n".join(lines)
+
+
+def _tolerance_text(tol: dict) -> str:
+    parts = ["finite at every iteration"]
+    if tol["latent_max_abs"] is not None:
+        parts.append(f"final latent max abs <= {tol['latent_max_abs']:g} x max(1, |latent|)")
+    if tol["psnr_db"] is not None:
+        parts.append(f"PSNR >= {tol['psnr_db']:g} dB")
+    return ", ".join(parts)

@@ -40,7 +40,7 @@ class Int8Settings:
     calibrate_method: str = "MinMax"          # MinMax, Entropy or Percentile
     error_budget: float = 0.05                 # relative L2 error of a graph's output, held-out inputs
     max_excluded_fraction: float = 0.5
-    exclude: tuple = ()                        # graph or node names the user keeps in float
+    exclude: tuple = ()                        # components (backbone, head, vae), graphs or nodes kept in float
 
     def calibration_dict(self) -> dict:
         """The settings that change the calibrated ranges (part of the cache key)."""
@@ -204,7 +204,8 @@ def quantize_graph(fp32_path: str, out_path: str, feeds: dict | None, held_out: 
     quantisable = [n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS]
     info = {"settings": settings.to_dict(), "quantisable_nodes": len(quantisable),
             "error_budget": settings.error_budget}
-    if graph in settings.exclude or not quantisable:
+    component = "head" if graph.startswith("head") else "vae" if graph == "vae_decoder" else graph
+    if graph in settings.exclude or component in settings.exclude or not quantisable:
         info.update(precision="fp32", reason="kept in float by option" if quantisable
                     else "no MatMul/Gemm/Conv to quantise", excluded=[])
         return info

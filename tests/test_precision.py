@@ -1,0 +1,166 @@
+"""FP16 and INT8 bundles of the tiny model: measured keep-list, Q/DQ form, cache, runtime."""
+import json
+import os
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from far_export.build.calibration import CalibrationSettings, collect_feeds
+from far_export.build.convert import PrecisionOptions
+from far_export.build.precision import KeepRules, keep_list, record_ranges
+from far_export.export.bundle import export_bundle
+from far_export.export.trt_check import check_graph
+from far_export.synthetic import write_random_checkpoint
+from far_export.verify import verify_bundle
+from far_runtime.bundle import load_bundle
+from far_runtime.pipeline import Pipeline
+
+SETTINGS = CalibrationSettings(seeds=(0,), batch=2, max_samples=12)
+
+
+def _build(ckpt, vae, out, precision, cache):
+    return export_bundle(ckpt, vae, out, head_steps=(1, 2), validate_batches=(1, 3),
+                         precision=precision,
+                         precision_options=PrecisionOptions(precision, calibration=SETTINGS, cache_dir=cache))
+
+
+@pytest.fixture(scope="module")
+def lowered(tiny_files, tmp_path_factory):
+    d = tmp_path_factory.mktemp("lowered")
+    cache = str(d / "cache")
+    out = {"cache": cache}
+    for p in ("fp16", "int8"):
+        out[p] = str(d / p)
+        _build(tiny_files["far"], tiny_files["vae"], out[p], p, cache)
+    return out
+
+
+def _manifest(root):
+    with open(os.path.join(root, "manifest.json")) as f:
+        return json.load(f)
+
+
+def _float_types(model):
+    return {i.data_type for i in model.graph.initializer}
+
+
+def test_fp16_bundle_has_fp16_weights_and_float32_io(lowered):
+    m = _manifest(lowered["fp16"])
+    assert m["precision"] == "fp16"
+    for name, g in m["graphs"].items():
+        assert g["precision"] == "fp16" and g["fp16"]["validated"], name
+        assert g["fp16"]["rel_to_max"] <= 1e-2 and g["fp16"]["nan_inf"] == 0
+        model = onnx.load(os.path.join(lowered["fp16"], g["file"]))
+        assert onnx.TensorProto.FLOAT16 in _float_types(model), name
+        for vi in list(model.graph.input) + list(model.graph.output):
+            assert vi.type.tensor_type.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.INT64), vi.name
+        assert g["fp16"]["calibration"]["samples"] > 0
+    load_bundle(lowered["fp16"])                       # hashes re-recorded
+
+
+def test_fp16_keep_list_comes_from_recorded_ranges(lowered):
+    """The head's time embedding feeds Sin/Cos with t x 1000 x freq: those nodes and the ones
+    computing their argument are kept, each with the number that broke a rule."""
+    kept = _manifest(lowered["fp16"])["graphs"]["head_step"]["fp16"]["kept"]
+    assert kept
+    ops = {k["op"] for k in kept}
+    assert {"Sin", "Cos"} <= ops and "Mul" in ops
+    for k in kept:
+        assert k["reasons"] and all(r.startswith(("range:", "precision:")) for r in k["reasons"])
+    sin = next(k for k in kept if k["op"] == "Sin")
+    assert "argument reaches" in sin["reasons"][0]
+    model = onnx.load(os.path.join(lowered["fp16"], "head_step.onnx"))
+    by_name = {n.name: n for n in model.graph.node}
+    assert by_name[sin["node"]].op_type == "Sin"           # still there, fed by a float32 argument
+
+
+def test_inflating_a_layers_activations_keeps_that_node(bundles):
+    bundle = load_bundle(bundles["far"])
+    feeds = collect_feeds(bundle, SETTINGS)["backbone"]["calibration"]
+    model = onnx.load(bundle.path("backbone"))
+    rules = KeepRules()
+    base = keep_list(model, record_ranges(model, feeds), rules)
+    nodes = {n.name: n for n in model.graph.node}
+    fc1, fc2 = (next(n for n in model.graph.node if n.op_type == "MatMul" and f"encoder_blocks.0/mlp/{f}" in n.name)
+                for f in ("fc1", "fc2"))
+    assert fc2.name not in {k["node"] for k in base}
+    before = record_ranges(model, feeds)[fc2.output[0]].max_abs
+    # Scale fc1 and fc2 weights (and fc1's bias) by s: GELU is ~linear for large inputs, so
+    # fc2's output grows by ~s^2 while no weight comes near the range limit.
+    s = float(np.sqrt(8 * rules.range_limit / before))
+    inits = {i.name: i for i in model.graph.initializer}
+    scaled = [i for n in (fc1, fc2) for i in n.input if i in inits]
+    add1 = next(n for n in model.graph.node if n.op_type == "Add" and fc1.output[0] in n.input)
+    scaled += [i for i in add1.input if i in inits]
+    for w in scaled:
+        inits[w].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(inits[w]) * np.float32(s), w))
+    assert max(np.abs(numpy_helper.to_array(inits[w])).max() for w in scaled) < rules.range_limit
+    stats = record_ranges(model, feeds)
+    assert stats[fc2.output[0]].max_abs > rules.range_limit
+    kept = {k["node"]: k for k in keep_list(model, stats, rules)}
+    assert fc2.name in kept and nodes[fc2.name].op_type == "MatMul"
+    assert any(r.startswith(f"range: output {fc2.output[0]} reaches") for r in kept[fc2.name]["reasons"])
+    assert not any("reaches" in r and "onnx::" in r for r in kept[fc2.name]["reasons"])  # no weight did it
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_runtime_runs_reduced_precision_bundles(lowered, precision):
+    pipe = Pipeline.load(lowered[precision])
+    trace = []
+    tokens = pipe.generate_tokens([1, 2, 3], K=8, O=2, cfg=3.0, seed=4, trace=trace)
+    assert all(np.isfinite(t).all() for t in trace) and np.isfinite(tokens).all()
+    images = pipe.generate([0, 5], K=8, O=1, cfg=1.0, seed=1, head="step")
+    assert images.dtype == np.uint8 and images.shape == (2, 8, 8, 3)
+
+
+def test_int8_graphs_are_explicit_qdq_with_per_channel_weights(lowered):
+    m = _manifest(lowered["int8"])
+    assert m["precision"] == "int8"
+    assert m["graphs"]["backbone"]["precision"] == "int8"
+    for name, g in m["graphs"].items():
+        info = g["int8"]
+        assert info["calibration"]["samples"] > 0 and len(info["calibration"]["cache_key"]) == 64
+        if g["precision"] != "int8":
+            assert info["reason"]                       # a graph left in float says why
+            continue
+        path = os.path.join(lowered["int8"], g["file"])
+        model = onnx.load(path)
+        ops = {n.op_type for n in model.graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear"} <= ops, name
+        inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        per_channel = [n for n in model.graph.node if n.op_type == "DequantizeLinear"
+                       and n.input[1] in inits and inits[n.input[1]].size > 1]
+        assert per_channel, name
+        for n in model.graph.node:                      # symmetric: every zero point is 0
+            if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2:
+                assert not inits[n.input[2]].any() and inits[n.input[2]].dtype == np.int8
+        assert not any(v.dtype == np.int32 for v in inits.values())       # biases stay float
+        report = check_graph(path)
+        assert report.ok, report.summary()
+        assert info["error"] <= info["error_budget"]
+
+
+def test_calibration_cache_is_reused_and_keyed_by_checkpoint(lowered, tiny_files, tmp_path):
+    first = _manifest(lowered["int8"])["graphs"]
+    assert _manifest(lowered["fp16"])["graphs"]["backbone"]["fp16"]["calibration"]["cache"] == "miss"
+    assert first["backbone"]["int8"]["calibration"]["cache"] == "hit"        # recorded by the fp16 build
+    again = _build(tiny_files["far"], tiny_files["vae"], str(tmp_path / "again"), "int8", lowered["cache"])
+    for name, g in again["graphs"].items():
+        assert g["int8"]["calibration"]["cache"] == "hit", name
+        assert g["int8"]["calibration"]["ranges"] == "cached", name
+        assert g["int8"]["calibration"]["cache_key"] == first[name]["int8"]["calibration"]["cache_key"]
+    other = str(tmp_path / "other.pth")
+    write_random_checkpoint(other, "tiny", "shortcut", seed=7)
+    changed = _build(other, tiny_files["vae"], str(tmp_path / "changed"), "int8", lowered["cache"])
+    for name, g in changed["graphs"].items():
+        assert g["int8"]["calibration"]["cache"] == "miss", name
+        assert g["int8"]["calibration"]["cache_key"] != first[name]["int8"]["calibration"]["cache_key"]
+
+
+def test_verify_judges_fp16_by_its_own_tolerances(lowered, tmp_path):
+    report = verify_bundle(lowered["fp16"], str(tmp_path / "v.json"), K=8, O=2, cfg=3.0, batch=2)
+    assert report["precision"] == "fp16" and report["tolerances"]["psnr_db"] == 35.0
+    r = report["results"][0]
+    assert report["passed"] and r["finite"] and r["psnr_db"] >= 35.0
