@@ -343,6 +343,24 @@ def test_torch_backend_matches_onnxruntime_on_cpu(bundles, head):
     assert np.abs(a - b).max() <= 1e-4
 
 
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_torch_backend_half_precision_path_on_cpu(bundles, tiny_files, dtype):
+    """Weights cast + autocast, as on the GPU (CPU autocast here): close to the FP32 reference."""
+    from far_export.reference.pipeline import ReferencePipeline
+    from far_export.torch_cuda_backend import TorchCudaBackend
+    from far_export.verify import psnr
+    from far_runtime.pipeline import Pipeline
+    from far_runtime.randomness import draw_randomness
+    bundle = load_bundle(bundles["far"])
+    pipe = Pipeline(bundle, TorchCudaBackend(bundle, dtype, cuda_graphs=False, device="cpu"))
+    ref = ReferencePipeline.load(tiny_files["far"], tiny_files["vae"])
+    r = draw_randomness(3, 2, 16, 4)
+    a = ref.tokens([1, 2], num_iter=8, head_steps=8, cfg=3.0, randomness=r)
+    b = pipe.generate_tokens([1, 2], K=8, O=8, cfg=3.0, randomness=r)
+    assert 0 < np.abs(a.numpy() - b).max() <= 0.05 * np.abs(a.numpy()).max()   # really half precision
+    assert psnr(ref.decode(a), pipe.decode(b)) >= 35
+
+
 # --- GPU only ------------------------------------------------------------------------------
 
 @NEEDS_CUDA
