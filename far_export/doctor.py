@@ -17,7 +17,6 @@ log = logging.getLogger(__name__)
 
 
 def _tiny_model() -> bytes:
-    import onnx
     from onnx import TensorProto, helper
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
