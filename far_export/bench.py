@@ -433,8 +433,7 @@ def measure_config(workers: list, K: int, O: int, batch: int, cfg: float, runs: 
             r = w.ask({**base, "seed": seed + i})
             if "error" in r:
                 raise FarError(r["error"])
-    for w in workers:
-        w.ask({"cmd": "reset_peak"})
+    reset = all([w.ask({"cmd": "reset_peak"})["reset"] for w in workers])
     results = {w.backend: [] for w in workers}
     tokens = {}
     for r in range(runs):
@@ -449,6 +448,7 @@ def measure_config(workers: list, K: int, O: int, batch: int, cfg: float, runs: 
         say(f"  K={K} O={O} batch={batch} cfg={cfg}: run {r + 1}/{runs}: "
             + ", ".join(f"{b} {results[b][-1]['total']:.3f}s" for b in results))
     out = {"K": K, "O": O, "batch": batch, "cfg": cfg, "runs": runs, "warmup": warmup,
+           "peak_rss_scope": "this configuration" if reset else "worker lifetime (reset refused)",
            "labels": labels, "seeds": [seed + r for r in range(runs)], "backends": {}}
     for w in workers:
         out["backends"][w.backend] = summarize(results[w.backend], batch)
