@@ -119,21 +119,24 @@ def test_plan_shapes_only_for_graphs_the_bundle_has():
 
 # --- graph sources, cache key, reuse ---------------------------------------------------------
 
-def test_graph_source_by_precision(tmp_path):
-    files = {"backbone.onnx": "a" * 64}
-    bundle = Bundle(str(tmp_path), {"graphs": {"backbone": {
-        "file": "backbone.onnx", "files": files, "precision": "fp32",
-        "variants": {"int8": {"file": "backbone.int8.onnx", "files": {"backbone.int8.onnx": "b" * 64},
-                              "calibration_sha256": "c" * 64}}}}})
-    fp32 = graph_source(bundle, "backbone", "fp32")
-    int8 = graph_source(bundle, "backbone", "int8")
-    assert fp32.path.endswith("backbone.onnx") and fp32.calibration_sha256 is None
-    assert int8.path.endswith("backbone.int8.onnx") and int8.calibration_sha256 == "c" * 64
-    assert fp32.sha256 != int8.sha256
-    with pytest.raises(FarError, match="no FP16 version of 'backbone' .*fp32, int8"):
-        graph_source(bundle, "backbone", "fp16")
+def test_graph_source_is_the_bundle_graph_of_that_precision(tmp_path):
+    entry = {"file": "backbone.onnx", "files": {"backbone.onnx": "a" * 64}, "precision": "int8",
+             "int8": {"calibration": {"cache_key": "c" * 64}}}
+    int8 = Bundle(str(tmp_path), {"precision": "int8", "graphs": {"backbone": entry}})
+    src = graph_source(int8, "backbone", "int8")
+    assert src.path == str(tmp_path / "backbone.onnx") and src.calibration_sha256 == "c" * 64
+    fp32 = Bundle(str(tmp_path), {"graphs": {"backbone": {"file": "backbone.onnx",
+                                                          "files": {"backbone.onnx": "a" * 64}}}})
+    assert graph_source(fp32, "backbone", "fp32").calibration_sha256 is None    # old bundles: fp32
+    assert graph_source(fp32, "backbone", "fp32").sha256 == src.sha256
+    with pytest.raises(FarError, match="holds fp32 graphs, not the FP16 graphs .*build --precision fp16"):
+        graph_source(fp32, "backbone", "fp16")
+    with pytest.raises(FarError, match="holds int8 graphs, not the FP16 graphs"):
+        graph_source(int8, "backbone", "fp16")
+    with pytest.raises(FarError, match="holds fp32 graphs, not the Q/DQ .INT8. graphs"):
+        graph_source(fp32, "backbone", "int8")
     with pytest.raises(FarError, match="Precision must be one of"):
-        graph_source(bundle, "backbone", "fp8")
+        graph_source(fp32, "backbone", "fp8")
 
 
 FACTS = {"tensorrt": "10.8.0.43", "cuda_runtime": "12.8", "driver": "12.8",
@@ -305,7 +308,7 @@ def test_engines_cli_profiles_only_and_option_errors(bundles):
     assert set(profiles) == set(load_bundle(bundles["far"]).graphs)
     r = subprocess.run([sys.executable, "-m", "far_export.cli", "engines", bundles["far"], "--precision", "fp16"],
                        capture_output=True, text=True)
-    assert r.returncode == 2 and "no FP16 version of 'backbone'" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "holds fp32 graphs, not the FP16" in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.skipif(_cuda(), reason="a CUDA GPU is present")

@@ -9,8 +9,9 @@
    min/max of its shapes and, as opt, the call-weighted median (the shape TensorRT should
    be fastest at is the one called most). The dims and their limits are the component
    specs' (``far_runtime.specs``); nothing here knows a tensor name or a dim of its own.
-2. Precision. Engines are built strongly typed from the graph of that precision: FP16
-   engines from FP16 graphs, INT8 engines from Q/DQ graphs, FP32 from the exported graphs.
+2. Precision. Engines are built strongly typed from the bundle's graphs, so their precision
+   is the bundle's: FP16 engines from an FP16 bundle, INT8 engines from an INT8 (Q/DQ)
+   bundle (``far-export build --precision ...``), FP32 from an FP32 one.
 3. Cache key. An engine's key is everything that changes the engine: graph sha256,
    profiles, precision, calibration hash, build options, TensorRT and CUDA versions, GPU
    name and compute capability. The key material is stored in ``engines.json`` beside the
@@ -39,8 +40,8 @@ from far_runtime.plan import make_plan
 from far_runtime.schedule import MAX_K
 from far_runtime.specs import ComponentSpec, fused_name
 from far_runtime.trt_backend import (ENGINE_FORMAT, ENGINE_FORMAT_VERSION, ENGINE_MANIFEST,
-                                     HARDWARE_LEVELS, PRECISIONS, GraphSource, cache_key,
-                                     default_engine_dir, device_facts, graph_source,
+                                     HARDWARE_LEVELS, PRECISIONS, GraphSource, bundle_precision,
+                                     cache_key, default_engine_dir, device_facts, graph_source,
                                      import_cudart, import_tensorrt)
 
 log = logging.getLogger(__name__)
@@ -250,7 +251,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower()
 
 
-def build_engines(bundle_dir: str, precision: str = "fp16", out: str | None = None,
+def build_engines(bundle_dir: str, precision: str | None = None, out: str | None = None,
                   k_range=(1, MAX_K), batch_range=None, max_profiles: int = 4,
                   version_compatible: bool = False, hardware_compatibility: str = "none",
                   optimization_level: int = 3, workspace_gb: float | None = None, graphs=None,
@@ -258,6 +259,7 @@ def build_engines(bundle_dir: str, precision: str = "fp16", out: str | None = No
     """Build (or reuse) one engine per graph; returns the engine manifest written to ``out``."""
     say = progress or log.info
     bundle = load_bundle(bundle_dir)
+    precision = precision or bundle_precision(bundle)
     if precision not in PRECISIONS:
         raise FarError(f"--precision takes {', '.join(PRECISIONS)}, got {precision!r}.")
     batch_range = tuple(batch_range or (1, bundle.manifest["max_batch"]))
@@ -378,7 +380,7 @@ def build_engine(trt, logger, source: GraphSource, spec: ComponentSpec, profiles
     return bytes(data)
 
 
-def maybe_build_engines(bundle_dir: str, precision: str) -> str:
+def maybe_build_engines(bundle_dir: str, precision: str | None = None) -> str:
     """The engine step of ``far-export build``: engines where TensorRT exists; one status line."""
     try:
         import_tensorrt()
@@ -388,6 +390,7 @@ def maybe_build_engines(bundle_dir: str, precision: str) -> str:
         m = build_engines(bundle_dir, precision)
     except FarError as e:
         return f"engines: none built: {e}"
+    precision = m["precision"]
     where = default_engine_dir(bundle_dir, precision)
     return (f"engines: {len(m['engines'])} {precision} engines in {where} ({m['built']} built, "
             f"{m['reused']} reused) for {m['built_on']['gpu']}, TensorRT {m['built_on']['tensorrt']}.")

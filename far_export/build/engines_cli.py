@@ -2,18 +2,18 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 
 from far_runtime.schedule import MAX_K
-from far_runtime.trt_backend import HARDWARE_LEVELS, PRECISIONS
+from far_runtime.trt_backend import HARDWARE_LEVELS, PRECISIONS, default_engine_dir
 
 
 @click.command()
 @click.argument("bundle")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp16", show_default=True,
-              help="fp16 from the FP16 graphs, int8 from the Q/DQ graphs, fp32 from the exported graphs.")
+@click.option("--precision", type=click.Choice(PRECISIONS),
+              help="Must be the bundle's (default): fp16 engines from an fp16 bundle's graphs, int8 from "
+                   "an int8 bundle's Q/DQ graphs (far-export build --precision ...).")
 @click.option("--out", help="Engine folder (default BUNDLE/engines/PRECISION).")
 @click.option("--k", "k_range", default=f"1:{MAX_K}", show_default=True,
               help="Range of K (autoregressive iterations) the engines must serve, MIN:MAX.")
@@ -47,6 +47,6 @@ def engines(bundle, precision, out, k_range, batch_range, max_profiles, version_
     m = build_engines(bundle, precision, out, k, bt, max_profiles, version_compatible,
                       hardware_compatible, optimization_level, workspace_gb, names, force,
                       progress=lambda msg: click.echo(msg, err=True))
-    click.echo(f"{len(m['engines'])} {precision} engines ({m['built']} built, {m['reused']} reused) for "
+    click.echo(f"{len(m['engines'])} {m['precision']} engines ({m['built']} built, {m['reused']} reused) for "
                f"{m['built_on']['gpu']} (sm {m['built_on']['compute_capability']}), TensorRT "
-               f"{m['built_on']['tensorrt']}, in {out or bundle + '/engines/' + precision}", file=sys.stdout)
+               f"{m['built_on']['tensorrt']}, in {out or default_engine_dir(bundle, m['precision'])}")

@@ -1,6 +1,6 @@
 """TensorRT engines behind the runtime's backend interface, and the checks that guard them.
 
-    backend = TrtBackend(load_bundle("graphs/demo"), precision="fp16")
+    backend = TrtBackend(load_bundle("graphs/demo"))        # engines of the bundle's precision
     pipe = Pipeline(backend.bundle, backend)
 
 The first half of this module is plain data and needs neither TensorRT nor CUDA: the engine
@@ -112,29 +112,33 @@ def graph_sha256(files: dict) -> str:
 
 
 def graph_source(bundle: Bundle, graph: str, precision: str) -> GraphSource:
-    """The graph to build a ``precision`` engine from.
+    """The graph to build a ``precision`` engine from: the bundle's own graph, which must be
+    of that precision.
 
-    FP16 engines are built strongly typed from FP16 graphs, INT8 engines from Q/DQ graphs:
-    TensorRT takes every type from the graph, so the precision is the graph's. The bundle
-    records a graph's precision in its entry (``"precision"``); other precisions of the same
-    component are listed under ``"variants"`` with the same fields (``file``, ``files``, and
-    for INT8 ``calibration_sha256``).
+    FP16 engines are built strongly typed from an FP16 bundle's graphs, INT8 engines from an
+    INT8 bundle's Q/DQ graphs (``far-export build --precision ...``): TensorRT takes every
+    type from the graph, so the engine's precision is the bundle's (``manifest["precision"]``;
+    a graph kept in float by the INT8 builder stays so in its engine). For FP16/INT8 the
+    hash of the recorded calibration inputs (``graphs[g][precision]["calibration"]
+    ["cache_key"]``) is part of the engine's key.
     """
     if precision not in PRECISIONS:
         raise FarError(f"Precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
+    have = bundle_precision(bundle)
+    if have != precision:
+        what = {"fp16": "FP16", "int8": "Q/DQ (INT8)", "fp32": "FP32"}[precision]
+        raise FarError(f"The bundle holds {have} graphs, not the {what} graphs {precision} engines are "
+                       f"built from; build a bundle with `far-export build --precision {precision}`.")
     if not bundle.has(graph):
         raise FarError(f"The bundle has no '{graph}' graph.")
     entry = bundle.graphs[graph]
-    if entry.get("precision", "fp32") != precision:
-        variants = entry.get("variants", {})
-        if precision not in variants:
-            have = [entry.get("precision", "fp32"), *variants]
-            what = "FP16" if precision == "fp16" else "Q/DQ (INT8)" if precision == "int8" else "FP32"
-            raise FarError(f"The bundle has no {what} version of '{graph}' (it has "
-                           f"{', '.join(have)}); export the {precision} graphs first.")
-        entry = variants[precision]
-    return GraphSource(graph, precision, os.path.join(bundle.root, entry["file"]),
-                       graph_sha256(entry["files"]), entry.get("calibration_sha256"))
+    calibration = (entry.get(precision) or {}).get("calibration", {}).get("cache_key") \
+        if precision != "fp32" else None
+    return GraphSource(graph, precision, bundle.path(graph), graph_sha256(entry["files"]), calibration)
+
+
+def bundle_precision(bundle: Bundle) -> str:
+    return bundle.manifest.get("precision", "fp32")
 
 
 # --- optimisation profiles ----------------------------------------------------------------
@@ -393,8 +397,9 @@ class TrtBackend:
 
     name = "tensorrt"
 
-    def __init__(self, bundle: Bundle, precision: str = "fp16", engine_dir: str | None = None,
+    def __init__(self, bundle: Bundle, precision: str | None = None, engine_dir: str | None = None,
                  cuda_graphs: bool = True, max_graphs: int = 256, device: int = 0):
+        precision = precision or bundle_precision(bundle)
         self.trt = import_tensorrt()
         self.cuda = Cuda(import_cudart())
         self.cuda.check(self.cuda.rt.cudaSetDevice(device), "cudaSetDevice")
