@@ -174,18 +174,20 @@ def export(checkpoint, out, vae_path, **kw):
 @click.option("--int8-exclude", default="", help="Graphs or node names kept in float, comma-separated.")
 @click.option("--int8-budget", default=0.05, show_default=True,
               help="Largest relative L2 error of an int8 graph on held-out inputs; more sensitive nodes stay float.")
+@click.option("--int8-min-speedup", type=float,
+              help="Keep a graph fp32 when its int8 version is not this much faster here (ONNX Runtime CPU).")
 @click.option("--skip-verify", is_flag=True, help="Do not run verify after exporting.")
 @export_options
-def build(checkpoint, out, precision, calibration_cache, int8_exclude, int8_budget, skip_verify,
-          vae_path, **kw):
+def build(checkpoint, out, precision, calibration_cache, int8_exclude, int8_budget, int8_min_speedup,
+          skip_verify, vae_path, **kw):
     """The main job: export + validate (+ fp16/int8), engines where TensorRT exists, then verify."""
     from .build.convert import PrecisionOptions
     from .build.quantize import Int8Settings
     from .defaults import default_paths
     checkpoint, vae_path = default_paths(checkpoint, vae_path)
     exclude = tuple(x.strip() for x in int8_exclude.split(",") if x.strip())
-    opts = PrecisionOptions(precision, int8=Int8Settings(error_budget=int8_budget, exclude=exclude),
-                            cache_dir=calibration_cache)
+    int8 = Int8Settings(error_budget=int8_budget, exclude=exclude, min_speedup=int8_min_speedup)
+    opts = PrecisionOptions(precision, int8=int8, cache_dir=calibration_cache)
     _run_export(checkpoint, vae_path, out, **kw, precision=precision, precision_options=opts)
     try:
         import tensorrt  # noqa: F401

@@ -156,9 +156,9 @@ def convert_bundle(out_dir: str, manifest: dict, options: PrecisionOptions,
             info = _fp16(path, new, f, options.keep_rules, say, name)
         else:
             ranges = os.path.join(cache.entry(name), f"int8_ranges-{_short(options.int8.calibration_dict())}.json")
-            calib["ranges"] = "cached" if os.path.isfile(ranges) else "calibrated"
             info = quantize_graph(path, new, f["calibration"], f["held_out"], ranges, options.int8, name,
                                   progress=say)
+            calib["ranges"] = info.pop("ranges", None)
         info["calibration"] = calib
         if os.path.exists(new):
             os.replace(new, path)

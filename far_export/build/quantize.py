@@ -10,7 +10,10 @@ quantised, TensorRT's recommended placement.
 
 Which nodes stay in float is measured, not guessed:
 1. nodes that do not depend on any graph input (e.g. the fused head's time embeddings of
-   constant t) are never quantised: they are constants, int8 would only add error;
+   constant t) are never quantised: they are constants, int8 would only add error; nor are
+   MatMuls without a constant weight (attention's scores and weighted sum): on this CPU their
+   Q/DQ pairs cost more than int8 saves (backbone 1.10x -> 1.25x over fp32, same error, on
+   the small preset), and TensorRT runs fused attention in fp16 anyway;
 2. the graph is quantised and its output compared with the fp32 graph on held-out real
    inputs (relative L2 error, ``error``). Over ``error_budget``, every quantised node gets a
    sensitivity, the noise-to-signal ratio that int8 rounding adds to its inputs (activation
@@ -18,7 +21,10 @@ Which nodes stay in float is measured, not guessed:
    per-channel scales), and the most sensitive nodes are kept in float in doubling batches
    until the error fits;
 3. if even ``max_excluded_fraction`` of the nodes in float does not fit the budget, the whole
-   graph stays fp32, and the manifest says so and why.
+   graph stays fp32, and the manifest says so and why;
+4. the int8 and fp32 graphs are timed on the held-out inputs (one thread) and recorded; with
+   ``min_speedup`` set, an int8 graph slower than that stays fp32 (a CPU/ONNX Runtime choice:
+   small GEMMs lose to their Q/DQ overhead; leave it unset for TensorRT-bound graphs).
 """
 from __future__ import annotations
 
@@ -41,6 +47,7 @@ class Int8Settings:
     error_budget: float = 0.05                 # relative L2 error of a graph's output, held-out inputs
     max_excluded_fraction: float = 0.5
     exclude: tuple = ()                        # components (backbone, head, vae), graphs or nodes kept in float
+    min_speedup: float | None = None           # keep a graph fp32 when int8 is not this much faster here
 
     def calibration_dict(self) -> dict:
         """The settings that change the calibrated ranges (part of the cache key)."""
@@ -130,6 +137,29 @@ def output_error(ref_sess, sess, feeds: list[dict]) -> dict:
     return {"error": float(np.sqrt(num / den)) if den > 0 else 0.0, "rel_to_max": worst, "nan_inf": nonfinite}
 
 
+def _digest(obj) -> str:
+    import hashlib
+    import json
+    return hashlib.sha256(json.dumps(obj).encode()).hexdigest()[:12]
+
+
+def time_graphs(fp32_path: str, int8_path: str, feeds: list[dict], repeats: int = 3) -> dict:
+    """Best-of-``repeats`` seconds of both graphs over ``feeds``, one thread, interleaved."""
+    import time
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sessions = [ort.InferenceSession(p, opts, providers=["CPUExecutionProvider"]) for p in (fp32_path, int8_path)]
+    best = [float("inf"), float("inf")]
+    for _ in range(repeats):
+        for i, sess in enumerate(sessions):
+            t0 = time.perf_counter()
+            for feed in feeds:
+                sess.run(None, feed)
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return {"fp32_seconds": best[0], "int8_seconds": best[1], "speedup": best[0] / best[1] if best[1] else 0.0}
+
+
 def node_sensitivity(fp32_model: onnx.ModelProto, qdq_model: onnx.ModelProto, feeds: list[dict]) -> dict[str, float]:
     """Per quantised node: noise/signal that int8 rounding adds to its inputs, measured on
     ``feeds`` (activations) and on the weights themselves."""
@@ -210,9 +240,18 @@ def quantize_graph(fp32_path: str, out_path: str, feeds: dict | None, held_out: 
                     else "no MatMul/Gemm/Conv to quantise", excluded=[])
         return info
     user = [n for n in quantisable if n in settings.exclude]
+    inits = {i.name for i in model.graph.initializer}
+    weightless = [n.name for n in model.graph.node
+                  if n.op_type in QUANTIZED_OPS and not any(i in inits for i in n.input)]
     const = constant_nodes(model)
-    excluded = {n: "constant: does not depend on the graph inputs" for n in const}
+    excluded = {n: "no constant weight: activation x activation" for n in weightless}
+    excluded.update({n: "constant: does not depend on the graph inputs" for n in const})
     excluded.update({n: "option" for n in user})
+    fixed = len(excluded)
+    # ranges are calibrated for the tensors this first exclusion set quantises (a superset of
+    # what later, larger exclusion sets need)
+    ranges_path = f"{os.path.splitext(ranges_path)[0]}-{_digest(sorted(excluded))}.json"
+    info["ranges"] = "cached" if os.path.isfile(ranges_path) else "calibrated"
     ref = ort.InferenceSession(fp32_path, providers=["CPUExecutionProvider"])
     tmp = out_path + ".tmp.onnx"
     calib = feeds
@@ -235,13 +274,20 @@ def quantize_graph(fp32_path: str, out_path: str, feeds: dict | None, held_out: 
                 info["sensitivity"] = dict(sorted(sens.items(), key=lambda kv: -kv[1])[:20])
             candidates = [n for n, _ in sorted(sens.items(), key=lambda kv: -kv[1]) if n not in excluded]
             extra = max(1, 2 * extra)
-            if not candidates or len(excluded) - len(const) - len(user) >= budget_nodes:
+            if not candidates or len(excluded) - fixed >= budget_nodes:
                 info.update(precision="fp32", excluded=[], attempts=tried,
                             reason=f"int8 error {err['error']:.4f} over budget {settings.error_budget} "
                                    f"even with {len(excluded)} node(s) in float")
                 return info
-            for n in candidates[:min(extra, max(1, budget_nodes - (len(excluded) - len(const) - len(user))))]:
+            for n in candidates[:min(extra, max(1, budget_nodes - (len(excluded) - fixed)))]:
                 excluded[n] = f"sensitivity: int8 adds {sens[n]:.4f} noise/signal to its inputs"
+        speed = time_graphs(fp32_path, tmp, held_out)
+        info["timing"] = speed
+        if settings.min_speedup and speed["speedup"] < settings.min_speedup:
+            info.update(precision="fp32", excluded=[], attempts=tried,
+                        reason=f"int8 is {speed['speedup']:.2f}x fp32 on this machine (held-out inputs, one "
+                               f"thread), under --int8-min-speedup {settings.min_speedup:g}")
+            return info
         os.replace(tmp, out_path)
     finally:
         if os.path.exists(tmp):
