@@ -475,7 +475,7 @@ class TrtBackend:
             ctx = eng.engine.create_execution_context()
         if ctx is None:
             raise FarError("TensorRT could not create an execution context (out of GPU memory?).")
-        ctx.set_optimization_profile_async(profile, self.stream)
+        ctx.set_optimization_profile_async(profile, int(self.stream))
         self.cuda.sync(self.stream)
         return ctx
 
