@@ -63,12 +63,12 @@ class FusedShortcutGraph(nn.Module):
         n = noise.shape[0]
         reps = z.shape[0] // n
         d = 1.0 / self.steps
-        level = torch.full((1,), math.log2(self.steps), dtype=noise.dtype)
+        level = torch.full((1,), math.log2(self.steps), dtype=noise.dtype, device=noise.device)
         c = h.cond_embed(z)
         s = h.step_embed(level)
         x = noise
         for i in range(self.steps):
-            t = torch.full((1,), i * d * TIME_SCALE, dtype=noise.dtype)
+            t = torch.full((1,), i * d * TIME_SCALE, dtype=noise.dtype, device=noise.device)
             y = h.time_embed(t) + s + c
             a = h.input_proj(x.repeat(reps, 1))
             for blk in h.res_blocks:
