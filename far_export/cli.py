@@ -189,13 +189,8 @@ def build(checkpoint, out, precision, calibration_cache, int8_exclude, int8_budg
     int8 = Int8Settings(error_budget=int8_budget, exclude=exclude, min_speedup=int8_min_speedup)
     opts = PrecisionOptions(precision, int8=int8, cache_dir=calibration_cache)
     _run_export(checkpoint, vae_path, out, **kw, precision=precision, precision_options=opts)
-    try:
-        import tensorrt  # noqa: F401
-        click.echo("engines: TensorRT found, but engine building is not part of this build yet; "
-                   "the ONNX Runtime bundle is ready.", err=True)
-    except ImportError:
-        click.echo("engines: TensorRT is not installed here, so no engines were built; "
-                   "the ONNX Runtime bundle is ready.", err=True)
+    from .build.engines import maybe_build_engines
+    click.echo(maybe_build_engines(out, precision) + " The ONNX Runtime bundle is ready.", err=True)
     if not skip_verify:
         _run_verify(out, None, None, None, 2, 0, None, None, None)
 
