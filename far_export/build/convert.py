@@ -167,6 +167,12 @@ def convert_bundle(out_dir: str, manifest: dict, options: PrecisionOptions,
             g["nodes"] = len(m.graph.node)
             g["bytes"] = os.path.getsize(path)
             readiness[name] = _readiness(path)
+        if precision == "int8":
+            for e in info.get("excluded", []):
+                if e["reason"].startswith(("sensitivity", "option")):
+                    say(f"  float {e['node']}: {e['reason']}")
+            if info.get("reason"):
+                say(f"  {name} stays fp32: {info['reason']}")
         g["precision"] = info.get("precision", precision)
         g[precision] = info
         if precision == "fp16" and not info["validated"]:
@@ -192,6 +198,8 @@ def _fp16(path: str, new: str, feeds: dict, rules: KeepRules, say, name: str) ->
                 validated=bool(err["nan_inf"] == 0 and err["rel_to_max"] <= FP16_TOLERANCE))
     say(f"{name}: fp16, {info['kept_count']} node(s) kept in fp32 by measured ranges; held-out error "
         f"{err['rel_to_max']:.2e} of max |output|")
+    for k in info["kept"]:
+        say(f"  kept {k['node']} ({k['op']}): {k['reasons'][0]}")
     return info
 
 
