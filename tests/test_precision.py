@@ -164,3 +164,20 @@ def test_verify_judges_fp16_by_its_own_tolerances(lowered, tmp_path):
     assert report["precision"] == "fp16" and report["tolerances"]["psnr_db"] == 35.0
     r = report["results"][0]
     assert report["passed"] and r["finite"] and r["psnr_db"] >= 35.0
+
+
+def test_values_kept_for_range_never_pass_through_fp16(tiny_files, tmp_path):
+    """The random MAR head drives latents to ~5e4, so the VAE decoder's first layers exceed
+    fp16's range: they are kept, and the tensors between them must stay fp32 end to end."""
+    m = _build(tiny_files["mar"], tiny_files["vae"], str(tmp_path / "mar16"), "fp16", str(tmp_path / "cache"))
+    vae = m["graphs"]["vae_decoder"]["fp16"]
+    assert any(r.startswith("range:") for k in vae["kept"] for r in k["reasons"])
+    assert vae["validated"] and vae["nan_inf"] == 0
+    model = onnx.load(str(tmp_path / "mar16" / "vae_decoder.onnx"))
+    prod = {o: n for n in model.graph.node for o in n.output}
+    for n in model.graph.node:          # no Cast(fp16) -> Cast(fp32) round trip is left
+        if n.op_type == "Cast" and n.attribute[0].i == onnx.TensorProto.FLOAT and n.input[0] in prod:
+            up = prod[n.input[0]]
+            assert not (up.op_type == "Cast" and up.attribute[0].i == onnx.TensorProto.FLOAT16), n.name
+    pipe = Pipeline.load(str(tmp_path / "mar16"))
+    assert np.isfinite(pipe.decode(pipe.generate_tokens([1, 2], K=4, cfg=3.0, seed=2))).all()

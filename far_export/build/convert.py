@@ -160,6 +160,11 @@ def convert_bundle(out_dir: str, manifest: dict, options: PrecisionOptions,
                                   progress=say)
             calib["ranges"] = info.pop("ranges", None)
         info["calibration"] = calib
+        if precision == "fp16" and not info["validated"]:
+            os.unlink(new)
+            raise FarError(f"The fp16 {name} graph is {info['rel_to_max']:.3g} (max abs / max |output|) away "
+                           f"from fp32 with {info['nan_inf']} NaN/Inf on held-out inputs (allowed: "
+                           f"{FP16_TOLERANCE}, none); no manifest was written.")
         if os.path.exists(new):
             os.replace(new, path)
             m = onnx.load(path, load_external_data=False)
@@ -175,9 +180,6 @@ def convert_bundle(out_dir: str, manifest: dict, options: PrecisionOptions,
                 say(f"  {name} stays fp32: {info['reason']}")
         g["precision"] = info.get("precision", precision)
         g[precision] = info
-        if precision == "fp16" and not info["validated"]:
-            raise FarError(f"The fp16 {name} graph is {info['rel_to_max']:.3g} (max abs / max |output|) "
-                           f"away from fp32 on held-out inputs, over {FP16_TOLERANCE}; no manifest was written.")
     manifest["calibration"] = {"settings": options.calibration.to_dict(), "cache_dir": os.path.abspath(cache_dir),
                                "hits": sum(hits.values()), "graphs": len(hits)}
     if precision == "fp16":

@@ -215,11 +215,68 @@ def convert_fp16(model: onnx.ModelProto, kept_nodes: list[str]) -> onnx.ModelPro
     """FP16 graph with float32 IO; ``kept_nodes`` (and ops without fp16 support) stay FP32."""
     from onnxconverter_common import float16
     import warnings
+    model = _inline_identity_weights(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         m16 = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=list(kept_nodes),
                                                max_finite_val=FP16_MAX, min_positive_val=2.0 ** -24)
-    return _fix_casts(m16)
+    return _skip_round_trips(_fix_casts(m16))
+
+
+def _inline_identity_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The legacy exporter shares a tied weight through ``Identity(weight)``; the converter
+    would then type the copy fp16 while a kept node holds the original fp32. Give each use its
+    own initializer instead (same values, no node)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    inits = {i.name: i for i in g.initializer}
+    keep = []
+    for node in g.node:
+        if node.op_type == "Identity" and node.input[0] in inits:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(inits[node.input[0]])
+            copy.name = node.output[0]
+            g.initializer.append(copy)
+        else:
+            keep.append(node)
+    del g.node[:]
+    g.node.extend(keep)
+    return out
+
+
+def _skip_round_trips(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Between two kept nodes the converter leaves ``Cast(fp16) -> Cast(fp32)`` whenever the
+    tensor has several consumers (its clean-up only removes single-consumer pairs), so a value
+    kept in FP32 for its range would still pass through fp16 and overflow. Feed every such
+    fp32 consumer the original fp32 tensor and drop casts nobody reads any more."""
+    g = model.graph
+    prod = {o: n for n in g.node for o in n.output}
+
+    def cast_to(node):
+        return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+    rename = {}
+    for node in g.node:
+        if cast_to(node) == FLOAT:
+            up = prod.get(node.input[0])
+            if up is not None and cast_to(up) == onnx.TensorProto.FLOAT16:
+                rename[node.output[0]] = up.input[0]
+    if not rename:
+        return model
+    outputs = {o.name for o in g.output}
+    for node in g.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    while True:
+        used = {i for n in g.node for i in n.input} | outputs
+        dead = [n for n in g.node if n.op_type == "Cast" and not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            g.node.remove(n)
+    return model
 
 
 def _fix_casts(model: onnx.ModelProto) -> onnx.ModelProto:
