@@ -289,5 +289,9 @@ from .bench import bench  # noqa: E402
 main.add_command(bench)
 
 
+from .demo.commands import train_demo  # noqa: E402
+main.add_command(train_demo)
+
+
 if __name__ == "__main__":
     main()

@@ -60,6 +60,24 @@ def feature_stats(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return feats.mean(0), np.cov(feats, rowvar=False)
 
 
+def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur (5x5, reflect padding) of images [B, 3, H, W]."""
+    r = torch.arange(-2, 3, dtype=torch.float32)
+    k = torch.exp(-r ** 2 / (2 * sigma ** 2))
+    k = k / k.sum()
+    k2 = (k[:, None] * k[None, :]).expand(3, 1, 5, 5)
+    return F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), k2, groups=3)
+
+
+def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Blur half of the batch (sigma 0.4..1.2): generated images are decoded by a small VAE
+    and come out slightly soft; a classifier that only saw sharp images calls soft ones
+    wrong (82% on VAE reconstructions of real images without this, vs 99.7% on the images)."""
+    n = x.shape[0] // 2
+    sigma = 0.4 + 0.8 * torch.rand((), generator=g).item()
+    return torch.cat([blur(x[:n], sigma), x[n:]])
+
+
 def train_classifier(seed: int = 0, train_count: int = 30000, epochs: int = 2,
                      batch: int = 128, lr: float = 2e-3) -> tuple[Classifier, dict]:
     """Train on fresh dataset images (seed ``seed + 1``); returns the model and its metrics."""
@@ -78,7 +96,7 @@ def train_classifier(seed: int = 0, train_count: int = 30000, epochs: int = 2,
         perm = torch.randperm(train_count, generator=g)
         for i in range(train_count // batch):
             idx = perm[i * batch:(i + 1) * batch]
-            loss = F.cross_entropy(model(x_all[idx]), y_all[idx])
+            loss = F.cross_entropy(model(augment(x_all[idx], g)), y_all[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

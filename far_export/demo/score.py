@@ -57,6 +57,7 @@ def score_images(images_uint8: np.ndarray, labels, classifier_path: str | None =
 
     ``reference``: uint8 images to compare against instead of the stored real statistics.
     """
+    images_uint8 = _check_images(images_uint8)
     _, ref_mu, ref_sigma = _cached_classifier(classifier_path or DEFAULT_CLASSIFIER)
     logits, feats = image_features(images_uint8, classifier_path)
     labels = np.asarray(labels).reshape(-1)

@@ -1,0 +1,172 @@
+"""The whole demo recipe, stage by stage: classifier, VAE, tokens, FAR (and optionally MAR and
+the flow-matching-only baseline), then evaluation. Every stage writes its file into ``out``;
+with ``resume`` a stage whose file exists is loaded instead of retrained, so a run that was
+stopped goes on where it was.
+
+Files in ``out``: ``classifier.safetensors``, ``vae_demo.pth``, ``far_demo.pth``,
+``far_demo.safetensors``, ``mar_demo.pth`` (with ``mar``), ``far_flow_only.pth`` (with
+``table``), ``tokens.pt`` (cache, not shipped), ``report.json``, ``samples.png``, ``table.md``
+(with ``table``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import torch
+
+from ..checkpoint import build_model, load_model_checkpoint, write_vae_checkpoint
+from ..config import infer_vae_config
+from ..reference.vae import AutoencoderKL
+from .classifier import save_classifier, train_classifier
+from .dataset import NUM_CLASSES, make_dataset
+from .evaluate import evaluate, generate
+from .train_far import FarRecipe, save_far, train_far
+from .train_vae import encode_tokens, train_vae
+
+log = logging.getLogger(__name__)
+
+TABLE_STEPS = (1, 2, 4, 8)
+
+
+@dataclass
+class DemoRecipe:
+    seed: int = 0
+    train_images: int = 40000
+    classifier_images: int = 30000
+    classifier_epochs: int = 2
+    vae_steps: int = 600
+    far: FarRecipe = field(default_factory=FarRecipe)
+    mar_steps: int = 1500
+    eval_per_class: int = 50          # 500 images per score
+    eval_k: int = 16
+    eval_cfg: float = 3.0
+
+    def scaled(self, factor: float) -> "DemoRecipe":
+        """Every step and image count times ``factor`` (a smoke run at e.g. 0.02)."""
+        s = lambda n, lo: max(lo, int(n * factor))  # noqa: E731
+        return replace(self, train_images=s(self.train_images, 200),
+                       classifier_images=s(self.classifier_images, 200),
+                       vae_steps=s(self.vae_steps, 2), mar_steps=s(self.mar_steps, 2),
+                       eval_per_class=s(self.eval_per_class, 2),
+                       far=replace(self.far, steps=s(self.far.steps, 2),
+                                   warmup=s(self.far.warmup, 1)))
+
+
+def _stage(name: str):
+    log.info("== %s", name)
+    return time.time()
+
+
+def run_demo(out: str, recipe: DemoRecipe, resume: bool = True, mar: bool = False,
+             table: bool = False) -> dict:
+    os.makedirs(out, exist_ok=True)
+    path = lambda name: os.path.join(out, name)  # noqa: E731
+    have = lambda name: resume and os.path.exists(path(name))  # noqa: E731
+    report = {"recipe": asdict(recipe), "seconds": {}}
+    t_all = time.time()
+
+    t = _stage("classifier")
+    if not have("classifier.safetensors"):
+        clf, info = train_classifier(recipe.seed, recipe.classifier_images,
+                                     recipe.classifier_epochs)
+        save_classifier(path("classifier.safetensors"), clf)
+        report["classifier"] = info
+    report["seconds"]["classifier"] = time.time() - t
+    clf_path = path("classifier.safetensors")
+
+    t = _stage("dataset")
+    images, labels = make_dataset(recipe.train_images, recipe.seed + 100)
+    report["seconds"]["dataset"] = time.time() - t
+
+    t = _stage("vae")
+    if have("vae_demo.pth"):
+        vae = load_full_vae(path("vae_demo.pth"))
+    else:
+        vae, report["vae"] = train_vae(images, recipe.vae_steps, recipe.seed)
+        write_vae_checkpoint(path("vae_demo.pth"), vae.state_dict(), vae.cfg.scale_factor)
+    report["seconds"]["vae"] = time.time() - t
+
+    t = _stage("tokens")
+    if have("tokens.pt"):
+        mean, std = torch.load(path("tokens.pt"), weights_only=True)
+    else:
+        mean, std = encode_tokens(vae, images)
+        torch.save((mean, std), path("tokens.pt"))
+    report["seconds"]["tokens"] = time.time() - t
+
+    trained = {}
+    runs = [("far", recipe.far, "far_demo.pth", "far_demo.safetensors", "far_demo_small")]
+    if mar:
+        runs.append(("mar", replace(recipe.far, objective="diffusion", steps=recipe.mar_steps),
+                     "mar_demo.pth", None, "mar_demo_small"))
+    if table:
+        runs.append(("flow_only", replace(recipe.far, objective="flow"), "far_flow_only.pth",
+                     None, "far_demo_small_flow_only"))
+    for name, far_recipe, file, st_file, model_name in runs:
+        t = _stage(f"{name} ({far_recipe.objective}, {far_recipe.steps} steps)")
+        if not have(file):
+            bb, head, ema_bb, ema_head, opt, report[name] = train_far(
+                mean, std, labels, far_recipe, NUM_CLASSES)
+            save_far(path(file), bb, head, ema_bb, ema_head, opt, far_recipe, model_name,
+                     path(st_file) if st_file else None)
+        trained[name] = build_model(load_model_checkpoint(path(file), "ema", with_hash=False))
+        report["seconds"][name] = time.time() - t
+    report["seconds"]["training_total"] = time.time() - t_all
+
+    t = _stage("evaluation")
+    vae.eval()
+    ev = dict(per_class=recipe.eval_per_class, classifier_path=clf_path, num_iter=recipe.eval_k,
+              seed=recipe.seed + 7)
+    report["eval"] = {"far": evaluate(*trained["far"], vae, head_steps=8, cfg=recipe.eval_cfg,
+                                      **ev)}
+    write_sample_grid(path("samples.png"), trained["far"], vae, recipe)
+    if mar:
+        report["eval"]["mar"] = evaluate(*trained["mar"], vae, cfg=recipe.eval_cfg, **ev)
+    if table:
+        rows = {}
+        for name in ("far", "flow_only"):
+            for o in TABLE_STEPS:
+                rows[(name, o)] = evaluate(*trained[name], vae, head_steps=o,
+                                           cfg=recipe.eval_cfg, **ev)
+        report["table"] = {f"{n}@O={o}": v for (n, o), v in rows.items()}
+        with open(path("table.md"), "w") as f:
+            f.write(format_table(rows, recipe))
+    report["seconds"]["evaluation"] = time.time() - t
+    report["seconds"]["total"] = time.time() - t_all
+    with open(path("report.json"), "w") as f:
+        json.dump(report, f, indent=2, default=float)
+    return report
+
+
+def format_table(rows: dict, recipe: DemoRecipe) -> str:
+    n = rows[("far", TABLE_STEPS[0])]["n"]
+    lines = [f"K = {recipe.eval_k}, CFG {recipe.eval_cfg} (linear), {n} images "
+             f"({n // NUM_CLASSES} per class), sampler seed {recipe.seed + 7}.", "",
+             "| head | O | accuracy | Fréchet |", "|---|---|---|---|"]
+    for (name, o), s in rows.items():
+        label = "shortcut (FAR)" if name == "far" else "flow matching only"
+        lines.append(f"| {label} | {o} | {s['accuracy']:.3f} | {s['frechet']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_sample_grid(path: str, model, vae, recipe: DemoRecipe, per_class: int = 10) -> None:
+    """One row per class: FAR at O = 8 with the evaluation K and CFG."""
+    from far_runtime.images import grid, write_png
+    labels = np.repeat(np.arange(NUM_CLASSES), per_class)
+    images = generate(*model, vae, labels, num_iter=recipe.eval_k, head_steps=8,
+                      cfg=recipe.eval_cfg, seed=recipe.seed + 7)
+    write_png(path, grid(images, cols=per_class))
+
+
+def load_full_vae(path: str) -> AutoencoderKL:
+    """The demo VAE with its encoder (``load_vae_checkpoint`` keeps only the decoder)."""
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    cfg = infer_vae_config(obj["model"], obj["scale_factor"])
+    vae = AutoencoderKL(cfg)
+    vae.load_state_dict(obj["model"], strict=True)
+    return vae.eval()

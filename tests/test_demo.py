@@ -1,0 +1,130 @@
+"""The demo: dataset, training code, the shipped classifier and the scoring function.
+
+Everything here runs in seconds: training is a handful of steps on tiny models.
+"""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from far_export.checkpoint import build_model, load_model_checkpoint, load_vae_checkpoint
+from far_export.demo.dataset import NUM_CLASSES, make_dataset
+from far_export.demo.objectives import make_objective
+from far_export.demo.score import DEFAULT_CLASSIFIER, frechet_distance, score_images
+from far_export.demo.train_far import FarRecipe, save_far, train_far
+from far_export.demo.train_vae import encode_tokens, train_vae
+from far_export.reference.sampler import sample_tokens
+from far_runtime.errors import FarError
+
+TINY_FAR = dict(steps=2, batch=4, warmup=1, width=32, depth=1, heads=2, buffer=4,
+                head_width=32, head_depth=2)
+shipped = pytest.mark.skipif(not os.path.exists(DEFAULT_CLASSIFIER),
+                             reason="the demo classifier has not been trained yet")
+
+
+def test_dataset_is_deterministic_and_balanced():
+    a, la = make_dataset(300, seed=3)
+    b, lb = make_dataset(300, seed=3)
+    c, _ = make_dataset(300, seed=4)
+    assert a.shape == (300, 32, 32, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b) and np.array_equal(la, lb)
+    assert not np.array_equal(a, c)
+    assert np.bincount(la, minlength=NUM_CLASSES).tolist() == [30] * NUM_CLASSES
+
+
+def test_dataset_classes_stay_balanced_for_any_count():
+    images, labels = make_dataset(23, seed=1)
+    assert images.std() > 20                  # not blank: shapes on textured backgrounds
+    counts = np.bincount(labels, minlength=NUM_CLASSES)
+    assert counts.min() == 2 and counts.max() == 3 and counts.sum() == 23
+
+
+def test_frechet_distance_of_known_gaussians():
+    rng = np.random.default_rng(0)
+    mu = rng.standard_normal(8)
+    a = rng.standard_normal((8, 8))
+    sigma = a @ a.T + np.eye(8)
+    assert abs(frechet_distance(mu, sigma, mu, sigma)) < 1e-6
+    # Same covariance, shifted mean: the distance is the squared shift.
+    assert frechet_distance(mu, sigma, mu + 2.0, sigma) == pytest.approx(4.0 * 8, rel=1e-6)
+    # Diagonal covariances: sum of (sqrt(s1) - sqrt(s2))^2.
+    d = frechet_distance(np.zeros(2), np.diag([4.0, 1.0]), np.zeros(2), np.diag([1.0, 9.0]))
+    assert d == pytest.approx(1.0 + 4.0)
+
+
+@pytest.mark.parametrize("name", ["shortcut", "flow", "diffusion"])
+def test_objectives_give_finite_losses_and_gradients(name):
+    recipe = FarRecipe(objective=name, **TINY_FAR)
+    cfg = recipe.model_config(16, 4, 10)
+    from far_export.reference import SimpleMLPAdaLN
+    head, ema = SimpleMLPAdaLN(cfg.head), SimpleMLPAdaLN(cfg.head)
+    z, x1 = torch.randn(24, cfg.head.cond_dim), torch.randn(24, 4)
+    loss = make_objective(name)(head, ema, z, x1, torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss) and loss.item() > 0
+    assert all(p.grad is not None and torch.isfinite(p.grad).all()
+               for p in head.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("objective", ["shortcut", "diffusion"])
+def test_tiny_training_step_writes_a_loadable_checkpoint(tmp_path, objective):
+    mean, std = torch.randn(20, 16, 4), torch.full((20, 16, 4), 0.1)
+    labels = np.arange(20) % 10
+    recipe = FarRecipe(objective=objective, **TINY_FAR)
+    bb, head, ema_bb, ema_head, opt, metrics = train_far(mean, std, labels, recipe, 10)
+    path = str(tmp_path / "far.pth")
+    save_far(path, bb, head, ema_bb, ema_head, opt, recipe, "far_test",
+             str(tmp_path / "far.safetensors"))
+    ck = load_model_checkpoint(path)
+    assert ck.weights == "model_ema" and ck.config.head.kind == recipe.head_kind
+    assert ck.config.backbone.heads_rule == "args.encoder_num_heads"
+    assert ck.config.backbone.seq_len == 16 and ck.config.backbone.token_dim == 4
+    assert not torch.equal(ck.state_dict["z_proj.weight"],
+                           load_model_checkpoint(path, "model").state_dict["z_proj.weight"])
+    st = load_model_checkpoint(str(tmp_path / "far.safetensors"))
+    assert st.config.backbone.heads_rule == "checkpoint metadata"
+    backbone, head = build_model(ck)
+    tokens = sample_tokens(backbone, head, [1, 2], num_iter=4, head_steps=2, cfg=2.0)
+    assert tokens.shape == (2, 16, 4) and torch.isfinite(tokens).all()
+
+
+def test_tiny_vae_training_round_trip(tmp_path):
+    from far_export.checkpoint import write_vae_checkpoint
+    from far_export.config import VAEConfig
+    images, _ = make_dataset(32, seed=0)
+    cfg = VAEConfig(embed_dim=4, z_channels=4, ch=8, ch_mult=(1, 2), num_res_blocks=1,
+                    scale_factor=1.0)
+    vae, info = train_vae(images, steps=2, batch=8, cfg=cfg, val_count=8)
+    assert info["scale_factor"] > 0 and vae.cfg.scale_factor == info["scale_factor"]
+    mean, std = encode_tokens(vae, images[:4])
+    assert mean.shape == (4, 16 * 16, 4) and (std > 0).all()
+    path = str(tmp_path / "vae.pth")
+    write_vae_checkpoint(path, vae.state_dict(), vae.cfg.scale_factor)
+    assert load_vae_checkpoint(path).config.scale_factor == pytest.approx(info["scale_factor"])
+
+
+@shipped
+def test_shipped_classifier_recognises_real_images():
+    images, labels = make_dataset(500, seed=12345)
+    s = score_images(images, labels)
+    assert s["accuracy"] >= 0.97 and s["n"] == 500
+    wrong = score_images(images, (labels + 1) % NUM_CLASSES)
+    assert wrong["accuracy"] < 0.1
+
+
+@shipped
+def test_frechet_real_vs_real_is_small_and_real_vs_noise_is_large():
+    images, labels = make_dataset(500, seed=4321)
+    other, _ = make_dataset(500, seed=999)
+    noise = np.random.default_rng(0).integers(0, 256, images.shape).astype(np.uint8)
+    real = score_images(images, labels)["frechet"]
+    real_pair = score_images(images, labels, reference=other)["frechet"]
+    bad = score_images(noise, labels)["frechet"]
+    assert real < 1.0 and real_pair < 1.0
+    assert bad > 100 * max(real, real_pair)
+
+
+def test_score_images_rejects_wrong_input():
+    with pytest.raises(FarError, match="uint8"):
+        score_images(np.zeros((2, 3, 32, 32), np.float32), [0, 1])
