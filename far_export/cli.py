@@ -279,14 +279,14 @@ def parse_labels(classes: str, num: int) -> list[int]:
     return [base[i % len(base)] for i in range(num)]
 
 
+from .bench import bench  # noqa: E402
+main.add_command(bench)
+
+
 from .build.engines_cli import engines  # noqa: E402
 from .doctor import doctor  # noqa: E402
 main.add_command(engines)
 main.add_command(doctor)
-
-
-from .bench import bench  # noqa: E402
-main.add_command(bench)
 
 
 from .demo.commands import train_demo  # noqa: E402
