@@ -148,7 +148,8 @@ def demo_scorer_available(pipe: Pipeline) -> bool:
 
 
 def image_quality(pipe: Pipeline, ref: ReferencePipeline, per_class: int = 20, K: int = 16,
-                  O: int | None = None, cfg: float = 3.0, seed: int = 0, batch: int | None = None) -> dict:
+                  O: int | None = None, cfg: float = 3.0, seed: int = 0, batch: int | None = None,
+                  classifier: str | None = None) -> dict:
     """Classifier accuracy and Fréchet distance of runtime images and of FP32 reference images
     drawn with the same randomness (``10 * per_class`` images each)."""
     from far_runtime.images import to_uint8
@@ -168,7 +169,7 @@ def image_quality(pipe: Pipeline, ref: ReferencePipeline, per_class: int = 20, K
         ours.append(to_uint8(pipe.decode(pipe.generate_tokens(lab, K=K, O=O, **kw))))
         theirs.append(to_uint8(ref.decode(ref.tokens(lab, num_iter=K, head_steps=O, **kw))))
     ours, theirs = np.concatenate(ours), np.concatenate(theirs)
-    a, b = score_images(ours, labels), score_images(theirs, labels)
+    a, b = score_images(ours, labels, classifier), score_images(theirs, labels, classifier)
     return {"images": int(len(labels)), "K": K, "O": O, "cfg": cfg,
             "accuracy": a["accuracy"], "frechet": a["frechet"],
             "fp32_accuracy": b["accuracy"], "fp32_frechet": b["frechet"],
