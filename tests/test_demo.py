@@ -121,8 +121,9 @@ def test_frechet_real_vs_real_is_small_and_real_vs_noise_is_large():
     real = score_images(images, labels)["frechet"]
     real_pair = score_images(images, labels, reference=other)["frechet"]
     bad = score_images(noise, labels)["frechet"]
-    assert real < 1.0 and real_pair < 1.0
-    assert bad > 100 * max(real, real_pair)
+    # Small but not zero: the estimate from 500 images of 128 features is biased upward.
+    assert real < 6.0 and real_pair < 6.0, (real, real_pair)
+    assert bad > 100 * max(real, real_pair), (bad, real, real_pair)
 
 
 def test_score_images_rejects_wrong_input():
