@@ -13,13 +13,13 @@ import hashlib
 import logging
 import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 
 import torch
 
 from far_runtime.errors import FarError
+from far_runtime.files import atomic_write  # noqa: F401  (re-exported for the builders)
 
 from .config import (DEFAULT_VAE_SCALE, ModelConfig, VAEConfig, infer_model_config,
                      infer_vae_config)
@@ -35,24 +35,6 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def atomic_write(path: str, write_fn) -> None:
-    """Call ``write_fn(tmp_path)`` then rename onto ``path``; never leaves a partial file."""
-    directory = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
-    os.close(fd)
-    try:
-        write_fn(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)      # mkstemp makes 0600; give the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # --- reading -----------------------------------------------------------------------------

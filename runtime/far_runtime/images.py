@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import math
-import os
 import struct
-import tempfile
 import zlib
 
 import numpy as np
+
+from .files import atomic_write
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -38,9 +38,8 @@ def write_png(path: str, image: np.ndarray) -> None:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", W, H, 8, 2, 0, 0, 0))
            + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=directory)
-    with os.fdopen(fd, "wb") as f:
-        f.write(png)
-    os.replace(tmp, path)
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(png)
+    atomic_write(path, write)

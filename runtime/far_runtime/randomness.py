@@ -8,12 +8,12 @@ twin of a row shares that row's noise.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import FarError
+from .files import atomic_write
 
 
 @dataclass
@@ -30,15 +30,11 @@ class Randomness:
         arrays = {"orders": self.orders, "noise": self.noise}
         if self.step_noise is not None:
             arrays["step_noise"] = self.step_noise
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(suffix=".npz", dir=directory)
-        os.close(fd)
-        try:
-            np.savez(tmp, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+
+        def write(tmp):
+            with open(tmp, "wb") as f:      # a file object, so numpy adds no ".npz" suffix
+                np.savez(f, **arrays)
+        atomic_write(path, write)
 
     @classmethod
     def load(cls, path: str) -> "Randomness":
