@@ -9,7 +9,6 @@ Writes: the same layouts, atomically (temporary name, then rename), for tests an
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import os
 import pickle
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from far_runtime.bundle import sha256_file  # noqa: F401  (one hash for bundles and checkpoints)
 from far_runtime.errors import FarError
 from far_runtime.files import atomic_write  # noqa: F401  (re-exported for the builders)
 
@@ -27,14 +27,6 @@ from .config import (DEFAULT_VAE_SCALE, ModelConfig, VAEConfig, infer_model_conf
 log = logging.getLogger(__name__)
 
 SAFE_TYPES = [argparse.Namespace]
-
-
-def sha256_file(path: str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --- reading -----------------------------------------------------------------------------
