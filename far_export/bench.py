@@ -480,6 +480,7 @@ def summarize(runs: list[dict], batch: int) -> dict:
     return {"total_s": [float(t) for t in totals],
             "latency_median_s": float(np.median(per_image)),
             "latency_p90_s": float(np.percentile(per_image, 90)),
+            "latency_min_s": float(per_image.min()),
             "images_per_s": batch / float(np.median(totals)),
             "mean_total_s": mean_total,
             "breakdown_s": comps,
@@ -641,6 +642,9 @@ def run_bench(source: str | None, out: str, preset: str | None = None, mar: str 
                 entry["load"] = machine_load()
                 add_flops(entry, man, batch, k, cfg)
                 configs_done[(name, k, o)] = entry
+                # what is measured so far survives an interrupted run
+                from .export.bundle import _write_json
+                _write_json(os.path.join(out, "bench.partial.json"), list(configs_done.values()))
         finally:
             for w in workers:
                 life = w.close()

@@ -27,14 +27,15 @@ def markdown(report: dict) -> str:
              f"with equal seeds. Load average before/after: {ld['before']['loadavg_1m']:.2f} / "
              f"{ld['after']['loadavg_1m']:.2f} (1 min, {ld['before']['cpus']} CPUs).\n")
     L.append(f"## Main: FAR, K={main['K']}, O={main['O']}, batch {main['batch']}, CFG {main['cfg']}\n")
-    L.append("| backend | images/s | latency/image median (ms) | p90 (ms) | vs eager | backbone | head | VAE | "
-             "overhead | overhead in generate | peak RSS (MB) |")
-    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    L.append("| backend | images/s | latency/image median (ms) | p90 (ms) | best (ms) | vs eager | backbone | head | "
+             "VAE | overhead | overhead in generate | peak RSS (MB) |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     ref_lat = main["backends"].get(REFERENCE, {}).get("latency_median_s")
     for b, r in main["backends"].items():
         t, s = r["breakdown_s"], r["shares"]
         vs = f"{ref_lat / r['latency_median_s']:.2f}x" if ref_lat else "-"
-        L.append(f"| {b} | {r['images_per_s']:.3f} | {_ms(r['latency_median_s'])} | {_ms(r['latency_p90_s'])} | {vs} | "
+        L.append(f"| {b} | {r['images_per_s']:.3f} | {_ms(r['latency_median_s'])} | {_ms(r['latency_p90_s'])} | "
+                 f"{_ms(r['latency_min_s']) if 'latency_min_s' in r else '-'} | {vs} | "
                  + " | ".join(f"{_ms(t[c])} ({100 * s[c]:.0f}%)" for c in COMPONENTS)
                  + f" | {100 * r['generate_overhead_share']:.1f}% | {r['peak_rss_mb']:.0f} |")
     if "speedup" in main:
