@@ -554,12 +554,11 @@ def run_bench(source: str | None, out: str, preset: str | None = None, mar: str 
               sweep_O=(1, 2, 4, 8), seed: int = 0, matmul_seconds: float = 1.0, say=None) -> dict:
     """Measure everything, write ``bench.json``, ``bench.md`` and ``bench.png`` into ``out``."""
     say = say or log.info
-    from far_runtime.schedule import check_k
+    from far_runtime.schedule import check_head_steps, check_k
     for k in [K, *sweep_K]:
         check_k(k)
     for o in [O, *sweep_O]:
-        if not isinstance(o, int) or o < 1 or o > 128 or o & (o - 1):
-            raise FarError(f"O (head steps) must be a power of two in 1..128, got {o!r}.")
+        check_head_steps(o)
     if runs < 1 or warmup < 0 or batch < 1:
         raise FarError(f"--runs and --batch must be at least 1 and --warmup at least 0 "
                        f"(got {runs}, {batch}, {warmup}).")

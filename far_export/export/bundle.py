@@ -18,6 +18,7 @@ import numpy as np
 from far_runtime import bundle as rt_bundle
 from far_runtime.backends import import_onnxruntime
 from far_runtime.errors import FarError
+from far_runtime.schedule import MAX_HEAD_STEPS, valid_head_steps
 from far_runtime.specs import component_specs, fused_name
 
 from .. import __version__
@@ -57,8 +58,8 @@ def parse_components(text: str) -> list[str]:
 def check_head_steps_list(steps) -> list[int]:
     out = []
     for o in steps:
-        if not isinstance(o, int) or o < 1 or o > 128 or o & (o - 1):
-            raise FarError(f"--head-steps takes powers of two in 1..128, got {o!r}.")
+        if not valid_head_steps(o):
+            raise FarError(f"--head-steps takes powers of two in 1..{MAX_HEAD_STEPS}, got {o!r}.")
         out.append(o)
     return sorted(set(out))
 

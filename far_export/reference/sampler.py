@@ -15,17 +15,12 @@ import torch
 from far_runtime.ddpm import ddpm_schedule
 from far_runtime.errors import FarError
 from far_runtime.randomness import Randomness, draw_randomness, iteration_indices
-from far_runtime.schedule import cfg_at, mask_schedule
+from far_runtime.schedule import cfg_at, check_head_steps, mask_schedule
 
 from .backbone import Backbone
 from .heads import SimpleMLPAdaLN
 
 log = logging.getLogger(__name__)
-
-
-def check_head_steps(steps: int) -> None:
-    if not isinstance(steps, int) or steps < 1 or steps > 128 or steps & (steps - 1):
-        raise FarError(f"O (shortcut head steps) must be a power of two in 1..128, got {steps!r}.")
 
 
 def shortcut_sample(head: SimpleMLPAdaLN, noise, z, steps: int, cfg_iter: float | None):
@@ -86,7 +81,7 @@ def sample_tokens(backbone: Backbone, head: SimpleMLPAdaLN, labels, num_iter: in
     diffusion = head.cfg.kind == "diffusion"
     sched = ddpm_schedule(head.cfg.diffusion_steps) if diffusion else None
     if not diffusion:
-        check_head_steps(head_steps)
+        check_head_steps(head_steps, "O (shortcut head steps)")
     if randomness is None:
         randomness = draw_randomness(seed, B, L, C, sched.steps if diffusion else 0)
     randomness.check(B, L, C, sched.steps if diffusion else 0)

@@ -21,7 +21,7 @@ from .errors import FarError
 from .images import to_uint8
 from .plan import ShapePlan, make_plan
 from .randomness import Randomness, draw_randomness, iteration_indices
-from .schedule import cfg_at, check_k
+from .schedule import cfg_at, check_head_steps, check_k
 from .specs import fused_name
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,7 @@ class Pipeline:
     def head_mode(self, O: int, head: str = "auto") -> str:
         if self.model["head_kind"] == "diffusion":
             return "step"
-        if not isinstance(O, int) or O < 1 or O & (O - 1):
-            raise FarError(f"O (head steps) must be a power of two, got {O!r}.")
+        check_head_steps(O)
         fused = self.bundle.has(fused_name(O))
         if head == "step" or (head == "auto" and not fused):
             if not self.bundle.has("head_step"):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from .errors import FarError
 
 MAX_K = 256
+MAX_HEAD_STEPS = 128      # d = 1/128 is the smallest shortcut step size (SPEC)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,16 @@ class Iteration:
 def check_k(num_iter: int) -> None:
     if not isinstance(num_iter, int) or not 1 <= num_iter <= MAX_K:
         raise FarError(f"K (autoregressive iterations) must be an integer in 1..{MAX_K}, got {num_iter!r}.")
+
+
+def valid_head_steps(steps) -> bool:
+    """O is a power of two in 1..128: the shortcut step size d = 1/O is one of SPEC's levels."""
+    return isinstance(steps, int) and 1 <= steps <= MAX_HEAD_STEPS and not steps & (steps - 1)
+
+
+def check_head_steps(steps, what: str = "O (head steps)") -> None:
+    if not valid_head_steps(steps):
+        raise FarError(f"{what} must be a power of two in 1..{MAX_HEAD_STEPS}, got {steps!r}.")
 
 
 def mask_schedule(num_iter: int, seq_len: int) -> list[Iteration]:
