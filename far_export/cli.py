@@ -36,6 +36,32 @@ def _fmt_m(n: int) -> str:
     return f"{n / 1e6:.1f}M"
 
 
+def option_group(opts):
+    """One decorator applying several click options, in the order listed."""
+    def apply(fn):
+        for opt in reversed(opts):
+            fn = opt(fn)
+        return fn
+    return apply
+
+
+def sampling_options(num: int, cfg: float):
+    """The sampling options shared by ``sample`` (reference) and ``generate`` (runtime)."""
+    opts = [
+        click.option("--class", "classes", default="0", show_default=True,
+                     help="Class label(s), comma-separated; repeated to fill --num."),
+        click.option("--num", default=num, show_default=True, help="Images to generate."),
+        click.option("--K", "num_iter", default=16, show_default=True,
+                     help="Autoregressive iterations (1..256)."),
+        click.option("--O", "head_steps", default=8, show_default=True, help="Shortcut head steps."),
+        click.option("--cfg", default=cfg, show_default=True, help="Classifier-free guidance scale."),
+        click.option("--cfg-schedule", type=click.Choice(["linear", "constant"]), default="linear"),
+        click.option("--temperature", default=1.0, show_default=True),
+        click.option("--seed", default=0, show_default=True),
+    ]
+    return option_group(opts)
+
+
 @main.command()
 @click.argument("checkpoint", required=False)
 @click.option("--vae", "vae_path", help="VAE checkpoint ({'model': ...}, state dict or safetensors).")
@@ -81,15 +107,7 @@ def inspect(checkpoint, vae_path, weights, heads, as_json):
 @main.command()
 @click.argument("checkpoint", required=False)
 @click.option("--vae", "vae_path", help="VAE checkpoint.")
-@click.option("--class", "classes", default="0", show_default=True,
-              help="Class label(s), comma-separated; repeated to fill --num.")
-@click.option("--num", default=4, show_default=True, help="Images to generate.")
-@click.option("--K", "num_iter", default=16, show_default=True, help="Autoregressive iterations.")
-@click.option("--O", "head_steps", default=8, show_default=True, help="Shortcut head steps.")
-@click.option("--cfg", default=1.0, show_default=True, help="Classifier-free guidance scale.")
-@click.option("--cfg-schedule", type=click.Choice(["linear", "constant"]), default="linear")
-@click.option("--temperature", default=1.0, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@sampling_options(num=4, cfg=1.0)
 @click.option("--out", default="out/reference.png", show_default=True, help="PNG grid to write.")
 def sample(checkpoint, vae_path, classes, num, num_iter, head_steps, cfg, cfg_schedule,
            temperature, seed, out):
@@ -134,10 +152,7 @@ _export_options = [
 ]
 
 
-def export_options(fn):
-    for opt in reversed(_export_options):
-        fn = opt(fn)
-    return fn
+export_options = option_group(_export_options)
 
 
 def _run_export(checkpoint, vae_path, out, components, head_steps, opset, exporter, max_batch,
@@ -197,15 +212,7 @@ def build(checkpoint, out, precision, calibration_cache, int8_exclude, int8_budg
 
 @main.command()
 @click.argument("bundle")
-@click.option("--class", "classes", default="0", show_default=True,
-              help="Class label(s), comma-separated; repeated to fill --num.")
-@click.option("--num", default=8, show_default=True, help="Images to generate.")
-@click.option("--K", "num_iter", default=16, show_default=True, help="Autoregressive iterations (1..256).")
-@click.option("--O", "head_steps", default=8, show_default=True, help="Shortcut head steps.")
-@click.option("--cfg", default=3.0, show_default=True, help="Classifier-free guidance scale.")
-@click.option("--cfg-schedule", type=click.Choice(["linear", "constant"]), default="linear")
-@click.option("--temperature", default=1.0, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@sampling_options(num=8, cfg=3.0)
 @click.option("--head", type=click.Choice(["auto", "fused", "step"]), default="auto", show_default=True,
               help="Fused O-step head graph or one call per step.")
 @click.option("--threads", type=int, help="ONNX Runtime intra-op threads.")
