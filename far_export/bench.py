@@ -642,8 +642,8 @@ def run_bench(source: str | None, out: str, preset: str | None = None, mar: str 
                 add_flops(entry, man, batch, k, cfg)
                 configs_done[(name, k, o)] = entry
                 # what is measured so far survives an interrupted run
-                from .export.bundle import _write_json
-                _write_json(os.path.join(out, "bench.partial.json"), list(configs_done.values()))
+                from far_runtime.files import write_json
+                write_json(os.path.join(out, "bench.partial.json"), list(configs_done.values()))
         finally:
             for w in workers:
                 life = w.close()

@@ -150,8 +150,8 @@ def plot(report: dict, path: str) -> None:
 
 
 def write_report(report: dict, out: str) -> None:
-    from .export.bundle import _write_json
-    _write_json(os.path.join(out, "bench.json"), report)
+    from far_runtime.files import write_json
+    write_json(os.path.join(out, "bench.json"), report)
     with open(os.path.join(out, "bench.md"), "w") as f:
         f.write(markdown(report))
     plot(report, os.path.join(out, "bench.png"))

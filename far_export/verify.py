@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from far_runtime.errors import FarError
+from far_runtime.files import write_json
 from far_runtime.pipeline import Pipeline
 from far_runtime.randomness import draw_randomness
 
 from .checkpoint import sha256_file
-from .export.bundle import _write_json
 from .reference.pipeline import ReferencePipeline
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def verify_bundle(bundle_dir: str, out: str | None = None, K=None, O=None, cfg=N
                                and q["frechet_ratio"] <= gate["frechet_ratio"])
             report["passed"] = report["passed"] and q["passed"]
     report["summary"] = summary(report)
-    _write_json(out or os.path.join(bundle_dir, "verify.json"), report)
+    write_json(out or os.path.join(bundle_dir, "verify.json"), report)
     return report
 
 

@@ -6,7 +6,6 @@ last and atomically: a folder without one is not a bundle.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -18,6 +17,7 @@ import numpy as np
 from far_runtime import bundle as rt_bundle
 from far_runtime.backends import import_onnxruntime
 from far_runtime.errors import FarError
+from far_runtime.files import write_json
 from far_runtime.schedule import MAX_HEAD_STEPS, valid_head_steps
 from far_runtime.specs import component_specs, fused_name
 
@@ -136,8 +136,8 @@ def export_bundle(checkpoint: str, vae: str | None, out_dir: str, components=COM
                         "bytes": facts["bytes"], "exporter": exporter,
                         "export_seconds": facts["export_seconds"], "spec": spec.to_dict(),
                         "tolerance_achieved": rep["worst_rel_to_max"], "validated": rep["passed"]}
-    _write_json(os.path.join(out_dir, "validation.json"), reports)
-    _write_json(os.path.join(out_dir, "trt_readiness.json"), readiness)
+    write_json(os.path.join(out_dir, "validation.json"), reports)
+    write_json(os.path.join(out_dir, "trt_readiness.json"), readiness)
     manifest = {
         "format": rt_bundle.FORMAT, "format_version": rt_bundle.FORMAT_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -157,8 +157,8 @@ def export_bundle(checkpoint: str, vae: str | None, out_dir: str, components=COM
         opts = precision_options or PrecisionOptions(precision)
         manifest, rewritten = convert_bundle(out_dir, manifest, opts, progress=say)
         readiness.update(rewritten)
-        _write_json(os.path.join(out_dir, "trt_readiness.json"), readiness)
-    _write_json(os.path.join(out_dir, rt_bundle.MANIFEST), manifest)
+        write_json(os.path.join(out_dir, "trt_readiness.json"), readiness)
+    write_json(os.path.join(out_dir, rt_bundle.MANIFEST), manifest)
     return manifest
 
 
@@ -169,21 +169,3 @@ def _readiness(path: str) -> dict:
         return {"checked": False, "reason": "TensorRT readiness checker not available"}
     report = check_graph(path)
     return report.to_dict()
-
-
-def _write_json(path: str, obj) -> None:
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, default=_json_default)
-            f.write("\n")
-    atomic_write(path, write)
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, tuple):
-        return list(o)
-    raise TypeError(type(o))

@@ -1,6 +1,7 @@
 """Atomic file writes: a temporary name in the same folder, then a rename."""
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 
@@ -21,3 +22,20 @@ def atomic_write(path: str, write_fn) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_json(path: str, obj) -> None:
+    """``obj`` as indented JSON (numpy scalars as numbers), written atomically."""
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, default=_json_default)
+            f.write("\n")
+    atomic_write(path, write)
+
+
+def _json_default(o):
+    if hasattr(o, "dtype") and getattr(o, "shape", None) == ():   # numpy scalar
+        return o.item()
+    if isinstance(o, tuple):
+        return list(o)
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")

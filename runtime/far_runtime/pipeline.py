@@ -19,10 +19,10 @@ from .bundle import Bundle, load_bundle
 from .ddpm import ddpm_schedule
 from .errors import FarError
 from .images import to_uint8
-from .plan import ShapePlan, make_plan
+from .plan import ShapePlan, make_call, make_plan
 from .randomness import Randomness, draw_randomness, iteration_indices
 from .schedule import cfg_at, check_head_steps, check_k
-from .specs import fused_name
+from .specs import BATCH, fused_name
 
 log = logging.getLogger(__name__)
 
@@ -163,13 +163,11 @@ class Pipeline:
         """Images [B, 3, H, W] in [-1, 1] from token latents."""
         if not self.bundle.has("vae_decoder"):
             raise FarError("The bundle has no vae_decoder graph; export it with --components ...,vae.")
-        from .plan import _call
-        from .specs import BATCH
         B = tokens.shape[0]
         if B > self.bundle.manifest["max_batch"]:
             return np.concatenate([self.decode(tokens[i:i + self.bundle.manifest["max_batch"]])
                                    for i in range(0, B, self.bundle.manifest["max_batch"])])
-        out = self.backend.run(_call("vae_decoder", **{BATCH: B}),
+        out = self.backend.run(make_call("vae_decoder", **{BATCH: B}),
                                {"tokens": np.ascontiguousarray(tokens, np.float32)})["image"]
         return out.copy()
 

@@ -26,7 +26,7 @@ class Call:
         return dict(self.dims)[name]
 
 
-def _call(graph: str, **dims) -> Call:
+def make_call(graph: str, **dims) -> Call:
     return Call(graph, tuple(sorted(dims.items())))
 
 
@@ -74,12 +74,12 @@ def make_plan(model: dict, batch: int, num_iter: int, head_steps: int, use_cfg: 
         calls = []
         if it.n_pred:
             n = it.n_pred
-            calls.append(_call("backbone", **{BATCH: rows, N_KNOWN: it.n_known, N_PRED: n}))
+            calls.append(make_call("backbone", **{BATCH: rows, N_KNOWN: it.n_known, N_PRED: n}))
             if head_mode == "fused":
-                calls.append(_call(fused_name(head_steps), **{ROWS: batch * n, ZROWS: rows * n}))
+                calls.append(make_call(fused_name(head_steps), **{ROWS: batch * n, ZROWS: rows * n}))
             else:
-                step = _call("head_step", **{ROWS: rows * n})
+                step = make_call("head_step", **{ROWS: rows * n})
                 calls.extend([step] * head_steps)
         its.append(IterationPlan(it, tuple(calls)))
-    dec = _call("vae_decoder", **{BATCH: batch}) if decode else None
+    dec = make_call("vae_decoder", **{BATCH: batch}) if decode else None
     return ShapePlan(batch, rows, num_iter, head_steps, head_mode, tuple(its), dec)
