@@ -27,7 +27,6 @@ from far_runtime.files import write_json
 from far_runtime.pipeline import Pipeline
 from far_runtime.randomness import draw_randomness
 
-from .checkpoint import sha256_file
 from .reference.pipeline import ReferencePipeline
 
 log = logging.getLogger(__name__)
@@ -52,17 +51,20 @@ def reference_for_bundle(pipe: Pipeline, checkpoint: str | None = None,
     src = pipe.bundle.manifest["source"]
     ck = checkpoint or src["checkpoint"]
     vk = vae or src["vae"]
-    for path, digest, what in ((ck, src["sha256"], "checkpoint"), (vk, src["vae_sha256"], "VAE")):
-        if path is None:
-            continue
-        if not os.path.isfile(path):
+    for path, what in ((ck, "checkpoint"), (vk, "VAE")):
+        if path is not None and not os.path.isfile(path):
             raise FarError(f"The bundle's source {what} {path} is not there; pass it with --{what.lower()}.")
-        if sha256_file(path) != digest:
+    bb = pipe.bundle.manifest["config"]["backbone"]
+    ref = ReferencePipeline.load(ck, vk, weights="model" if src["weights"] == "model" else "ema",
+                                 heads=bb["encoder_heads"] if bb["heads_rule"] == "user option" else None)
+    # The loaders hash each file once; compare those hashes rather than reading the files again.
+    loaded = ((ck, ref.ckpt.sha256, src["sha256"], "checkpoint"),
+              (vk, ref.vae_ckpt.sha256 if ref.vae_ckpt else None, src["vae_sha256"], "VAE"))
+    for path, got, digest, what in loaded:
+        if path is not None and got != digest:
             raise FarError(f"The {what} {path} is not the one the bundle was exported from "
                            "(sha256 differs); pass the right file or rebuild the bundle.")
-    bb = pipe.bundle.manifest["config"]["backbone"]
-    return ReferencePipeline.load(ck, vk, weights="model" if src["weights"] == "model" else "ema",
-                                  heads=bb["encoder_heads"] if bb["heads_rule"] == "user option" else None)
+    return ref
 
 
 def verify_one(pipe: Pipeline, ref: ReferencePipeline, labels, K: int, O: int, cfg: float,
