@@ -2,14 +2,20 @@
 
 Every image is a pure function of ``(seed, index count)``: one ``numpy`` PCG64 generator
 draws, per image, the class (balanced: each class appears ``n // 10`` or ``n // 10 + 1``
-times), a centre, a size, an aspect ratio, a rotation (+-15 degrees, so the plus and the
-diagonal cross stay apart), a foreground colour, a background colour of opposite lightness
+times), a centre (within +-3 px of the image centre), a size (radius 8-11.5 px), an aspect
+ratio, a rotation (+-15 degrees, so the plus and the diagonal cross stay apart), a
+foreground colour, a background colour of opposite lightness
 and one of four background textures (stripes, checks, a gradient, blotches), then adds a
 little pixel noise (drawn per chunk of 2048 images from ``(seed, chunk)``). Shapes are drawn from signed distance functions with one pixel of
 anti-aliasing. 50k images take a few seconds.
 
 The classes differ in structure, not colour: a disk against a ring, a square against a
 frame, a plus against an x, so a classifier has to look at the shape.
+
+Why the centre only jitters: with shapes anywhere in the image (radius 6-11.5 px, the first
+version) a FAR trained for 1800 CPU steps drew blobs at chance accuracy (0.11); with the
+centre near the middle the same recipe reached 0.50 at 2000 steps, because the class then
+decides which token positions belong to the shape and the backbone learns that first.
 """
 from __future__ import annotations
 
@@ -20,6 +26,8 @@ CLASS_NAMES = ("disk", "square", "triangle", "ring", "plus", "cross", "star", "f
                "crescent", "bars")
 NUM_CLASSES = len(CLASS_NAMES)
 CHUNK = 2048            # images rendered at once (pixel noise is drawn per chunk)
+RADIUS = (8.0, 11.5)    # shape radius in pixels
+JITTER = 3.0            # the centre is within +-JITTER pixels of the image centre
 
 
 def _box(u, v, hu, hv):
@@ -93,11 +101,10 @@ def _backgrounds(p: dict, sl: slice, yy, xx) -> np.ndarray:
 def _draw_parameters(rng, n: int) -> dict:
     """Everything random about ``n`` images except their pixel noise."""
     p = {"label": rng.permutation(np.arange(n) % NUM_CLASSES).astype(np.int64)}
-    p["radius"] = rng.uniform(6.0, 11.5, n)
+    p["radius"] = rng.uniform(RADIUS[0], RADIUS[1], n)
     p["aspect"] = np.exp(rng.uniform(-0.15, 0.15, n))
-    margin = 0.8 * p["radius"]
-    p["cx"] = rng.uniform(margin, SIZE - margin)
-    p["cy"] = rng.uniform(margin, SIZE - margin)
+    p["cx"] = SIZE / 2 + rng.uniform(-JITTER, JITTER, n)
+    p["cy"] = SIZE / 2 + rng.uniform(-JITTER, JITTER, n)
     p["rot"] = rng.uniform(-np.pi / 12, np.pi / 12, n)
     # Foreground and background of opposite lightness, so every shape stands out.
     light_fg = rng.random(n) < 0.5
