@@ -14,16 +14,18 @@ across bundles so machine load hits all alike). Writes ``precision.json`` and ``
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import time
 
 import numpy as np
 
+from far_runtime.files import write_json, write_text
 from far_runtime.images import to_uint8
 from far_runtime.pipeline import Pipeline
 from far_runtime.randomness import draw_randomness
+
+from ..demo.score import DEMO_SAMPLING
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +71,11 @@ def main(argv=None):
     ap.add_argument("--out", default="out/precision")
     ap.add_argument("--per-class", type=int, default=20, help="Images per class for accuracy / Frechet.")
     ap.add_argument("--classifier", help="Demo classifier (default: the shipped one).")
-    ap.add_argument("--K", type=int, default=16)
-    ap.add_argument("--O", type=int, default=8)
-    ap.add_argument("--cfg", type=float, default=3.0)
+    ap.add_argument("--K", type=int, default=DEMO_SAMPLING["K"])
+    ap.add_argument("--O", type=int, default=DEMO_SAMPLING["O"])
+    ap.add_argument("--cfg", type=float, default=DEMO_SAMPLING["cfg"])
+    ap.add_argument("--cfg-schedule", choices=["linear", "constant"],
+                    default=DEMO_SAMPLING["cfg_schedule"])
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--runs", type=int, default=5)
@@ -102,11 +106,13 @@ def main(argv=None):
         batch = first.bundle.manifest["max_batch"]
         log.info("reference: %d images for accuracy / Frechet", len(labels))
         ref_imgs = sample_images(lambda lab, rnd: to_uint8(ref.decode(ref.tokens(
-            lab, num_iter=K, head_steps=args.O, cfg=args.cfg, randomness=rnd))), labels, batch, 0, m)
+            lab, num_iter=K, head_steps=args.O, cfg=args.cfg, cfg_schedule=args.cfg_schedule,
+            randomness=rnd))), labels, batch, 0, m)
         report["reference"] = score_images(ref_imgs, labels, classifier)
         for name, p in pipes.items():
             log.info("%s: %d images for accuracy / Frechet", name, len(labels))
-            imgs = sample_images(lambda lab, rnd: p.generate(lab, K=K, O=args.O, cfg=args.cfg, randomness=rnd),
+            imgs = sample_images(lambda lab, rnd: p.generate(lab, K=K, O=args.O, cfg=args.cfg,
+                                                             cfg_schedule=args.cfg_schedule, randomness=rnd),
                                  labels, batch, 0, m)
             report["rows"][name]["quality"] = score_images(imgs, labels, classifier)
     log.info("images/s: %d interleaved runs of batch %d", args.runs, args.batch)
@@ -114,12 +120,9 @@ def main(argv=None):
                               args.cfg, args.runs)
     for name in pipes:
         report["rows"][name]["speed"] = speed[name]
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "precision.json"), "w") as f:
-        json.dump(report, f, indent=2, default=float)
+    write_json(os.path.join(args.out, "precision.json"), report)
     md = table(report, args)
-    with open(os.path.join(args.out, "precision.md"), "w") as f:
-        f.write(md + "\n")
+    write_text(os.path.join(args.out, "precision.md"), md + "\n")
     print(md)
 
 

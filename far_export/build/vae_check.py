@@ -12,7 +12,6 @@ the FAR model is trained.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import tempfile
@@ -20,6 +19,8 @@ import tempfile
 import numpy as np
 import onnx
 import torch
+
+from far_runtime.files import write_json
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,7 @@ def main(argv=None):
         s = score_images(to_uint8(d), labels, args.classifier)
         report["rows"][k] = {"psnr_db_vs_fp32": psnr(d, decoded["fp32"]), "accuracy": s["accuracy"],
                              "frechet": s["frechet"], "finite": bool(np.isfinite(d).all())}
-    with open(os.path.join(args.out, "vae_check.json"), "w") as f:
-        json.dump(report, f, indent=2, default=float)
+    write_json(os.path.join(args.out, "vae_check.json"), report)
     print(f"real images: accuracy {report['real_images']['accuracy']:.3f}, Frechet {report['real_images']['frechet']:.2f}")
     print("| decoder | PSNR vs fp32 dB | accuracy | Frechet | finite |\n|---|---|---|---|---|")
     for k, r in report["rows"].items():

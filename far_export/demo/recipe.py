@@ -10,7 +10,6 @@ Files in ``out``: ``classifier.safetensors``, ``vae_demo.pth``, ``far_demo.pth``
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -19,12 +18,15 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import torch
 
+from far_runtime.files import write_json, write_text
+
 from ..checkpoint import build_model, load_model_checkpoint, write_vae_checkpoint
 from ..config import infer_vae_config
 from ..reference.vae import AutoencoderKL
 from .classifier import save_classifier, train_classifier
 from .dataset import NUM_CLASSES, make_dataset
 from .evaluate import evaluate, generate
+from .score import DEMO_SAMPLING
 from .train_far import FarRecipe, save_far, train_far
 from .train_vae import encode_tokens, train_vae
 
@@ -43,8 +45,9 @@ class DemoRecipe:
     far: FarRecipe = field(default_factory=FarRecipe)
     mar_steps: int = 1500
     eval_per_class: int = 50          # 500 images per score
-    eval_k: int = 16
-    eval_cfg: float = 3.0
+    eval_k: int = DEMO_SAMPLING["K"]
+    eval_cfg: float = DEMO_SAMPLING["cfg"]
+    eval_cfg_schedule: str = DEMO_SAMPLING["cfg_schedule"]
 
     def scaled(self, factor: float) -> "DemoRecipe":
         """Every step and image count times ``factor`` (a smoke run at e.g. 0.02)."""
@@ -121,7 +124,7 @@ def run_demo(out: str, recipe: DemoRecipe, resume: bool = True, mar: bool = Fals
     t = _stage("evaluation")
     vae.eval()
     ev = dict(per_class=recipe.eval_per_class, classifier_path=clf_path, num_iter=recipe.eval_k,
-              seed=recipe.seed + 7)
+              cfg_schedule=recipe.eval_cfg_schedule, seed=recipe.seed + 7)
     report["eval"] = {"far": evaluate(*trained["far"], vae, head_steps=8, cfg=recipe.eval_cfg,
                                       **ev)}
     write_sample_grid(path("samples.png"), trained["far"], vae, recipe)
@@ -134,18 +137,16 @@ def run_demo(out: str, recipe: DemoRecipe, resume: bool = True, mar: bool = Fals
                 rows[(name, o)] = evaluate(*trained[name], vae, head_steps=o,
                                            cfg=recipe.eval_cfg, **ev)
         report["table"] = {f"{n}@O={o}": v for (n, o), v in rows.items()}
-        with open(path("table.md"), "w") as f:
-            f.write(format_table(rows, recipe))
+        write_text(path("table.md"), format_table(rows, recipe))
     report["seconds"]["evaluation"] = time.time() - t
     report["seconds"]["total"] = time.time() - t_all
-    with open(path("report.json"), "w") as f:
-        json.dump(report, f, indent=2, default=float)
+    write_json(path("report.json"), report)
     return report
 
 
 def format_table(rows: dict, recipe: DemoRecipe) -> str:
     n = rows[("far", TABLE_STEPS[0])]["n"]
-    lines = [f"K = {recipe.eval_k}, CFG {recipe.eval_cfg} (linear), {n} images "
+    lines = [f"K = {recipe.eval_k}, CFG {recipe.eval_cfg} ({recipe.eval_cfg_schedule}), {n} images "
              f"({n // NUM_CLASSES} per class), sampler seed {recipe.seed + 7}.", "",
              "| head | O | accuracy | Fréchet |", "|---|---|---|---|"]
     for (name, o), s in rows.items():
@@ -159,7 +160,8 @@ def write_sample_grid(path: str, model, vae, recipe: DemoRecipe, per_class: int 
     from far_runtime.images import grid, write_png
     labels = np.repeat(np.arange(NUM_CLASSES), per_class)
     images = generate(*model, vae, labels, num_iter=recipe.eval_k, head_steps=8,
-                      cfg=recipe.eval_cfg, seed=recipe.seed + 7)
+                      cfg=recipe.eval_cfg, cfg_schedule=recipe.eval_cfg_schedule,
+                      seed=recipe.seed + 7)
     write_png(path, grid(images, cols=per_class))
 
 

@@ -33,6 +33,14 @@ def write_json(path: str, obj) -> None:
     atomic_write(path, write)
 
 
+def write_text(path: str, text: str) -> None:
+    """``text`` written atomically."""
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+    atomic_write(path, write)
+
+
 def _json_default(o):
     if hasattr(o, "dtype") and getattr(o, "shape", None) == ():   # numpy scalar
         return o.item()
