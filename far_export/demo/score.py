@@ -19,6 +19,11 @@ from .classifier import classify, feature_stats, load_classifier
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 DEFAULT_CLASSIFIER = os.path.join(ASSETS, "classifier.safetensors")
 
+# How the demo's images are drawn wherever they are scored (train-demo's evaluation, verify's
+# accuracy / Fréchet gates, the precision table) and in the README: chosen by a sweep of CFG
+# scale and schedule on the shipped FAR (RESULTS.md, "Sampling settings").
+DEMO_SAMPLING = {"K": 16, "O": 8, "cfg": 5.0, "cfg_schedule": "constant"}
+
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)), via symmetric eigendecompositions."""
