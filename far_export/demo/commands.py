@@ -30,7 +30,7 @@ SHIPPED = ("far_demo.pth", "far_demo.safetensors", "vae_demo.pth", "classifier.s
 @click.option("--install", is_flag=True,
               help="Copy the shipped files into far_export/demo/assets afterwards.")
 def train_demo(out, seed, threads, resume, mar, table, scale, install):
-    """Train the demo classifier, VAE and FAR from scratch (about 30 minutes on 2 cores)."""
+    """Train the demo classifier, VAE and FAR from scratch (about 40 minutes on 2 idle cores)."""
     import json
 
     import torch

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class FarRecipe:
     objective: str = "shortcut"       # shortcut | flow | diffusion
-    steps: int = 1800
+    steps: int = 9000
     batch: int = 64
     lr: float = 2e-3
     warmup: int = 100
