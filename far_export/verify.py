@@ -151,7 +151,7 @@ def demo_scorer_available(pipe: Pipeline) -> bool:
 
 def image_quality(pipe: Pipeline, ref: ReferencePipeline, per_class: int = 20, K: int | None = None,
                   O: int | None = None, cfg: float | None = None, cfg_schedule: str | None = None,
-                  seed: int = 0, batch: int | None = None, classifier: str | None = None) -> dict:
+                  temperature: float | None = None, seed: int = 0, batch: int | None = None, classifier: str | None = None) -> dict:
     """Classifier accuracy and Fréchet distance of runtime images and of FP32 reference images
     drawn with the same randomness (``10 * per_class`` images each), sampled with the demo's
     settings (``DEMO_SAMPLING``) unless given."""
@@ -161,6 +161,7 @@ def image_quality(pipe: Pipeline, ref: ReferencePipeline, per_class: int = 20, K
     K = K or DEMO_SAMPLING["K"]
     cfg = DEMO_SAMPLING["cfg"] if cfg is None else cfg
     cfg_schedule = cfg_schedule or DEMO_SAMPLING["cfg_schedule"]
+    temperature = DEMO_SAMPLING["temperature"] if temperature is None else temperature
     O = O or max(pipe.bundle.manifest["head_steps"] or [1])
     batch = batch or pipe.bundle.manifest["max_batch"]
     K = min(K, m["seq_len"])
@@ -171,12 +172,13 @@ def image_quality(pipe: Pipeline, ref: ReferencePipeline, per_class: int = 20, K
     for i, start in enumerate(range(0, len(labels), batch)):
         lab = labels[start:start + batch]
         rnd = draw_randomness(seed + 1000 + i, len(lab), m["seq_len"], m["token_dim"], S)
-        kw = dict(cfg=cfg, cfg_schedule=cfg_schedule, randomness=rnd)
+        kw = dict(cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature, randomness=rnd)
         ours.append(to_uint8(pipe.decode(pipe.generate_tokens(lab, K=K, O=O, **kw))))
         theirs.append(to_uint8(ref.decode(ref.tokens(lab, num_iter=K, head_steps=O, **kw))))
     ours, theirs = np.concatenate(ours), np.concatenate(theirs)
     a, b = score_images(ours, labels, classifier), score_images(theirs, labels, classifier)
     return {"images": int(len(labels)), "K": K, "O": O, "cfg": cfg, "cfg_schedule": cfg_schedule,
+            "temperature": temperature,
             "accuracy": a["accuracy"], "frechet": a["frechet"],
             "fp32_accuracy": b["accuracy"], "fp32_frechet": b["frechet"],
             "accuracy_drop": b["accuracy"] - a["accuracy"],
@@ -197,7 +199,7 @@ def summary(report: dict) -> str:
                      f"   k={worst:<8d} {ps}   {'yes' if r['passed'] else 'NO'}")
     q = report.get("quality")
     if q:
-        lines.append(f"  images ({q['images']}, K={q['K']} O={q['O']} cfg={q['cfg']:g} {q.get('cfg_schedule', 'linear')}): accuracy {q['accuracy']:.3f} "
+        lines.append(f"  images ({q['images']}, K={q['K']} O={q['O']} cfg={q['cfg']:g} {q['cfg_schedule']} T={q['temperature']:g}): accuracy {q['accuracy']:.3f} "
                      f"(fp32 {q['fp32_accuracy']:.3f}), Frechet {q['frechet']:.2f} (fp32 {q['fp32_frechet']:.2f}, "
                      f"x{q['frechet_ratio']:.3f})" + (f"  {'ok' if q['passed'] else 'NO'}" if "passed" in q else ""))
     return "\n".join(lines)

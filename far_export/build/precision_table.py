@@ -76,6 +76,7 @@ def main(argv=None):
     ap.add_argument("--cfg", type=float, default=DEMO_SAMPLING["cfg"])
     ap.add_argument("--cfg-schedule", choices=["linear", "constant"],
                     default=DEMO_SAMPLING["cfg_schedule"])
+    ap.add_argument("--temperature", type=float, default=DEMO_SAMPLING["temperature"])
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--runs", type=int, default=5)
@@ -107,12 +108,13 @@ def main(argv=None):
         log.info("reference: %d images for accuracy / Frechet", len(labels))
         ref_imgs = sample_images(lambda lab, rnd: to_uint8(ref.decode(ref.tokens(
             lab, num_iter=K, head_steps=args.O, cfg=args.cfg, cfg_schedule=args.cfg_schedule,
-            randomness=rnd))), labels, batch, 0, m)
+            temperature=args.temperature, randomness=rnd))), labels, batch, 0, m)
         report["reference"] = score_images(ref_imgs, labels, classifier)
         for name, p in pipes.items():
             log.info("%s: %d images for accuracy / Frechet", name, len(labels))
             imgs = sample_images(lambda lab, rnd: p.generate(lab, K=K, O=args.O, cfg=args.cfg,
-                                                             cfg_schedule=args.cfg_schedule, randomness=rnd),
+                                                             cfg_schedule=args.cfg_schedule,
+                                                             temperature=args.temperature, randomness=rnd),
                                  labels, batch, 0, m)
             report["rows"][name]["quality"] = score_images(imgs, labels, classifier)
     log.info("images/s: %d interleaved runs of batch %d", args.runs, args.batch)

@@ -48,6 +48,7 @@ class DemoRecipe:
     eval_k: int = DEMO_SAMPLING["K"]
     eval_cfg: float = DEMO_SAMPLING["cfg"]
     eval_cfg_schedule: str = DEMO_SAMPLING["cfg_schedule"]
+    eval_temperature: float = DEMO_SAMPLING["temperature"]
 
     def scaled(self, factor: float) -> "DemoRecipe":
         """Every step and image count times ``factor`` (a smoke run at e.g. 0.02)."""
@@ -124,7 +125,8 @@ def run_demo(out: str, recipe: DemoRecipe, resume: bool = True, mar: bool = Fals
     t = _stage("evaluation")
     vae.eval()
     ev = dict(per_class=recipe.eval_per_class, classifier_path=clf_path, num_iter=recipe.eval_k,
-              cfg_schedule=recipe.eval_cfg_schedule, seed=recipe.seed + 7)
+              cfg_schedule=recipe.eval_cfg_schedule, temperature=recipe.eval_temperature,
+              seed=recipe.seed + 7)
     report["eval"] = {"far": evaluate(*trained["far"], vae, head_steps=8, cfg=recipe.eval_cfg,
                                       **ev)}
     write_sample_grid(path("samples.png"), trained["far"], vae, recipe)
@@ -146,7 +148,8 @@ def run_demo(out: str, recipe: DemoRecipe, resume: bool = True, mar: bool = Fals
 
 def format_table(rows: dict, recipe: DemoRecipe) -> str:
     n = rows[("far", TABLE_STEPS[0])]["n"]
-    lines = [f"K = {recipe.eval_k}, CFG {recipe.eval_cfg} ({recipe.eval_cfg_schedule}), {n} images "
+    lines = [f"K = {recipe.eval_k}, CFG {recipe.eval_cfg} ({recipe.eval_cfg_schedule}), temperature "
+             f"{recipe.eval_temperature}, {n} images "
              f"({n // NUM_CLASSES} per class), sampler seed {recipe.seed + 7}.", "",
              "| head | O | accuracy | Fréchet |", "|---|---|---|---|"]
     for (name, o), s in rows.items():
@@ -161,7 +164,7 @@ def write_sample_grid(path: str, model, vae, recipe: DemoRecipe, per_class: int 
     labels = np.repeat(np.arange(NUM_CLASSES), per_class)
     images = generate(*model, vae, labels, num_iter=recipe.eval_k, head_steps=8,
                       cfg=recipe.eval_cfg, cfg_schedule=recipe.eval_cfg_schedule,
-                      seed=recipe.seed + 7)
+                      temperature=recipe.eval_temperature, seed=recipe.seed + 7)
     write_png(path, grid(images, cols=per_class))
 
 

@@ -22,7 +22,7 @@ DEFAULT_CLASSIFIER = os.path.join(ASSETS, "classifier.safetensors")
 # How the demo's images are drawn wherever they are scored (train-demo's evaluation, verify's
 # accuracy / Fréchet gates, the precision table) and in the README: chosen by a sweep of CFG
 # scale and schedule on the shipped FAR (RESULTS.md, "Sampling settings").
-DEMO_SAMPLING = {"K": 16, "O": 8, "cfg": 5.0, "cfg_schedule": "constant"}
+DEMO_SAMPLING = {"K": 16, "O": 8, "cfg": 5.0, "cfg_schedule": "constant", "temperature": 0.8}
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
