@@ -105,7 +105,7 @@ def default_configs(pipe: Pipeline, K=None, O=None, cfg=None, batch=None):
 def verify_bundle(bundle_dir: str, out: str | None = None, K=None, O=None, cfg=None, batch=None,
                   seed: int = 0, checkpoint: str | None = None, vae: str | None = None,
                   precision: str | None = None, progress=None, quality: bool | None = None,
-                  quality_per_class: int = 20) -> dict:
+                  quality_per_class: int = 50) -> dict:
     pipe = Pipeline.load(bundle_dir)
     ref = reference_for_bundle(pipe, checkpoint, vae)
     precision = precision or pipe.bundle.manifest.get("precision", "fp32")
