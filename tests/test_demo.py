@@ -141,14 +141,11 @@ def test_shipped_far_draws_the_requested_classes():
     from far_export.defaults import DEFAULT_CHECKPOINT, DEFAULT_VAE
     from far_export.demo.evaluate import balanced_labels, generate
     from far_export.demo.recipe import load_full_vae
-    from far_export.demo.score import DEMO_SAMPLING
+    from far_export.demo.score import sampler_kwargs
     backbone, head = build_model(load_model_checkpoint(DEFAULT_CHECKPOINT, with_hash=False))
     vae = load_full_vae(DEFAULT_VAE)
     labels = balanced_labels(10)
-    s = DEMO_SAMPLING
-    images = generate(backbone, head, vae, labels, num_iter=s["K"], head_steps=s["O"],
-                      cfg=s["cfg"], cfg_schedule=s["cfg_schedule"],
-                      temperature=s["temperature"], seed=3, batch=100)
+    images = generate(backbone, head, vae, labels, seed=3, batch=100, **sampler_kwargs())
     right = score_images(images, labels)
     wrong = score_images(images, (labels + 1) % NUM_CLASSES)
     assert right["accuracy"] >= 0.8 and wrong["accuracy"] <= 0.1, (right, wrong)

@@ -26,7 +26,7 @@ from ..reference.vae import AutoencoderKL
 from .classifier import save_classifier, train_classifier
 from .dataset import NUM_CLASSES, make_dataset
 from .evaluate import evaluate, generate
-from .score import DEMO_SAMPLING
+from .score import DEMO_SAMPLING, sampler_kwargs
 from .train_far import FarRecipe, save_far, train_far
 from .train_vae import encode_tokens, train_vae
 
@@ -45,10 +45,7 @@ class DemoRecipe:
     far: FarRecipe = field(default_factory=FarRecipe)
     mar_steps: int = 1500
     eval_per_class: int = 50          # 500 images per score
-    eval_k: int = DEMO_SAMPLING["K"]
-    eval_cfg: float = DEMO_SAMPLING["cfg"]
-    eval_cfg_schedule: str = DEMO_SAMPLING["cfg_schedule"]
-    eval_temperature: float = DEMO_SAMPLING["temperature"]
+    sampling: dict = field(default_factory=lambda: dict(DEMO_SAMPLING))
 
     def scaled(self, factor: float) -> "DemoRecipe":
         """Every step and image count times ``factor`` (a smoke run at e.g. 0.02)."""
@@ -124,20 +121,17 @@ def run_demo(out: str, recipe: DemoRecipe, resume: bool = True, mar: bool = Fals
 
     t = _stage("evaluation")
     vae.eval()
-    ev = dict(per_class=recipe.eval_per_class, classifier_path=clf_path, num_iter=recipe.eval_k,
-              cfg_schedule=recipe.eval_cfg_schedule, temperature=recipe.eval_temperature,
-              seed=recipe.seed + 7)
-    report["eval"] = {"far": evaluate(*trained["far"], vae, head_steps=8, cfg=recipe.eval_cfg,
-                                      **ev)}
+    ev = dict(per_class=recipe.eval_per_class, classifier_path=clf_path, seed=recipe.seed + 7,
+              **sampler_kwargs(recipe.sampling))
+    report["eval"] = {"far": evaluate(*trained["far"], vae, **ev)}
     write_sample_grid(path("samples.png"), trained["far"], vae, recipe)
     if mar:
-        report["eval"]["mar"] = evaluate(*trained["mar"], vae, cfg=recipe.eval_cfg, **ev)
+        report["eval"]["mar"] = evaluate(*trained["mar"], vae, **ev)
     if table:
         rows = {}
         for name in ("far", "flow_only"):
             for o in TABLE_STEPS:
-                rows[(name, o)] = evaluate(*trained[name], vae, head_steps=o,
-                                           cfg=recipe.eval_cfg, **ev)
+                rows[(name, o)] = evaluate(*trained[name], vae, **{**ev, "head_steps": o})
         report["table"] = {f"{n}@O={o}": v for (n, o), v in rows.items()}
         write_text(path("table.md"), format_table(rows, recipe))
     report["seconds"]["evaluation"] = time.time() - t
@@ -148,8 +142,9 @@ def run_demo(out: str, recipe: DemoRecipe, resume: bool = True, mar: bool = Fals
 
 def format_table(rows: dict, recipe: DemoRecipe) -> str:
     n = rows[("far", TABLE_STEPS[0])]["n"]
-    lines = [f"K = {recipe.eval_k}, CFG {recipe.eval_cfg} ({recipe.eval_cfg_schedule}), temperature "
-             f"{recipe.eval_temperature}, {n} images "
+    s = recipe.sampling
+    lines = [f"K = {s['K']}, CFG {s['cfg']} ({s['cfg_schedule']}), temperature "
+             f"{s['temperature']}, {n} images "
              f"({n // NUM_CLASSES} per class), sampler seed {recipe.seed + 7}.", "",
              "| head | O | accuracy | Fréchet |", "|---|---|---|---|"]
     for (name, o), s in rows.items():
@@ -159,12 +154,10 @@ def format_table(rows: dict, recipe: DemoRecipe) -> str:
 
 
 def write_sample_grid(path: str, model, vae, recipe: DemoRecipe, per_class: int = 10) -> None:
-    """One row per class: FAR at O = 8 with the evaluation K and CFG."""
+    """One row per class: FAR at the recipe's sampling settings."""
     from far_runtime.images import grid, write_png
     labels = np.repeat(np.arange(NUM_CLASSES), per_class)
-    images = generate(*model, vae, labels, num_iter=recipe.eval_k, head_steps=8,
-                      cfg=recipe.eval_cfg, cfg_schedule=recipe.eval_cfg_schedule,
-                      temperature=recipe.eval_temperature, seed=recipe.seed + 7)
+    images = generate(*model, vae, labels, seed=recipe.seed + 7, **sampler_kwargs(recipe.sampling))
     write_png(path, grid(images, cols=per_class))
 
 

@@ -25,6 +25,12 @@ DEFAULT_CLASSIFIER = os.path.join(ASSETS, "classifier.safetensors")
 DEMO_SAMPLING = {"K": 16, "O": 8, "cfg": 5.0, "cfg_schedule": "constant", "temperature": 0.8}
 
 
+def sampler_kwargs(settings: dict = DEMO_SAMPLING) -> dict:
+    """Sampling settings as keyword arguments of the reference sampler (``sample_tokens``)."""
+    return {"num_iter": settings["K"], "head_steps": settings["O"], "cfg": settings["cfg"],
+            "cfg_schedule": settings["cfg_schedule"], "temperature": settings["temperature"]}
+
+
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)), via symmetric eigendecompositions."""
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
