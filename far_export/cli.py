@@ -10,18 +10,10 @@ import sys
 
 import click
 
+from far_runtime.cli import FarGroup, generate, option_group, parse_labels, sampling_options
 from far_runtime.errors import FarError
 
 log = logging.getLogger("far_export")
-
-
-class FarGroup(click.Group):
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except FarError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
 
 
 @click.group(cls=FarGroup)
@@ -34,32 +26,6 @@ def main(verbose: bool):
 
 def _fmt_m(n: int) -> str:
     return f"{n / 1e6:.1f}M"
-
-
-def option_group(opts):
-    """One decorator applying several click options, in the order listed."""
-    def apply(fn):
-        for opt in reversed(opts):
-            fn = opt(fn)
-        return fn
-    return apply
-
-
-def sampling_options(num: int, cfg: float):
-    """The sampling options shared by ``sample`` (reference) and ``generate`` (runtime)."""
-    opts = [
-        click.option("--class", "classes", default="0", show_default=True,
-                     help="Class label(s), comma-separated; repeated to fill --num."),
-        click.option("--num", default=num, show_default=True, help="Images to generate."),
-        click.option("--K", "num_iter", default=16, show_default=True,
-                     help="Autoregressive iterations (1..256)."),
-        click.option("--O", "head_steps", default=8, show_default=True, help="Shortcut head steps."),
-        click.option("--cfg", default=cfg, show_default=True, help="Classifier-free guidance scale."),
-        click.option("--cfg-schedule", type=click.Choice(["linear", "constant"]), default="linear"),
-        click.option("--temperature", default=1.0, show_default=True),
-        click.option("--seed", default=0, show_default=True),
-    ]
-    return option_group(opts)
 
 
 @main.command()
@@ -196,52 +162,21 @@ def export(checkpoint, out, vae_path, **kw):
 def build(checkpoint, out, precision, calibration_cache, int8_exclude, int8_budget, int8_min_speedup,
           skip_verify, vae_path, **kw):
     """The main job: export + validate (+ fp16/int8), engines where TensorRT exists, then verify."""
-    from .build.convert import PrecisionOptions
-    from .build.quantize import Int8Settings
+    from .precision.convert import PrecisionOptions
+    from .precision.int8 import Int8Settings
     from .defaults import default_paths
     checkpoint, vae_path = default_paths(checkpoint, vae_path)
     exclude = tuple(x.strip() for x in int8_exclude.split(",") if x.strip())
     int8 = Int8Settings(error_budget=int8_budget, exclude=exclude, min_speedup=int8_min_speedup)
     opts = PrecisionOptions(precision, int8=int8, cache_dir=calibration_cache)
     _run_export(checkpoint, vae_path, out, **kw, precision=precision, precision_options=opts)
-    from .build.engines import maybe_build_engines
+    from .tensorrt.engines import maybe_build_engines
     click.echo(maybe_build_engines(out, precision) + " The ONNX Runtime bundle is ready.", err=True)
     if not skip_verify:
         _run_verify(out, None, None, None, 2, 0, None, None, None)
 
 
-@main.command()
-@click.argument("bundle")
-@sampling_options(num=8, cfg=3.0)
-@click.option("--head", type=click.Choice(["auto", "fused", "step"]), default="auto", show_default=True,
-              help="Fused O-step head graph or one call per step.")
-@click.option("--threads", type=int, help="ONNX Runtime intra-op threads.")
-@click.option("--save-randomness", help="Write the run's orders and noise to this .npz.")
-@click.option("--out", default="out/grid.png", show_default=True, help="PNG grid to write.")
-def generate(bundle, classes, num, num_iter, head_steps, cfg, cfg_schedule, temperature, seed,
-             head, threads, save_randomness, out):
-    """Generate images with the torch-free runtime and write a PNG grid."""
-    from far_runtime.images import grid, write_png
-    from far_runtime.pipeline import Pipeline
-    from far_runtime.randomness import draw_randomness
-    pipe = Pipeline.load(bundle, threads=threads)
-    labels = parse_labels(classes, num)
-    max_batch = pipe.bundle.manifest["max_batch"]
-    if num > max_batch:
-        raise FarError(f"--num {num} is larger than the bundle's max batch {max_batch}; "
-                       f"re-export with --max-batch {num} or generate fewer.")
-    m = pipe.model
-    rnd = draw_randomness(seed, num, m["seq_len"], m["token_dim"], m["diffusion_steps"])
-    if save_randomness:
-        rnd.save(save_randomness)
-    pipe.check_labels(labels)                            # all option errors before any work
-    pipe.plan(num, num_iter, head_steps, cfg, head)
-    with click.progressbar(length=num_iter, label="iterations", file=sys.stderr) as bar:
-        images = pipe.generate(labels, K=num_iter, O=head_steps, cfg=cfg, cfg_schedule=cfg_schedule,
-                               temperature=temperature, randomness=rnd, head=head,
-                               progress=lambda it: bar.update(1))
-    write_png(out, grid(images))
-    click.echo(f"wrote {out} ({num} images, classes {sorted(set(labels))})")
+main.add_command(generate)
 
 
 def _run_verify(bundle, out, num_iter, head_steps, batch, seed, cfg, checkpoint, vae,
@@ -279,23 +214,11 @@ def verify(bundle, num_iter, head_steps, cfg, batch, seed, checkpoint, vae, out,
                 quality_per_class=quality_per_class)
 
 
-def parse_labels(classes: str, num: int) -> list[int]:
-    if num < 1:
-        raise FarError(f"--num must be at least 1, got {num}.")
-    try:
-        base = [int(c) for c in str(classes).split(",") if c.strip()]
-    except ValueError:
-        raise FarError(f"--class takes integers separated by commas, got {classes!r}.") from None
-    if not base:
-        raise FarError("--class needs at least one class label.")
-    return [base[i % len(base)] for i in range(num)]
-
-
 from .bench import bench  # noqa: E402
 main.add_command(bench)
 
 
-from .build.engines_cli import engines  # noqa: E402
+from .tensorrt.cli import engines  # noqa: E402
 from .doctor import doctor  # noqa: E402
 main.add_command(engines)
 main.add_command(doctor)

@@ -66,7 +66,7 @@ def check_torch() -> dict:
 
 def check_tensorrt() -> dict:
     from far_runtime.errors import FarError
-    from far_runtime.trt_backend import device_facts, import_cudart, import_tensorrt
+    from far_runtime.cuda_runtime import device_facts, import_cudart, import_tensorrt
     try:
         trt = import_tensorrt()
     except FarError as e:

@@ -11,15 +11,15 @@ import sys
 import numpy as np
 import pytest
 
-from far_export.build.engines import (build_options, derive_profiles, engine_key, engine_profiles,
-                                      maybe_build_engines, parse_range, plan_shapes, reusable)
+from far_export.tensorrt.engines import (build_options, derive_profiles, engine_key, engine_profiles,
+                                         maybe_build_engines, parse_range, plan_shapes, reusable)
 from far_runtime.bundle import Bundle, load_bundle
 from far_runtime.cuda_graphs import Binding, GraphCache
 from far_runtime.errors import FarError
 from far_runtime.plan import make_plan
 from far_runtime.specs import component_specs, fused_name
-from far_runtime.trt_backend import (GraphSource, cache_key, check_engine, graph_source,
-                                     select_profile)
+from far_runtime.engine_manifest import (GraphSource, cache_key, check_engine, graph_source,
+                                         select_profile)
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
@@ -285,7 +285,7 @@ def test_graph_cache_is_a_bounded_lru():
 
 @pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here")
 def test_without_tensorrt_everything_says_so(bundles, tmp_path):
-    from far_export.build.engines import build_engines
+    from far_export.tensorrt.engines import build_engines
     from far_runtime.trt_backend import TrtBackend
     with pytest.raises(FarError, match="TensorRT is not installed"):
         build_engines(bundles["far"], "fp32", str(tmp_path / "e"), (1, 8), (1, 2))
@@ -407,7 +407,7 @@ def test_half_precision_parity(bundles, tiny_files, dtype):
 
 @NEEDS_TRT
 def test_tensorrt_engines_build_reuse_and_run(bundles, tmp_path):
-    from far_export.build.engines import build_engines
+    from far_export.tensorrt.engines import build_engines
     from far_runtime.pipeline import Pipeline
     from far_runtime.trt_backend import TrtBackend
     out = str(tmp_path / "engines")

@@ -7,11 +7,11 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from far_export.build.calibration import CalibrationSettings, collect_feeds
-from far_export.build.convert import PrecisionOptions
-from far_export.build.precision import KeepRules, keep_list, record_ranges
+from far_export.precision.calibration import CalibrationSettings, collect_feeds
+from far_export.precision.convert import PrecisionOptions
+from far_export.precision.fp16 import KeepRules, keep_list, record_ranges
 from far_export.export.bundle import export_bundle
-from far_export.export.trt_check import check_graph
+from far_export.tensorrt.readiness import check_graph
 from far_export.synthetic import write_random_checkpoint
 from far_export.verify import verify_bundle
 from far_runtime.bundle import load_bundle

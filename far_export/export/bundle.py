@@ -83,7 +83,7 @@ def export_bundle(checkpoint: str, vae: str | None, out_dir: str, components=COM
                   precision: str = "fp32", precision_options=None) -> dict:
     """Export, check, validate and describe every requested graph; returns the manifest.
 
-    ``precision`` fp16 or int8 then rewrites the validated fp32 graphs (``build/convert.py``)."""
+    ``precision`` fp16 or int8 then rewrites the validated fp32 graphs (``precision/convert.py``)."""
     say = progress or (lambda msg: log.info(msg))
     components = list(components)
     head_steps = check_head_steps_list(head_steps)
@@ -153,7 +153,7 @@ def export_bundle(checkpoint: str, vae: str | None, out_dir: str, components=COM
         raise FarError(f"Validation failed for {', '.join(failed)}: see "
                        f"{os.path.join(out_dir, 'validation.json')}; no manifest was written.")
     if precision != "fp32":
-        from ..build.convert import PrecisionOptions, convert_bundle
+        from ..precision.convert import PrecisionOptions, convert_bundle
         opts = precision_options or PrecisionOptions(precision)
         manifest, rewritten = convert_bundle(out_dir, manifest, opts, progress=say)
         readiness.update(rewritten)
@@ -164,7 +164,7 @@ def export_bundle(checkpoint: str, vae: str | None, out_dir: str, components=COM
 
 def _readiness(path: str) -> dict:
     try:
-        from .trt_check import check_graph
+        from ..tensorrt.readiness import check_graph
     except ImportError:
         return {"checked": False, "reason": "TensorRT readiness checker not available"}
     report = check_graph(path)

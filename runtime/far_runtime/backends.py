@@ -28,8 +28,8 @@ def import_onnxruntime():
     try:
         import onnxruntime
     except ImportError:
-        raise FarError("onnxruntime is not installed; install far-export[cpu] "
-                       "(or far-export[gpu] on a CUDA machine, never both).") from None
+        raise FarError("onnxruntime is not installed; install far-runtime[cpu] "
+                       "(or far-runtime[gpu] on a CUDA machine, never both).") from None
     return onnxruntime
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from far_export.export.trt_check import SUPPORT_FILE, check_graph, load_support_table
+from far_export.tensorrt.readiness import SUPPORT_FILE, check_graph, load_support_table
 from far_runtime.errors import FarError
 
 F, I8, I16, I32, I64, U8, DBL = (TensorProto.FLOAT, TensorProto.INT8, TensorProto.INT16, TensorProto.INT32,

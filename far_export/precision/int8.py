@@ -5,7 +5,7 @@ Quantisation is ONNX Runtime's ``quantize_static`` in the form TensorRT consumes
 INT8 (TensorRT 10+; implicit calibrators are gone in 11): QDQ format, symmetric int8
 activations and weights, per-channel weights, biases left in float (``QuantizeBias=False``:
 onnxruntime's defaults, asymmetric activations and int32 bias Q/DQ, are not parsable by
-TensorRT, see ``export/trt_check.py``). Only the inputs of MatMul, Gemm and Conv are
+TensorRT, see ``tensorrt/readiness.py``). Only the inputs of MatMul, Gemm and Conv are
 quantised, TensorRT's recommended placement.
 
 Which nodes stay in float is measured, not guessed:

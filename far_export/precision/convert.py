@@ -28,8 +28,8 @@ from far_runtime.bundle import Bundle, sha256_file
 from far_runtime.errors import FarError
 
 from .calibration import CalibrationSettings, collect_feeds, sampling_runs
-from .precision import KeepRules, fp32_nodes, to_fp16
-from .quantize import Int8Settings, output_error, quantize_graph
+from .fp16 import KeepRules, fp32_nodes, to_fp16
+from .int8 import Int8Settings, output_error, quantize_graph
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ def _fp16(path: str, new: str, feeds: dict, rules: KeepRules, say, name: str) ->
 
 
 def _readiness(path: str) -> dict:
-    from ..export.trt_check import check_graph
+    from ..tensorrt.readiness import check_graph
     return check_graph(path).to_dict()
 
 

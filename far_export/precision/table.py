@@ -3,7 +3,7 @@
     far-export build CKPT --vae VAE --precision fp32 --out out/precision/fp32 --skip-verify
     far-export build CKPT --vae VAE --precision fp16 --out out/precision/fp16 --skip-verify
     far-export build CKPT --vae VAE --precision int8 --out out/precision/int8 --skip-verify
-    python -m far_export.build.precision_table out/precision/{fp32,fp16,int8} --out out/precision
+    python -m far_export.precision.table out/precision/{fp32,fp16,int8} --out out/precision
 
 Per bundle, with the randomness of the PyTorch FP32 reference pipeline: final latent max abs
 error and decoded-image PSNR (``verify_one``, worst over the configurations), NaN/Inf at any

@@ -17,7 +17,7 @@
    name and compute capability. The key material is stored in ``engines.json`` beside the
    engines; a build reuses an engine only when its key is identical and its file unchanged,
    and the runtime checks the same fields before it deserialises anything
-   (``far_runtime.trt_backend.check_engine``).
+   (``far_runtime.engine_manifest.check_engine``).
 4. Build. TensorRT's builder API directly: ONNX parser, one builder config per engine with
    a shared timing cache (saved per GPU and TensorRT version), optional version-compatible
    and hardware-compatible engines.
@@ -39,10 +39,10 @@ from far_runtime.errors import FarError
 from far_runtime.plan import make_plan
 from far_runtime.schedule import MAX_K
 from far_runtime.specs import ComponentSpec, fused_name
-from far_runtime.trt_backend import (ENGINE_FORMAT, ENGINE_FORMAT_VERSION, ENGINE_MANIFEST,
-                                     HARDWARE_LEVELS, PRECISIONS, GraphSource, bundle_precision,
-                                     cache_key, default_engine_dir, device_facts, graph_source,
-                                     import_cudart, import_tensorrt)
+from far_runtime.cuda_runtime import device_facts, import_cudart, import_tensorrt
+from far_runtime.engine_manifest import (ENGINE_FORMAT, ENGINE_FORMAT_VERSION, ENGINE_MANIFEST,
+                                         HARDWARE_LEVELS, PRECISIONS, GraphSource, bundle_precision,
+                                         cache_key, default_engine_dir, graph_source)
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The demo VAE decoder in fp16 and int8 on real latents (encoded demo images), scored.
 
-    python -m far_export.build.vae_check --vae far_export/demo/assets/vae_demo.pth
+    python -m far_export.precision.vae_check --vae far_export/demo/assets/vae_demo.pth
 
 Needs the whole demo VAE (encoder included, as the demo recipe writes it) and the demo
 classifier. Latents of freshly drawn labelled demo images are the decoder's real inputs:
@@ -45,8 +45,8 @@ def main(argv=None):
     from ..export.onnx_export import export_onnx
     from ..reference.vae import AutoencoderKL
     from ..verify import psnr
-    from .precision import to_fp16
-    from .quantize import Int8Settings, quantize_graph
+    from .fp16 import to_fp16
+    from .int8 import Int8Settings, quantize_graph
     from far_runtime.specs import component_specs
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -1,0 +1,75 @@
+"""The ``far-export bench`` command: options in, one report out."""
+from __future__ import annotations
+
+import os
+
+from far_runtime.errors import FarError
+
+from .report import markdown, write_report
+from .sweep import run_bench
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise FarError(f"{option} takes comma-separated integers, got {text!r}.") from None
+
+
+def command_line(source, **opts) -> str:
+    """The command that reproduces a report, every option spelled out."""
+    import shlex
+    parts = ["far-export", "bench"] + ([shlex.quote(source)] if source else [])
+    for k, v in opts.items():
+        if v is not None:
+            parts += [f"--{k.replace('_', '-')}", shlex.quote(str(v))]
+    return " ".join(parts)
+
+
+def _command():
+    import click
+
+    @click.command()
+    @click.argument("source", required=False)
+    @click.option("--preset", type=click.Choice(["tiny", "small", "B"]),
+                  help="Random FAR and MAR models with the same backbone (and a random VAE) instead of SOURCE.")
+    @click.option("--mar", "mar_path", help="MAR checkpoint or bundle with the same backbone, for MAR vs FAR.")
+    @click.option("--vae", "vae_path", help="VAE checkpoint (for a CHECKPOINT source).")
+    @click.option("--K", "num_iter", default=16, show_default=True, help="Autoregressive iterations.")
+    @click.option("--O", "head_steps", default=8, show_default=True, help="FAR head steps.")
+    @click.option("--batch", default=1, show_default=True)
+    @click.option("--cfg", default=3.0, show_default=True, help="Classifier-free guidance (1.0: none).")
+    @click.option("--threads", type=int, help="Threads for both backends (default: all cores).")
+    @click.option("--runs", default=5, show_default=True, help="Measured runs per backend and configuration.")
+    @click.option("--warmup", default=1, show_default=True, help="Warm-up runs per backend and configuration.")
+    @click.option("--sweep-K", "sweep_k", default="16,64", show_default=True, help="K values of the sweep ('' for none).")
+    @click.option("--sweep-O", "sweep_o", default="1,2,4,8", show_default=True, help="O values of the sweep.")
+    @click.option("--seed", default=0, show_default=True)
+    @click.option("--matmul-seconds", default=1.0, show_default=True,
+                  help="How long to time the matmul peak, per library.")
+    @click.option("--out", default="out/bench", show_default=True, help="Report folder.")
+    def bench(source, preset, mar_path, vae_path, num_iter, head_steps, batch, cfg, threads, runs,
+              warmup, sweep_k, sweep_o, seed, matmul_seconds, out):
+        """Time eager PyTorch against the runtime: latency, breakdown, memory, MAR vs FAR, K x O."""
+        if source is None and preset is None:
+            from ..defaults import default_paths
+            source, vae_path = default_paths(None, vae_path)
+        sk, so = _int_list(sweep_k, "--sweep-K"), _int_list(sweep_o, "--sweep-O")
+        if not sk or not so:
+            sk, so = [], []
+        report = run_bench(source, out, preset, mar_path, vae_path, num_iter, head_steps, batch, cfg,
+                           threads, runs, warmup, sk, so, seed, matmul_seconds,
+                           say=lambda m: click.echo(m, err=True))
+        report["command"] = command_line(source if preset is None else None, preset=preset, mar=mar_path,
+                                         vae=vae_path, K=num_iter, O=head_steps, batch=batch, cfg=cfg,
+                                         threads=report["threads"], runs=runs, warmup=warmup,
+                                         sweep_K=sweep_k, sweep_O=sweep_o, seed=seed,
+                                         matmul_seconds=matmul_seconds, out=out)
+        write_report(report, out)
+        click.echo(markdown(report))
+        click.echo(f"wrote {os.path.join(out, 'bench.json')}, bench.md and bench.png")
+    return bench
+
+
+
+bench = _command()

@@ -1,0 +1,167 @@
+"""The engines under test, each behind the same three calls (``generate_tokens``, ``decode``,
+``timer``): the PyTorch eager reference timed by module hooks, the runtime over ONNX
+Runtime, and the runtime's loop over a GPU backend; ``measure_run`` times one run of any."""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import numpy as np
+
+from .models import TENSORRT
+from .report import COMPONENTS, REFERENCE, RUNTIME
+
+class ModuleTimer:
+    """Seconds per named torch module, from forward pre-hooks and hooks (same shape as the
+    runtime's ``GraphTimer``: ``seconds``, ``calls``, ``reset``)."""
+
+    def __init__(self):
+        self.seconds = defaultdict(float)
+        self.calls = defaultdict(int)
+        self._start = {}
+
+    def attach(self, name: str, module) -> None:
+        def pre(mod, args):
+            self._start[name] = time.perf_counter()
+
+        def post(mod, args, out):
+            self.seconds[name] += time.perf_counter() - self._start.pop(name)
+            self.calls[name] += 1
+        module.register_forward_pre_hook(pre)
+        module.register_forward_hook(post)
+
+    def reset(self) -> None:
+        self.seconds.clear()
+        self.calls.clear()
+
+
+def component_of(graph: str) -> str:
+    if graph == "backbone":
+        return "backbone"
+    if graph.startswith("head"):
+        return "head"
+    if graph in ("vae", "vae_decoder"):
+        return "vae"
+    raise ValueError(graph)
+
+
+class RuntimeEngine:
+    """The torch-free runtime over a bundle (ONNX Runtime today)."""
+
+    name = RUNTIME
+
+    def __init__(self, spec: dict):
+        from far_runtime.pipeline import Pipeline
+        self.pipe = Pipeline.load(spec["bundle"], threads=spec["threads"])
+        self.timer = self.pipe.backend.timer
+        m = self.pipe.model
+        self.dims = (m["seq_len"], m["token_dim"], m["diffusion_steps"])
+        self.decodes = self.pipe.bundle.has("vae_decoder")
+
+    def generate_tokens(self, labels, K, O, cfg, rnd):
+        return self.pipe.generate_tokens(labels, K=K, O=O, cfg=cfg, randomness=rnd)
+
+    def decode(self, tokens):
+        return self.pipe.decode(tokens)
+
+
+class TimedBackend:
+    """Any runtime backend with a ``GraphTimer`` around ``run`` (for backends without one).
+    GPU backends return host arrays, so ``run`` has synchronised when it returns: the time
+    includes the host<->device copies of that call."""
+
+    def __init__(self, backend):
+        from far_runtime.backends import GraphTimer
+        self.inner = backend
+        self.name = backend.name
+        self.timer = GraphTimer()
+
+    def prepare(self, plan) -> None:
+        self.inner.prepare(plan)
+
+    def run(self, call, feeds):
+        t0 = time.perf_counter()
+        out = self.inner.run(call, feeds)
+        self.timer.add(call.graph, time.perf_counter() - t0)
+        return out
+
+
+class GpuEngine(RuntimeEngine):
+    """The runtime's loop over a GPU backend (fp32): TensorRT engines or PyTorch with CUDA
+    graphs. Only built where ``backend_availability`` says the backend can run."""
+
+    def __init__(self, spec: dict):
+        from far_runtime.bundle import load_bundle
+        from far_runtime.pipeline import Pipeline
+        bundle = load_bundle(spec["bundle"])
+        if spec["backend"] == TENSORRT:
+            from far_runtime.trt_backend import TrtBackend
+            backend = TrtBackend(bundle, precision="fp32")
+        else:
+            from ..torch_cuda_backend import TorchCudaBackend
+            backend = TorchCudaBackend(bundle, dtype="fp32", cuda_graphs=True)
+        self.name = spec["backend"]
+        self.pipe = Pipeline(bundle, TimedBackend(backend))
+        self.timer = self.pipe.backend.timer
+        m = self.pipe.model
+        self.dims = (m["seq_len"], m["token_dim"], m["diffusion_steps"])
+        self.decodes = bundle.has("vae_decoder")
+
+
+class ReferenceEngine:
+    """The PyTorch eager reference, its modules timed by hooks."""
+
+    name = REFERENCE
+
+    def __init__(self, spec: dict):
+        import torch
+        from ..reference.pipeline import ReferencePipeline
+        torch.set_num_threads(spec["threads"])
+        self.torch = torch
+        self.pipe = ReferencePipeline.load(spec["checkpoint"], spec["vae"], spec["weights"], spec["heads"])
+        # the modules hold copies of the weights; drop the loader's state dicts so the peak
+        # RSS is the eager model's, not the model's plus the file's
+        for ck in (self.pipe.ckpt, self.pipe.vae_ckpt):
+            if ck is not None:
+                ck.state_dict.clear()
+        import gc
+        gc.collect()
+        self.timer = ModuleTimer()
+        self.timer.attach("backbone", self.pipe.backbone)
+        self.timer.attach("head", self.pipe.head)
+        self.decodes = self.pipe.vae is not None
+        if self.decodes:
+            self.timer.attach("vae", self.pipe.vae)
+        bb, hd = self.pipe.ckpt.config.backbone, self.pipe.ckpt.config.head
+        self.dims = (bb.seq_len, bb.token_dim, hd.diffusion_steps if hd.kind == "diffusion" else 0)
+
+    def generate_tokens(self, labels, K, O, cfg, rnd):
+        return self.pipe.tokens(labels, num_iter=K, head_steps=O, cfg=cfg, randomness=rnd)
+
+    def decode(self, tokens):
+        return self.pipe.decode(tokens)
+
+
+def measure_run(engine, labels, K: int, O: int, cfg: float, seed: int) -> dict:
+    """One timed end-to-end run: K iterations to token latents, then the VAE decode."""
+    from far_runtime.randomness import draw_randomness
+    L, C, S = engine.dims
+    rnd = draw_randomness(seed, len(labels), L, C, S)        # drawn outside the timed region
+    engine.timer.reset()
+    t0 = time.perf_counter()
+    tokens = engine.generate_tokens(labels, K, O, cfg, rnd)
+    t1 = time.perf_counter()
+    gen_graph = sum(engine.timer.seconds.values())
+    if engine.decodes:
+        engine.decode(tokens)
+    t2 = time.perf_counter()
+    comps = {c: 0.0 for c in COMPONENTS}
+    calls = {}
+    for g, s in engine.timer.seconds.items():
+        comps[component_of(g)] += s
+        calls[g] = engine.timer.calls[g]
+    comps["overhead"] = (t2 - t0) - sum(comps[c] for c in ("backbone", "head", "vae"))
+    tok = tokens.numpy() if hasattr(tokens, "numpy") else np.asarray(tokens)
+    return {"total": t2 - t0, "generate": t1 - t0, "decode": t2 - t1,
+            "generate_overhead": (t1 - t0) - gen_graph, "components": comps, "calls": calls,
+            "tokens": tok}

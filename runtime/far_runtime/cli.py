@@ -1,0 +1,134 @@
+"""The ``far-runtime`` command line: run a bundle with nothing but numpy and an execution library.
+
+``generate`` is the very command ``far-export generate`` registers, so the two cannot drift:
+same options, same defaults, same PNG. Every error a user can cause is a ``FarError``:
+printed as one sentence, exit status 2.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import click
+
+from .errors import FarError
+
+
+class FarGroup(click.Group):
+    """A click group that turns a ``FarError`` into one sentence on stderr and exit status 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except FarError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+
+
+def option_group(opts):
+    """One decorator applying several click options, in the order listed."""
+    def apply(fn):
+        for opt in reversed(opts):
+            fn = opt(fn)
+        return fn
+    return apply
+
+
+def sampling_options(num: int, cfg: float):
+    """The sampling options shared by ``sample`` (reference) and ``generate`` (runtime)."""
+    opts = [
+        click.option("--class", "classes", default="0", show_default=True,
+                     help="Class label(s), comma-separated; repeated to fill --num."),
+        click.option("--num", default=num, show_default=True, help="Images to generate."),
+        click.option("--K", "num_iter", default=16, show_default=True,
+                     help="Autoregressive iterations (1..256)."),
+        click.option("--O", "head_steps", default=8, show_default=True, help="Shortcut head steps."),
+        click.option("--cfg", default=cfg, show_default=True, help="Classifier-free guidance scale."),
+        click.option("--cfg-schedule", type=click.Choice(["linear", "constant"]), default="linear"),
+        click.option("--temperature", default=1.0, show_default=True),
+        click.option("--seed", default=0, show_default=True),
+    ]
+    return option_group(opts)
+
+
+def parse_labels(classes: str, num: int) -> list[int]:
+    if num < 1:
+        raise FarError(f"--num must be at least 1, got {num}.")
+    try:
+        base = [int(c) for c in str(classes).split(",") if c.strip()]
+    except ValueError:
+        raise FarError(f"--class takes integers separated by commas, got {classes!r}.") from None
+    if not base:
+        raise FarError("--class needs at least one class label.")
+    return [base[i % len(base)] for i in range(num)]
+
+
+@click.group(cls=FarGroup)
+@click.option("-v", "--verbose", is_flag=True, help="Show debug logging.")
+def main(verbose: bool):
+    """Run far-export bundles: generate images, inspect what a bundle holds."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(levelname).1s %(name)s: %(message)s")
+
+
+@main.command()
+@click.argument("bundle")
+@sampling_options(num=8, cfg=3.0)
+@click.option("--head", type=click.Choice(["auto", "fused", "step"]), default="auto", show_default=True,
+              help="Fused O-step head graph or one call per step.")
+@click.option("--threads", type=int, help="ONNX Runtime intra-op threads.")
+@click.option("--save-randomness", help="Write the run's orders and noise to this .npz.")
+@click.option("--out", default="out/grid.png", show_default=True, help="PNG grid to write.")
+def generate(bundle, classes, num, num_iter, head_steps, cfg, cfg_schedule, temperature, seed,
+             head, threads, save_randomness, out):
+    """Generate images with the torch-free runtime and write a PNG grid."""
+    from .images import grid, write_png
+    from .pipeline import Pipeline
+    from .randomness import draw_randomness
+    pipe = Pipeline.load(bundle, threads=threads)
+    labels = parse_labels(classes, num)
+    max_batch = pipe.bundle.manifest["max_batch"]
+    if num > max_batch:
+        raise FarError(f"--num {num} is larger than the bundle's max batch {max_batch}; "
+                       f"re-export with --max-batch {num} or generate fewer.")
+    m = pipe.model
+    rnd = draw_randomness(seed, num, m["seq_len"], m["token_dim"], m["diffusion_steps"])
+    if save_randomness:
+        rnd.save(save_randomness)
+    pipe.check_labels(labels)                            # all option errors before any work
+    pipe.plan(num, num_iter, head_steps, cfg, head)
+    with click.progressbar(length=num_iter, label="iterations", file=sys.stderr) as bar:
+        images = pipe.generate(labels, K=num_iter, O=head_steps, cfg=cfg, cfg_schedule=cfg_schedule,
+                               temperature=temperature, randomness=rnd, head=head,
+                               progress=lambda it: bar.update(1))
+    write_png(out, grid(images))
+    click.echo(f"wrote {out} ({num} images, classes {sorted(set(labels))})")
+
+
+@main.command()
+@click.argument("bundle")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def info(bundle, as_json):
+    """What a bundle holds (its sha256 checked), and which backends can run it here."""
+    from .info import bundle_info
+    report = bundle_info(bundle)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    m = report["model"]
+    click.echo(f"bundle      {report['bundle']} (format {report['format_version']}, hashes checked)")
+    click.echo(f"model       {m['head_kind']} head, {m['seq_len']} tokens x {m['token_dim']}, "
+               f"{m['num_classes']} classes, precision {report['precision']}, max batch {report['max_batch']}")
+    click.echo(f"head steps  {', '.join(map(str, report['head_steps'])) or 'step graph only'}")
+    for name, g in report["graphs"].items():
+        click.echo(f"graph       {name}: {g['file']} ({g['megabytes']:.1f} MB, {g['precision']}, "
+                   f"sha256 {g['sha256'][:16]})")
+    if report.get("source"):
+        click.echo(f"source      {report['source']}")
+    for name, b in report["backends"].items():
+        click.echo(f"backend     {name}: " + ("can run it" if b["available"] else f"no ({b['reason']})"))
+
+
+if __name__ == "__main__":
+    main()
