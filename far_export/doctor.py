@@ -65,18 +65,49 @@ def check_torch() -> dict:
 
 
 def check_tensorrt() -> dict:
+    """TensorRT really imported (full or lean runtime) and a GPU it can use, with the facts
+    engines are keyed on (TensorRT's own CUDA major, not cuda-python's)."""
     from far_runtime.errors import FarError
     from far_runtime.cuda_runtime import device_facts, import_cudart, import_tensorrt
     try:
         trt = import_tensorrt()
     except FarError as e:
         return {"installed": False, "reason": str(e)}
-    out = {"installed": True, "version": trt.__version__}
+    out = {"installed": True, "version": trt.__version__, "module": trt.__name__,
+           "builder": hasattr(trt, "Builder")}
     try:
         out["device"] = device_facts(trt, import_cudart())
     except FarError as e:
         out["device_error"] = str(e)
     return out
+
+
+def cuda_gpu() -> tuple[bool, str]:
+    """(usable, why not): torch sees a CUDA GPU and a kernel really runs on it."""
+    try:
+        import torch
+    except ImportError:
+        return False, "torch is not installed"
+    if not torch.cuda.is_available():
+        return False, f"torch {torch.__version__} sees no CUDA GPU"
+    try:
+        x = torch.ones(4, device="cuda")
+        if float((x + x).sum().item()) != 8.0:
+            return False, "a CUDA kernel gave a wrong result"
+    except Exception as e:                      # a driver/runtime problem is "not usable"
+        return False, f"CUDA is listed but does not run ({type(e).__name__}: {e})"
+    return True, ""
+
+
+def tensorrt_gpu() -> tuple[bool, str]:
+    """(usable, why not): TensorRT imports and cuda-python finds a GPU (what the engine
+    tests need; a machine with TensorRT but no GPU skips them instead of failing)."""
+    trt = check_tensorrt()
+    if not trt["installed"]:
+        return False, trt["reason"]
+    if "device" not in trt:
+        return False, trt["device_error"]
+    return True, ""
 
 
 def diagnose() -> dict:
@@ -85,14 +116,18 @@ def diagnose() -> dict:
     gpu_ort = [p for p in ort.get("usable", []) if p in GPU_PROVIDERS]
     report = {"onnxruntime": ort, "torch": torch_, "tensorrt": trt}
     engines_ok = trt.get("installed") and "device" in trt
+    why = (" (TensorRT is not installed)" if not trt.get("installed") else " (no usable GPU)"
+           if "device" not in trt else " (the lean runtime has no builder)")
     report["build"] = ("export + ONNX Runtime validation, then TensorRT engines"
-                       if engines_ok else "export + ONNX Runtime validation; no TensorRT engines"
-                       + (" (TensorRT is not installed)" if not trt.get("installed") else " (no usable GPU)"))
+                       if engines_ok and trt.get("builder") else
+                       "export + ONNX Runtime validation; no TensorRT engines" + why)
     report["generate"] = ("onnxruntime with CPUExecutionProvider" if ort.get("installed")
                           else "nothing: onnxruntime is not installed (pip install far-export[cpu])")
     other = []
     if engines_ok:
-        other.append("tensorrt (far_runtime.trt_backend.TrtBackend, after far-export engines)")
+        other.append("tensorrt (far_runtime.trt_backend.TrtBackend, after far-export engines)"
+                     if trt.get("builder") else
+                     "tensorrt lean runtime (far_runtime.trt_backend.TrtBackend, --version-compatible engines only)")
     if torch_.get("cuda_available"):
         other.append("torch-cuda with CUDA graphs (far_export.torch_cuda_backend.TorchCudaBackend)")
     other += [f"onnxruntime with {p}" for p in gpu_ort]
@@ -120,11 +155,12 @@ def format_report(r: dict) -> str:
         lines.append("onnxruntime  not installed")
     trt = r["tensorrt"]
     if trt["installed"]:
-        lines.append(f"tensorrt     {trt['version']}")
+        flavour = "" if trt.get("builder") else " (lean runtime: runs --version-compatible engines, builds none)"
+        lines.append(f"tensorrt     {trt['version']}{flavour}")
         d = trt.get("device")
         if d:
-            lines.append(f"             CUDA runtime {d['cuda_runtime']}, driver {d['driver']}, {d['gpu']} "
-                         f"(compute capability {d['compute_capability']})")
+            lines.append(f"             for CUDA {d['tensorrt_cuda']}, driver {d['driver']} (cuda-python runtime "
+                         f"{d['cuda_python']}), {d['gpu']} (compute capability {d['compute_capability']})")
         else:
             lines.append(f"             {trt.get('device_error')}")
     else:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import threading
 import time
 from dataclasses import dataclass
 
@@ -31,6 +30,7 @@ from torch import nn
 
 from far_runtime.bundle import Bundle
 from far_runtime.cuda_graphs import Binding, GraphCache
+from far_runtime.device_slots import SlotBackend, default_capacity
 from far_runtime.errors import FarError
 from far_runtime.plan import Call, ShapePlan
 
@@ -105,21 +105,29 @@ class _Slot:
     bindings: tuple
 
 
-class TorchCudaBackend:
-    """PyTorch modules per graph, static device buffers per shape key, optional CUDA graphs."""
+class TorchCudaBackend(SlotBackend):
+    """PyTorch modules per graph, static device buffers per shape key, optional CUDA graphs.
+
+    Shares ``far_runtime.device_slots.SlotBackend`` with the TensorRT backend: slots bounded
+    by the plan, the backend's GPU made current on the calling thread for every call, and
+    results copied into arrays the calling thread owns. Every device buffer is allocated and
+    written on the backend's own stream (``torch.empty``: nothing runs on the default stream).
+    """
 
     name = "torch-cuda"
 
     def __init__(self, bundle: Bundle, dtype: str = "fp16", cuda_graphs: bool = True,
-                 max_graphs: int = 256, device: str = "cuda", checkpoint: str | None = None,
+                 max_graphs: int | None = None, device: str = "cuda", checkpoint: str | None = None,
                  vae: str | None = None):
         if dtype not in DTYPES:
             raise FarError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
         self.device = torch.device(device)
-        if self.device.type == "cuda":
+        cuda = self.device.type == "cuda"
+        if cuda:
             require_cuda()
             if self.device.index is None:
                 self.device = torch.device("cuda", torch.cuda.current_device())
+            torch.cuda.set_device(self.device)
         elif cuda_graphs:
             raise FarError("CUDA graphs need device='cuda'.")
         self.bundle = bundle
@@ -131,16 +139,16 @@ class TorchCudaBackend:
         self.backbone = ref.backbone.to(self.device, self.dtype).eval()
         self.head = ref.head.to(self.device, self.dtype).eval()
         self.vae = ref.vae.to(self.device, self.dtype).eval() if ref.vae is not None else None
-        if self.head.cfg.kind == "shortcut" and self.device.type == "cuda":
+        if self.head.cfg.kind == "shortcut" and cuda:
             self.head.time_embed = _DeviceConstants(self.head.time_embed, self.device)
             self.head.step_embed = _DeviceConstants(self.head.step_embed, self.device)
         self._modules = {}
-        self._slots = {}
-        self._lock = threading.Lock()
-        cuda = self.device.type == "cuda"
         self.stream = torch.cuda.Stream(self.device) if cuda else None
-        self.graphs = GraphCache(TorchCapturer(self.stream), max_graphs) if cuda_graphs else None
+        if cuda:        # the weights were copied on the default stream: order the side stream after it
+            self.stream.wait_stream(torch.cuda.default_stream(self.device))
         self._pin = cuda
+        graphs = GraphCache(TorchCapturer(self.stream), 1) if cuda_graphs else None
+        super().__init__(max_graphs, default_capacity(bundle.model, bundle.manifest["max_batch"]), graphs)
 
     def module(self, graph: str) -> nn.Module:
         if graph not in self._modules:
@@ -150,22 +158,35 @@ class TorchCudaBackend:
                                                 self.specs[graph].head_steps)
         return self._modules[graph]
 
-    def _slot(self, call: Call) -> _Slot:
-        slot = self._slots.get(call.key)
-        if slot is not None:
-            return slot
+    def _on_stream(self):
+        return torch.cuda.stream(self.stream) if self.stream is not None else _nullcontext()
+
+    # --- SlotBackend hooks -------------------------------------------------------------
+    def _select_device(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+
+    def _make_slot(self, call: Call) -> _Slot:
         spec = self.specs[call.graph]
         dims = dict(call.dims)
         inputs, outputs, staged = {}, {}, {}
-        for t in spec.inputs + spec.outputs:
-            shape, dt = t.shape(dims), getattr(torch, t.dtype)
-            (inputs if t in spec.inputs else outputs)[t.name] = torch.zeros(shape, dtype=dt, device=self.device)
-            staged[t.name] = torch.zeros(shape, dtype=dt, pin_memory=self._pin)
+        with self._on_stream():
+            for t in spec.inputs + spec.outputs:
+                shape, dt = t.shape(dims), getattr(torch, t.dtype)
+                (inputs if t in spec.inputs else outputs)[t.name] = torch.empty(shape, dtype=dt, device=self.device)
+                staged[t.name] = torch.zeros(shape, dtype=dt, pin_memory=self._pin)    # host memory
         arrays = {n: s.numpy() for n, s in staged.items()}
         bindings = tuple(Binding(n, tuple(x.shape), str(x.dtype), x.data_ptr())
                          for n, x in {**inputs, **outputs}.items())
-        slot = self._slots[call.key] = _Slot(self.module(call.graph), inputs, outputs, staged, arrays, bindings)
-        return slot
+        return _Slot(self.module(call.graph), inputs, outputs, staged, arrays, bindings)
+
+    def _release_slot(self, key, slot: _Slot) -> None:
+        if self.stream is not None:
+            self.stream.synchronize()        # nothing of this slot may still be in flight
+        slot.inputs.clear()
+        slot.outputs.clear()
+        slot.staged.clear()
+        slot.arrays.clear()
 
     def _body(self, slot: _Slot):
         autocast = self.dtype != torch.float32
@@ -178,33 +199,32 @@ class TorchCudaBackend:
                 dst.copy_(out)
         return body
 
-    def prepare(self, plan: ShapePlan) -> None:
-        with self._lock:
-            for call in plan.distinct():
-                self._slot(call)
+    def _execute(self, call: Call, slot: _Slot, feeds: dict) -> dict:
+        with self._on_stream():
+            for name, dev in slot.inputs.items():
+                if name not in feeds:
+                    raise FarError(f"'{call.graph}' needs input {name}, which the call does not give.")
+                arr = feeds[name]
+                if arr.shape != slot.arrays[name].shape:
+                    raise FarError(f"'{call.graph}' input {name} has shape {arr.shape}, but the "
+                                   f"plan says {slot.arrays[name].shape}.")
+                np.copyto(slot.arrays[name], arr, casting="unsafe")
+                dev.copy_(slot.staged[name], non_blocking=True)
+            body = self._body(slot)
+            if self.graphs is None:
+                body()
+            else:
+                self.graphs.run(call.key, slot.bindings, body)
+            for name, dev in slot.outputs.items():
+                slot.staged[name].copy_(dev, non_blocking=True)
+        if self.stream is not None:
+            self.stream.synchronize()
+        return {name: slot.arrays[name] for name in slot.outputs}
 
-    def run(self, call: Call, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        with self._lock:
-            slot = self._slot(call)
-            ctx = torch.cuda.stream(self.stream) if self.stream is not None else _nullcontext()
-            with ctx:
-                for name, dev in slot.inputs.items():
-                    arr = feeds[name]
-                    if arr.shape != slot.arrays[name].shape:
-                        raise FarError(f"'{call.graph}' input {name} has shape {arr.shape}, but the "
-                                       f"plan says {slot.arrays[name].shape}.")
-                    np.copyto(slot.arrays[name], arr, casting="unsafe")
-                    dev.copy_(slot.staged[name], non_blocking=True)
-                body = self._body(slot)
-                if self.graphs is None:
-                    body()
-                else:
-                    self.graphs.run(call.key, slot.bindings, body)
-                for name, dev in slot.outputs.items():
-                    slot.staged[name].copy_(dev, non_blocking=True)
-            if self.stream is not None:
-                self.stream.synchronize()
-            return {name: slot.arrays[name] for name in slot.outputs}
+    def _close_device(self) -> None:
+        if self.stream is not None:
+            self.stream.synchronize()
+        self._modules.clear()
 
 
 class _nullcontext:

@@ -21,17 +21,16 @@ from far_runtime.specs import component_specs, fused_name
 from far_runtime.engine_manifest import (GraphSource, cache_key, check_engine, graph_source,
                                          select_profile)
 
-HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+from far_export.doctor import cuda_gpu, tensorrt_gpu
 
+# "Installed" (a package is there) and "usable" (it imports and finds a GPU) differ: a machine
+# with TensorRT but no GPU, or a wheel without its libraries, must skip the GPU tests, not fail.
+TRT_INSTALLED = any(importlib.util.find_spec(m) is not None for m in ("tensorrt", "tensorrt_lean"))
+TRT_OK, TRT_WHY = tensorrt_gpu()
+CUDA_OK, CUDA_WHY = cuda_gpu()
 
-def _cuda():
-    import torch
-    return torch.cuda.is_available()
-
-
-NEEDS_TRT = pytest.mark.skipif(not HAS_TRT, reason="TensorRT is not installed (it cannot be on this "
-                               "project's CPU machines); runs where tensorrt and a GPU are present")
-NEEDS_CUDA = pytest.mark.skipif(not _cuda(), reason="no CUDA GPU: CUDA-graph capture needs one")
+NEEDS_TRT = pytest.mark.skipif(not TRT_OK, reason=f"TensorRT with a usable GPU is needed: {TRT_WHY}")
+NEEDS_CUDA = pytest.mark.skipif(not CUDA_OK, reason=f"a usable CUDA GPU is needed: {CUDA_WHY}")
 
 MODEL_256 = {"seq_len": 256, "token_dim": 16, "cond_dim": 768, "num_classes": 1000,
              "head_kind": "shortcut", "diffusion_steps": 0, "image_size": 256,
@@ -139,8 +138,8 @@ def test_graph_source_is_the_bundle_graph_of_that_precision(tmp_path):
         graph_source(fp32, "backbone", "fp8")
 
 
-FACTS = {"tensorrt": "10.8.0.43", "cuda_runtime": "12.8", "driver": "12.8",
-         "gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+FACTS = {"tensorrt": "10.8.0.43", "tensorrt_module": "tensorrt", "tensorrt_cuda": "12",
+         "cuda_python": "12.9", "driver": "12.8", "gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
 SOURCE = GraphSource("backbone", "fp16", "/b/backbone.fp16.onnx", "1" * 64, None)
 PROFILES = [{"batch": [1, 2, 4], "n_known": [0, 8, 255], "n_pred": [1, 4, 16]}]
 
@@ -149,7 +148,7 @@ def _key(**change):
     src = GraphSource(**{**SOURCE.__dict__, **{k: v for k, v in change.items() if k in SOURCE.__dict__}})
     opts = build_options(**{k: v for k, v in change.items() if k in ("version_compatible", "hardware_compatibility")})
     facts = {**FACTS, **{k: v for k, v in change.items() if k in FACTS}}
-    return engine_key(src, change.get("profiles", PROFILES), opts, facts)
+    return engine_key(src, change.get("profiles", PROFILES), opts, facts, change.get("builder", "b" * 64))
 
 
 def test_cache_key_changes_with_every_input():
@@ -158,9 +157,11 @@ def test_cache_key_changes_with_every_input():
     for change in ({"sha256": "2" * 64}, {"precision": "int8"}, {"calibration_sha256": "c" * 64},
                    {"profiles": [{**PROFILES[0], "batch": [1, 2, 8]}]}, {"tensorrt": "10.9.0.1"},
                    {"gpu": "NVIDIA A100-SXM4-80GB"}, {"compute_capability": "8.0"},
-                   {"cuda_runtime": "12.9"}, {"version_compatible": True},
-                   {"hardware_compatibility": "ampere+"}):
+                   {"tensorrt_cuda": "13"}, {"version_compatible": True},
+                   {"hardware_compatibility": "ampere+"}, {"builder": "c" * 64}):
         assert cache_key(_key(**change)) != base, change
+    # cuda-python's own runtime version is recorded, never keyed: upgrading it rebuilds nothing
+    assert cache_key(_key(cuda_python="13.0")) == base
 
 
 def test_stale_engines_are_never_reused(tmp_path):
@@ -252,7 +253,7 @@ def test_graph_cache_captures_once_per_shape_and_replays():
     assert cache.run(key_b, _bind(2000), lambda: runs.append("b")) == "eager"
     assert runs == ["a"] * 4 + ["b"]              # every call executed exactly once
     assert len(cap.captured) == 1 and cache.stats.as_dict() == {
-        "eager": 2, "captures": 1, "replays": 2, "evictions": 0, "stale": 0}
+        "eager": 2, "captures": 1, "replays": 2, "evictions": 0, "stale": 0, "failed": 0}
 
 
 def test_graph_cache_recaptures_when_buffers_move():
@@ -283,7 +284,7 @@ def test_graph_cache_is_a_bounded_lru():
 
 # --- clear errors without TensorRT or CUDA ----------------------------------------------------
 
-@pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here")
+@pytest.mark.skipif(TRT_INSTALLED, reason="TensorRT is installed here")
 def test_without_tensorrt_everything_says_so(bundles, tmp_path):
     from far_export.tensorrt.engines import build_engines
     from far_runtime.trt_backend import TrtBackend
@@ -311,7 +312,7 @@ def test_engines_cli_profiles_only_and_option_errors(bundles):
     assert r.returncode == 2 and "holds fp32 graphs, not the FP16" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.skipif(_cuda(), reason="a CUDA GPU is present")
+@pytest.mark.skipif(CUDA_OK, reason="a CUDA GPU is present")
 def test_torch_cuda_backend_without_cuda_says_so(bundles):
     from far_export.torch_cuda_backend import TorchCudaBackend
     with pytest.raises(FarError, match="sees no CUDA GPU"):
@@ -324,7 +325,7 @@ def test_doctor_reports_what_is_usable():
     from far_export.doctor import diagnose, format_report
     r = diagnose()
     assert "CPUExecutionProvider" in r["onnxruntime"]["usable"]
-    assert r["tensorrt"]["installed"] == HAS_TRT
+    assert r["tensorrt"]["installed"] == TRT_INSTALLED
     assert r["generate"].startswith("onnxruntime")
     text = format_report(r)
     assert "tensorrt" in text and "generate" in text

@@ -13,14 +13,16 @@
    is the bundle's: FP16 engines from an FP16 bundle, INT8 engines from an INT8 (Q/DQ)
    bundle (``far-export build --precision ...``), FP32 from an FP32 one.
 3. Cache key. An engine's key is everything that changes the engine: graph sha256,
-   profiles, precision, calibration hash, build options, TensorRT and CUDA versions, GPU
-   name and compute capability. The key material is stored in ``engines.json`` beside the
+   profiles, precision, calibration hash, build options, TensorRT's version and the CUDA
+   major it is built for, GPU name and compute capability, and the sha256 of the builder's
+   code (``builder.py``). The command that reproduces the key (every option in it) is
+   stored with each engine and quoted by every "rebuild with" sentence. The key material is stored in ``engines.json`` beside the
    engines; a build reuses an engine only when its key is identical and its file unchanged,
    and the runtime checks the same fields before it deserialises anything
    (``far_runtime.engine_manifest.check_engine``).
-4. Build. TensorRT's builder API directly: ONNX parser, one builder config per engine with
-   a shared timing cache (saved per GPU and TensorRT version), optional version-compatible
-   and hardware-compatible engines.
+4. Build. ``builder.py``: TensorRT's builder API directly, one config per engine with a
+   shared timing cache (saved per GPU and TensorRT version). ``--graphs`` builds a subset
+   and keeps the folder's other engines.
 
 TensorRT is imported only when an engine is actually built.
 """
@@ -30,7 +32,7 @@ import json
 import logging
 import os
 import re
-import tempfile
+import shlex
 import time
 from collections import Counter, defaultdict
 
@@ -40,6 +42,8 @@ from far_runtime.plan import make_plan
 from far_runtime.schedule import MAX_K
 from far_runtime.specs import ComponentSpec, fused_name
 from far_runtime.cuda_runtime import device_facts, import_cudart, import_tensorrt
+
+from .builder import TimingCache, atomic_write, build_engine, builder_code_sha256
 from far_runtime.engine_manifest import (ENGINE_FORMAT, ENGINE_FORMAT_VERSION, ENGINE_MANIFEST,
                                          HARDWARE_LEVELS, PRECISIONS, GraphSource, bundle_precision,
                                          cache_key, default_engine_dir, graph_source)
@@ -47,6 +51,7 @@ from far_runtime.engine_manifest import (ENGINE_FORMAT, ENGINE_FORMAT_VERSION, E
 log = logging.getLogger(__name__)
 
 SPLIT_RATIO = 4.0        # one profile spans at most this factor on its split dim (if it can)
+DEFAULT_OPTIMIZATION_LEVEL = 3
 
 
 # --- shapes and profiles --------------------------------------------------------------------
@@ -173,22 +178,30 @@ def engine_profiles(bundle: Bundle, k_range, batch_range, max_profiles: int = 4,
 # --- the engine manifest --------------------------------------------------------------------
 
 def build_options(version_compatible: bool = False, hardware_compatibility: str = "none",
-                  optimization_level: int = 3, workspace_gb: float | None = None) -> dict:
+                  optimization_level: int = DEFAULT_OPTIMIZATION_LEVEL, workspace_gb: float | None = None) -> dict:
     if hardware_compatibility not in HARDWARE_LEVELS:
         raise FarError(f"--hardware-compatible takes {', '.join(HARDWARE_LEVELS)}, got {hardware_compatibility!r}.")
     if not 0 <= optimization_level <= 5:
         raise FarError(f"--optimization-level must be in 0..5, got {optimization_level}.")
+    if workspace_gb is not None and not workspace_gb > 0:
+        raise FarError(f"--workspace-gb must be a positive number of GiB, got {workspace_gb}.")
     return {"strongly_typed": True, "version_compatible": bool(version_compatible),
             "hardware_compatibility": hardware_compatibility, "optimization_level": optimization_level,
             "workspace_bytes": int(workspace_gb * (1 << 30)) if workspace_gb else None}
 
 
-def engine_key(source: GraphSource, profiles: list, options: dict, facts: dict) -> dict:
-    """The key material of one engine (stored in the manifest; its sha256 is the cache key)."""
+def engine_key(source: GraphSource, profiles: list, options: dict, facts: dict,
+               builder: str | None = None) -> dict:
+    """The key material of one engine (stored in the manifest; its sha256 is the cache key).
+
+    TensorRT's version and the CUDA major TensorRT is built for (not cuda-python's, which
+    changes with any cuda-python upgrade), the GPU, and the builder's own code.
+    """
     return {"graph": source.graph, "graph_sha256": source.sha256, "precision": source.precision,
             "calibration_sha256": source.calibration_sha256, "profiles": profiles,
-            "options": options, "tensorrt": facts["tensorrt"], "cuda_runtime": facts["cuda_runtime"],
-            "gpu": facts["gpu"], "compute_capability": facts["compute_capability"]}
+            "options": options, "tensorrt": facts["tensorrt"], "tensorrt_cuda": facts["tensorrt_cuda"],
+            "gpu": facts["gpu"], "compute_capability": facts["compute_capability"],
+            "builder": builder or builder_code_sha256()}
 
 
 def reusable(entry: dict | None, key: dict, engine_dir: str) -> bool:
@@ -211,38 +224,49 @@ def read_manifest(engine_dir: str) -> dict | None:
             m = json.load(f)
     except (OSError, ValueError):
         return None
-    ok = m.get("format") == ENGINE_FORMAT and m.get("format_version") == ENGINE_FORMAT_VERSION
-    return m if ok else None
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    ok = isinstance(m, dict) and m.get("format") == ENGINE_FORMAT and m.get("format_version") == ENGINE_FORMAT_VERSION
+    return m if ok and isinstance(m.get("engines"), dict) else None
 
 
 def engines_command(bundle_dir: str, precision: str, out: str | None, k_range, batch_range,
-                    max_profiles: int, options: dict) -> str:
-    """The command that rebuilds these engines (quoted by every "rebuild with" error)."""
-    cmd = [f"far-export engines {bundle_dir} --precision {precision}",
-           f"--k {k_range[0]}:{k_range[1]}", f"--batch {batch_range[0]}:{batch_range[1]}"]
+                    max_profiles: int, options: dict, graphs=None) -> str:
+    """The command that rebuilds these engines (quoted by every "rebuild with" error).
+
+    Every option that is part of the key is in it, so following it reproduces the key;
+    tests/test_engines.py parses it back through the CLI to check that.
+    """
+    cmd = ["far-export", "engines", bundle_dir, "--precision", precision,
+           "--k", f"{k_range[0]}:{k_range[1]}", "--batch", f"{batch_range[0]}:{batch_range[1]}"]
     if out:
-        cmd.append(f"--out {out}")
+        cmd += ["--out", out]
     if max_profiles != 4:
-        cmd.append(f"--max-profiles {max_profiles}")
+        cmd += ["--max-profiles", str(max_profiles)]
     if options["version_compatible"]:
         cmd.append("--version-compatible")
     if options["hardware_compatibility"] != "none":
-        cmd.append(f"--hardware-compatible {options['hardware_compatibility']}")
-    return " ".join(cmd)
+        cmd += ["--hardware-compatible", options["hardware_compatibility"]]
+    if options["optimization_level"] != DEFAULT_OPTIMIZATION_LEVEL:
+        cmd += ["--optimization-level", str(options["optimization_level"])]
+    if options["workspace_bytes"]:
+        cmd += ["--workspace-gb", repr(options["workspace_bytes"] / (1 << 30))]   # exact: a power of 2
+    if graphs:
+        cmd += ["--graphs", ",".join(graphs)]
+    return shlex.join(cmd)
+
+
+def merge_entries(old: dict, built: dict, subset: bool, bundle: Bundle) -> dict:
+    """The engines of the new manifest: this build's, plus (for a ``--graphs`` subset build)
+    the previous build's engines of every other graph the bundle still has."""
+    if not subset:
+        return dict(built)
+    kept = {g: e for g, e in old.items() if g not in built and bundle.has(g)}
+    return {**kept, **built}
+
+
+def unreferenced_files(old: dict, new: dict) -> list[str]:
+    """Engine files of the previous manifest that no entry of the new one points at."""
+    keep = {e.get("file") for e in new.values()}
+    return sorted({e["file"] for e in old.values() if e.get("file") and e["file"] not in keep})
 
 
 # --- building -----------------------------------------------------------------------------
@@ -254,9 +278,12 @@ def _slug(text: str) -> str:
 def build_engines(bundle_dir: str, precision: str | None = None, out: str | None = None,
                   k_range=(1, MAX_K), batch_range=None, max_profiles: int = 4,
                   version_compatible: bool = False, hardware_compatibility: str = "none",
-                  optimization_level: int = 3, workspace_gb: float | None = None, graphs=None,
-                  force: bool = False, progress=None) -> dict:
-    """Build (or reuse) one engine per graph; returns the engine manifest written to ``out``."""
+                  optimization_level: int = DEFAULT_OPTIMIZATION_LEVEL, workspace_gb: float | None = None,
+                  graphs=None, force: bool = False, progress=None) -> dict:
+    """Build (or reuse) one engine per graph; returns the engine manifest written to ``out``.
+
+    With ``graphs``, only those are built and the folder's other engines are kept.
+    """
     say = progress or log.info
     bundle = load_bundle(bundle_dir)
     precision = precision or bundle_precision(bundle)
@@ -267,23 +294,27 @@ def build_engines(bundle_dir: str, precision: str | None = None, out: str | None
     profiles = engine_profiles(bundle, k_range, batch_range, max_profiles, graphs)
     sources = {g: graph_source(bundle, g, precision) for g in profiles}   # all missing graphs fail here
     engine_dir = out or default_engine_dir(bundle_dir, precision)
-    command = engines_command(bundle_dir, precision, out, k_range, batch_range, max_profiles, options)
+    command = engines_command(bundle_dir, precision, out, k_range, batch_range, max_profiles, options, graphs)
+    folder_command = engines_command(bundle_dir, precision, out, k_range, batch_range, max_profiles, options)
 
-    trt = import_tensorrt()
+    trt = import_tensorrt(builder=True)
     facts = device_facts(trt, import_cudart())
     old = read_manifest(engine_dir) or {}
-    old_engines = {} if force else old.get("engines", {})
+    previous = old.get("engines", {})
+    candidates = {} if force else previous
     specs = bundle.specs()
     logger = trt.Logger(trt.Logger.WARNING)
     cache_path = os.path.join(engine_dir, f"timing-{_slug(facts['gpu'])}-sm{facts['compute_capability']}"
-                                          f"-trt{facts['tensorrt']}.cache")
-    timing = _TimingCache(trt, cache_path)
+                                          f"-trt{facts['tensorrt']}-cu{facts['tensorrt_cuda']}.cache")
+    timing = TimingCache(trt, cache_path)
+    builder = builder_code_sha256()
     entries, built, reused = {}, 0, 0
     for i, (graph, profs) in enumerate(profiles.items()):
-        key = engine_key(sources[graph], profs, options, facts)
+        key = engine_key(sources[graph], profs, options, facts, builder)
         digest = cache_key(key)
-        if reusable(old_engines.get(graph), key, engine_dir):
-            entries[graph] = old_engines[graph]
+        if reusable(candidates.get(graph), key, engine_dir):
+            entries[graph] = {**candidates[graph], "command": command, "k_range": list(k_range),
+                              "batch_range": list(batch_range)}
             reused += 1
             say(f"[{i + 1}/{len(profiles)}] {graph}: up to date ({digest[:16]})")
             continue
@@ -291,99 +322,33 @@ def build_engines(bundle_dir: str, precision: str | None = None, out: str | None
         t0 = time.perf_counter()
         data = build_engine(trt, logger, sources[graph], specs[graph], profs, options, timing)
         name = engine_file_name(graph, digest)
-        _atomic_write(os.path.join(engine_dir, name), data)
+        atomic_write(os.path.join(engine_dir, name), data)
         entries[graph] = {"file": name, "sha256": sha256_file(os.path.join(engine_dir, name)),
-                          "cache_key": digest, "key": key, "bytes": len(data),
+                          "cache_key": digest, "key": key, "bytes": len(data), "command": command,
+                          "k_range": list(k_range), "batch_range": list(batch_range),
                           "build_seconds": round(time.perf_counter() - t0, 2), "driver": facts["driver"]}
         built += 1
         timing.save()
         say(f"[{i + 1}/{len(profiles)}] {graph}: {len(data) / 1e6:.1f} MB in {entries[graph]['build_seconds']:.1f}s")
+    entries = merge_entries(previous, entries, bool(graphs), bundle)
     manifest = {"format": ENGINE_FORMAT, "format_version": ENGINE_FORMAT_VERSION,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "bundle": os.path.abspath(bundle_dir), "precision": precision,
-                "k_range": list(k_range), "batch_range": list(batch_range), "command": command,
+                "k_range": list(k_range), "batch_range": list(batch_range), "command": folder_command,
                 "built_on": facts, "timing_cache": os.path.basename(cache_path), "engines": entries}
-    _atomic_write(os.path.join(engine_dir, ENGINE_MANIFEST), (json.dumps(manifest, indent=2) + "\n").encode())
-    for e in old.get("engines", {}).values():          # engines no entry points at any more
-        if e.get("file") and e["file"] not in {x["file"] for x in entries.values()}:
-            stale = os.path.join(engine_dir, e["file"])
-            if os.path.isfile(stale):
-                os.unlink(stale)
+    atomic_write(os.path.join(engine_dir, ENGINE_MANIFEST), (json.dumps(manifest, indent=2) + "\n").encode())
+    for name in unreferenced_files(previous, entries):
+        stale = os.path.join(engine_dir, name)
+        if os.path.isfile(stale):
+            os.unlink(stale)
     manifest["built"], manifest["reused"] = built, reused
     return manifest
-
-
-class _TimingCache:
-    """One timing cache shared by every engine of a build, saved per GPU and TensorRT version."""
-
-    def __init__(self, trt, path: str):
-        self.trt, self.path, self.cache = trt, path, None
-        self.data = b""
-        if os.path.isfile(path):
-            with open(path, "rb") as f:
-                self.data = f.read()
-
-    def attach(self, config) -> None:
-        if self.cache is None:
-            self.cache = config.create_timing_cache(self.data)
-            if self.cache is None:          # unreadable (another TensorRT): start afresh
-                log.warning("timing cache %s is not usable here; starting a new one", self.path)
-                self.cache = config.create_timing_cache(b"")
-        if not config.set_timing_cache(self.cache, ignore_mismatch=False):
-            log.warning("timing cache %s was made on another device; not used", self.path)
-
-    def save(self) -> None:
-        if self.cache is not None:
-            _atomic_write(self.path, bytes(self.cache.serialize()))
-
-
-def build_engine(trt, logger, source: GraphSource, spec: ComponentSpec, profiles: list,
-                 options: dict, timing: _TimingCache | None = None) -> bytes:
-    """One serialised engine from one ONNX graph, strongly typed, with the given profiles."""
-    builder = trt.Builder(logger)
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(source.path):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise FarError(f"TensorRT's ONNX parser rejected {source.path}: {errors} "
-                       "(see trt_readiness.json in the bundle).")
-    net_inputs = {network.get_input(i).name for i in range(network.num_inputs)}
-    unknown = net_inputs - set(spec.input_names())
-    if unknown:
-        raise FarError(f"{source.path} has inputs {sorted(unknown)} that the '{spec.name}' spec does not "
-                       "know; it is not a graph of this bundle.")
-    config = builder.create_builder_config()
-    config.builder_optimization_level = options["optimization_level"]
-    if options["workspace_bytes"]:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options["workspace_bytes"])
-    if options["version_compatible"]:
-        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
-    level = options["hardware_compatibility"]
-    if level != "none":
-        levels = {"ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}
-        value = getattr(trt.HardwareCompatibilityLevel, levels[level], None)
-        if value is None:
-            raise FarError(f"TensorRT {trt.__version__} has no hardware compatibility level {level}.")
-        config.hardware_compatibility_level = value
-    if timing is not None:
-        timing.attach(config)
-    for prof in profiles:
-        p = builder.create_optimization_profile()
-        lo, opt, hi = ({d: v[j] for d, v in prof.items()} for j in range(3))
-        for t in spec.inputs:
-            if t.name in net_inputs:
-                p.set_shape(t.name, t.shape(lo), t.shape(opt), t.shape(hi))
-        config.add_optimization_profile(p)
-    data = builder.build_serialized_network(network, config)
-    if data is None:
-        raise FarError(f"TensorRT could not build an engine for '{spec.name}' (see the log above).")
-    return bytes(data)
 
 
 def maybe_build_engines(bundle_dir: str, precision: str | None = None) -> str:
     """The engine step of ``far-export build``: engines where TensorRT exists; one status line."""
     try:
-        import_tensorrt()
+        import_tensorrt(builder=True)
     except FarError as e:
         return f"engines: none built: {e}"
     try:

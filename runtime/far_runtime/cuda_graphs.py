@@ -17,7 +17,12 @@ That difference is a ``Capturer``; the policy is here:
   captured with. A replay whose buffers differ (the backend re-allocated them) would read
   and write freed memory, so the stale graph is released and the call is captured again;
 - at most ``max_graphs`` graphs are kept, least recently used first out, so a long-running
-  server that sees many plans holds bounded device memory.
+  server that sees many plans holds bounded device memory. The backends size it from the
+  plan (``reserve``: the distinct shapes of a plan, 258 for K = 256), so one generate()
+  never evicts its own graphs;
+- a capture that fails (an operation that cannot be captured, a driver error) is logged
+  with its cause, whatever was captured is released, and the key runs eagerly from then on:
+  a graph is an optimisation, never a reason for a call to fail.
 
 No CUDA, torch or TensorRT import happens here: the runtime stays importable everywhere.
 """
@@ -67,6 +72,7 @@ class GraphStats:
     replays: int = 0
     evictions: int = 0
     stale: int = 0          # graphs dropped because their buffers moved or changed shape
+    failed: int = 0         # captures that failed; those keys run eagerly
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -84,7 +90,8 @@ class GraphCache:
         self.stats = GraphStats()
         self._graphs: OrderedDict[Hashable, _Entry] = OrderedDict()
         self._seen: dict[Hashable, int] = {}
-        self._lock = threading.Lock()
+        self._eager_only: set = set()
+        self._lock = threading.RLock()
 
     def __len__(self) -> int:
         return len(self._graphs)
@@ -108,12 +115,22 @@ class GraphCache:
                 entry = None
             if entry is None:
                 seen = self._seen.get(key, 0)
-                if seen < self.warmup:
+                if seen < self.warmup or key in self._eager_only:
                     self._seen[key] = seen + 1
                     self.stats.eager += 1
                     body()
                     return "eager"
-                entry = _Entry(self.capturer.capture(body), bindings)
+                try:
+                    graph = self.capturer.capture(body)
+                except Exception as e:          # capture is optional: fall back, keep the cause
+                    log.warning("CUDA-graph capture of %s failed (%s: %s); running it eagerly",
+                                key, type(e).__name__, e)
+                    self._eager_only.add(key)
+                    self.stats.failed += 1
+                    self.stats.eager += 1
+                    body()
+                    return "eager"
+                entry = _Entry(graph, bindings)
                 self._graphs[key] = entry
                 self.stats.captures += 1
                 while len(self._graphs) > self.max_graphs:
@@ -127,6 +144,17 @@ class GraphCache:
             entry.graph.replay()
             return "replayed"
 
+    def reserve(self, n: int) -> None:
+        """Keep at least ``n`` graphs (a plan's distinct shapes); never shrinks."""
+        with self._lock:
+            self.max_graphs = max(self.max_graphs, n)
+
+    def discard(self, key) -> None:
+        """Release the graph of ``key`` if there is one (its buffers are about to be freed)."""
+        with self._lock:
+            if key in self._graphs:
+                self._drop(key)
+
     def _drop(self, key) -> None:
         entry = self._graphs.pop(key)
         entry.graph.release()
@@ -136,3 +164,4 @@ class GraphCache:
             for key in list(self._graphs):
                 self._drop(key)
             self._seen.clear()
+            self._eager_only.clear()

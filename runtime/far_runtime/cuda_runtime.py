@@ -1,34 +1,70 @@
 """The CUDA side of the TensorRT backend: importing TensorRT and the CUDA runtime bindings
 lazily, facts about this machine, and the few CUDA runtime calls the backend makes.
 
-TensorRT (``tensorrt``) and ``cuda-python`` are imported only when asked for; without them
-the import helpers fail with one sentence. Never imports torch.
+TensorRT (``tensorrt`` or the lean runtime ``tensorrt_lean``) and ``cuda-python`` are
+imported only when asked for; without them the import helpers fail with one sentence.
+Never imports torch. Written against cuda-bindings 12.9 and 13.x (``cuda.bindings.runtime``;
+the old ``cuda.cudart`` path is a fallback for cuda-python < 12.6).
 """
 from __future__ import annotations
 
 import ctypes
+import importlib
+import importlib.util
+import logging
+import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import FarError
 
-# --- optional dependencies -------------------------------------------------------------
+log = logging.getLogger(__name__)
 
-def import_tensorrt():
+# --- optional dependencies -------------------------------------------------------------
+# TensorRT comes as the full library (``tensorrt``: builder and runtime) or as the lean
+# runtime (``tensorrt_lean``: no builder, runs version-compatible engines only; what an edge
+# board needs). Both are imported lazily; "not installed" and "installed but its libraries
+# do not load" are told apart by whether the package is there at all, since a missing
+# libnvinfer surfaces as ImportError, not OSError.
+
+TENSORRT_MODULES = ("tensorrt", "tensorrt_lean")
+
+
+def import_optional(module: str, missing: str, broken: str):
+    """Import ``module``; a FarError with ``missing`` when it is not installed, with
+    ``broken`` (``{error}`` filled in) when it is installed but does not import."""
     try:
-        import tensorrt
-    except ImportError:
-        raise FarError("TensorRT is not installed, so engines cannot be built or run here; "
-                       "install far-runtime[tensorrt] on a machine with an NVIDIA GPU, or use "
-                       "the ONNX Runtime backend.") from None
-    except OSError as e:        # the wheel is there but libnvinfer or CUDA libraries are not
-        raise FarError(f"TensorRT is installed but its libraries do not load ({e}); check the "
-                       "CUDA driver and LD_LIBRARY_PATH, or use the ONNX Runtime backend.") from None
-    return tensorrt
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise FarError(missing)
+    try:
+        return importlib.import_module(module)
+    except (ImportError, OSError) as e:     # the wheel is there; libnvinfer/CUDA are not
+        raise FarError(broken.format(error=str(e).splitlines()[0] if str(e) else type(e).__name__)) from None
+
+
+def import_tensorrt(builder: bool = False):
+    """The TensorRT module: the full ``tensorrt``, else (for running only) ``tensorrt_lean``."""
+    modules = TENSORRT_MODULES[:1] if builder else TENSORRT_MODULES
+    for name in modules:
+        if importlib.util.find_spec(name) is not None:
+            return import_optional(name, "", f"TensorRT ({name}) is installed but its libraries do not "
+                                   "load ({error}); check the CUDA driver and LD_LIBRARY_PATH, or use the "
+                                   "ONNX Runtime backend.")
+    if builder:
+        raise FarError("TensorRT is not installed, so engines cannot be built here; install "
+                       "far-export[tensorrt] on a machine with an NVIDIA GPU (the lean runtime, "
+                       "far-runtime[tensorrt-lean], only runs engines).")
+    raise FarError("TensorRT is not installed, so engines cannot be built or run here; install "
+                   "far-runtime[tensorrt] (or far-runtime[tensorrt-lean] to run --version-compatible "
+                   "engines) on a machine with an NVIDIA GPU, or use the ONNX Runtime backend.")
 
 
 def import_cudart():
+    """cuda-python's runtime module, after checking that a CUDA GPU is usable."""
     try:
         from cuda.bindings import runtime as cudart
     except ImportError:
@@ -41,7 +77,8 @@ def import_cudart():
     if int(err) != 0 or not count:
         why = getattr(err, "name", str(err)) if int(err) != 0 else "no device found"
         raise FarError(f"No CUDA GPU is usable here ({why}); TensorRT engines need an NVIDIA GPU "
-                       "and its driver.")
+                       "and its driver (cuda-python 13 needs an R580+ driver: use the extra of your "
+                       "CUDA major, far-runtime[tensorrt] for CUDA 12).")
     return cudart
 
 
@@ -51,15 +88,41 @@ def _cuda_version(v: int) -> str:
     return f"{v // 1000}.{(v % 1000) // 10}"
 
 
+def cuda_major_of(distributions) -> str | None:
+    """The CUDA major a TensorRT build is for, from its distribution names
+    (``tensorrt-cu12``, ``tensorrt_cu13_libs``, ``tensorrt_lean_cu12_bindings`` ...)."""
+    majors = set()
+    for name in distributions:
+        m = re.search(r"(?:^|[-_])cu(\d+)(?:[-_]|$)", name.lower())
+        if m:
+            majors.add(m.group(1))
+    return majors.pop() if len(majors) == 1 else None
+
+
+def tensorrt_cuda(trt) -> str:
+    """The CUDA major TensorRT itself was built for ("12", "13"), or "unknown" (e.g. a
+    TensorRT installed from NVIDIA's tar or container, whose wheel carries no suffix).
+    Not cuda-python's runtime version: that is whatever cuda-python release is installed."""
+    from importlib.metadata import packages_distributions
+    name = trt.__name__.split(".")[0]
+    dists = packages_distributions()
+    found = [d for mod in (name, f"{name}_bindings", f"{name}_libs") for d in dists.get(mod, [])]
+    return cuda_major_of(found) or "unknown"
+
+
 def device_facts(trt, cudart, device: int = 0) -> dict:
-    """TensorRT, CUDA runtime and driver versions, GPU name and compute capability."""
+    """TensorRT (version, flavour, its CUDA major), driver, GPU name and compute capability.
+
+    ``cuda_python`` (the bindings' own runtime version) is recorded, never part of a key.
+    """
     _, rt = cudart.cudaRuntimeGetVersion()
     _, drv = cudart.cudaDriverGetVersion()
     err, prop = cudart.cudaGetDeviceProperties(device)
     if int(err) != 0:
         raise FarError(f"Could not read the properties of CUDA device {device} ({err}).")
     name = prop.name.decode(errors="replace").rstrip("\x00") if isinstance(prop.name, bytes) else str(prop.name)
-    return {"tensorrt": trt.__version__, "cuda_runtime": _cuda_version(rt),
+    return {"tensorrt": trt.__version__, "tensorrt_module": trt.__name__.split(".")[0],
+            "tensorrt_cuda": tensorrt_cuda(trt), "cuda_python": _cuda_version(rt),
             "driver": _cuda_version(drv), "gpu": name.strip(),
             "compute_capability": f"{prop.major}.{prop.minor}"}
 
@@ -78,8 +141,17 @@ class Cuda:
             raise FarError(f"CUDA call {what} failed ({err}).")
         return rest[0] if len(rest) == 1 else rest
 
+    def set_device(self, device: int) -> None:
+        """Make ``device`` current on the calling thread (the current device is per thread)."""
+        self.check(self.rt.cudaSetDevice(device), "cudaSetDevice")
+
     def stream(self):
-        return self.check(self.rt.cudaStreamCreate(), "cudaStreamCreate")
+        """A non-blocking stream: no implicit sync with the legacy default stream."""
+        return self.check(self.rt.cudaStreamCreateWithFlags(self.rt.cudaStreamNonBlocking),
+                          "cudaStreamCreateWithFlags")
+
+    def destroy_stream(self, stream) -> None:
+        self.check(self.rt.cudaStreamDestroy(stream), "cudaStreamDestroy")
 
     def malloc(self, nbytes: int) -> int:
         return int(self.check(self.rt.cudaMalloc(max(nbytes, 1)), "cudaMalloc"))
@@ -116,6 +188,41 @@ def pinned_array(cuda: Cuda, shape: tuple, dtype) -> tuple[int, np.ndarray]:
     return ptr, np.frombuffer(raw, dtype=np.uint8, count=nbytes).view(dtype).reshape(shape)
 
 
+def capture_graph(body, end, instantiate, destroy_graph):
+    """Run ``body`` inside a capture that has begun; returns ``(graph, instance)``.
+
+    ``end()`` ends the capture and returns the graph (or raises), ``instantiate(graph)``
+    returns its executable instance, ``destroy_graph(graph)`` frees it. Whatever fails, the
+    capture is ended, nothing is leaked, and the first error is the one raised (a failing
+    clean-up is logged, never put in its place).
+    """
+    try:
+        body()
+    except BaseException:
+        try:
+            graph = end()
+        except Exception as cleanup:                 # the capture was already invalidated
+            log.debug("ending a failed capture: %s", cleanup)
+            graph = None
+        if graph is not None:
+            _quietly(destroy_graph, graph)
+        raise
+    graph = end()
+    try:
+        instance = instantiate(graph)
+    except BaseException:
+        _quietly(destroy_graph, graph)
+        raise
+    return graph, instance
+
+
+def _quietly(fn, *args) -> None:
+    try:
+        fn(*args)
+    except Exception as e:
+        log.warning("CUDA clean-up after a failed capture failed too: %s", e)
+
+
 class CudaRuntimeCapturer:
     """CUDA-graph capture of a raw stream (``cudaStreamBeginCapture``), for TensorRT."""
 
@@ -123,15 +230,14 @@ class CudaRuntimeCapturer:
         self.cuda, self.stream = cuda, stream
 
     def capture(self, body):
-        rt = self.cuda.rt
-        self.cuda.check(rt.cudaStreamBeginCapture(
+        cuda, rt = self.cuda, self.cuda.rt
+        cuda.check(rt.cudaStreamBeginCapture(
             self.stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture")
-        try:
-            body()
-        finally:
-            graph = self.cuda.check(rt.cudaStreamEndCapture(self.stream), "cudaStreamEndCapture")
-        instance = self.cuda.check(rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
-        return _CudaGraph(self.cuda, self.stream, graph, instance)
+        graph, instance = capture_graph(
+            body, lambda: cuda.check(rt.cudaStreamEndCapture(self.stream), "cudaStreamEndCapture"),
+            lambda g: cuda.check(rt.cudaGraphInstantiate(g, 0), "cudaGraphInstantiate"),
+            lambda g: cuda.check(rt.cudaGraphDestroy(g), "cudaGraphDestroy"))
+        return _CudaGraph(cuda, self.stream, graph, instance)
 
 
 @dataclass

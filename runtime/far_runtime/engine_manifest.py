@@ -18,7 +18,7 @@ from .plan import Call, ShapePlan
 
 ENGINE_MANIFEST = "engines.json"
 ENGINE_FORMAT = "far-export-engines"
-ENGINE_FORMAT_VERSION = 1
+ENGINE_FORMAT_VERSION = 2            # 2: key has tensorrt_cuda and builder (not cuda-python's version)
 PRECISIONS = ("fp32", "fp16", "int8")
 HARDWARE_LEVELS = ("none", "same-cc", "ampere+")
 # Version-compatible engines also run on these later major versions (TensorRT docs).
@@ -146,6 +146,15 @@ def check_engine(graph: str, entry: dict, facts: dict, source: GraphSource, rebu
     if key.get("calibration_sha256") != source.calibration_sha256:
         raise FarError(f"The '{graph}' engine was built with other INT8 calibration data; "
                        f"rebuild with {rebuild}.")
+    lean = facts.get("tensorrt_module") == "tensorrt_lean"
+    if lean and not opts.get("version_compatible"):
+        raise FarError(f"The '{graph}' engine was not built --version-compatible, and the lean TensorRT "
+                       f"runtime (tensorrt_lean) here runs only such engines; rebuild with {rebuild} "
+                       "adding --version-compatible, or install the full TensorRT.")
+    cuda_built, cuda_here = key.get("tensorrt_cuda", "unknown"), facts.get("tensorrt_cuda", "unknown")
+    if "unknown" not in (cuda_built, cuda_here) and cuda_built != cuda_here:
+        raise FarError(f"The '{graph}' engine was built with TensorRT for CUDA {cuda_built}, but this "
+                       f"machine's TensorRT is for CUDA {cuda_here}; rebuild with {rebuild}.")
     built, here = _version(key["tensorrt"]), _version(facts["tensorrt"])
     if opts.get("version_compatible"):
         same_line = built[0] == here[0] or (built[0], here[0]) in CROSS_MAJOR
@@ -190,7 +199,8 @@ def check_call_covered(call: Call, entry: dict | None, manifest: dict, rebuild: 
     dims = dict(call.dims)
     profile = select_profile(entry["key"]["profiles"], dims)
     if profile is None:
-        k, b = manifest.get("k_range", ["?", "?"]), manifest.get("batch_range", ["?", "?"])
+        k = entry.get("k_range") or manifest.get("k_range", ["?", "?"])
+        b = entry.get("batch_range") or manifest.get("batch_range", ["?", "?"])
         raise FarError(f"The '{call.graph}' engine has no optimisation profile for {dims} "
                        f"(built for K in {k[0]}..{k[1]} and batch {b[0]}..{b[1]}); rebuild with "
                        f"{rebuild} and a --k/--batch range that covers this run.")
@@ -203,7 +213,12 @@ def check_plan_covered(plan: ShapePlan, engines: dict, manifest: dict, rebuild: 
         check_call_covered(call, engines.get(call.graph), manifest, rebuild)
 
 
-def rebuild_command(bundle_root: str, precision: str, manifest: dict | None = None) -> str:
+def rebuild_command(bundle_root: str, precision: str, manifest: dict | None = None,
+                    entry: dict | None = None) -> str:
+    """The quoted command that rebuilds an engine folder, or one engine of it (``entry``):
+    the exact command of the build that made it, every option of its key included."""
+    if entry and entry.get("command"):
+        return f"`{entry['command']}`"
     if manifest and manifest.get("command"):
         return f"`{manifest['command']}`"
     return f"`far-export engines {bundle_root} --precision {precision}`"

@@ -1,0 +1,216 @@
+"""What every GPU backend shares, with no device in it: per-shape slots, bounds, threads.
+
+A GPU backend keeps device state per shape key of the plan (``plan.Call.key``): buffers,
+pinned staging, and for TensorRT with CUDA graphs an execution context. ``SlotBackend``
+holds that policy once, so the TensorRT and the PyTorch CUDA backends only say how a slot
+is made, released and executed:
+
+- **bounded**: slots live in an LRU (``SlotCache``). Its capacity is sized from the plans
+  the backend is prepared for (``plan_capacity``: the distinct shapes of one plan, 258 for a
+  K = 256 plan of a 256-token model) or given explicitly, so one generate() never evicts its
+  own shapes and a server that sees thousands of shapes holds a bounded number of them;
+- **the device of every call**: the current CUDA device is per thread, so ``prepare`` and
+  ``run`` select the backend's device on the calling thread before touching anything;
+- **results per thread**: staging buffers are shared by all threads (one stream, one lock),
+  so ``run`` copies outputs into arrays owned by the calling thread
+  (``ThreadResults``), valid until that thread's next ``run`` of the same shape, as the
+  backend interface promises; another thread's call can never overwrite them.
+
+Nothing here imports CUDA, TensorRT or torch.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from typing import Callable, Hashable
+
+import numpy as np
+
+from .errors import FarError
+from .plan import Call, ShapePlan, make_plan
+from .schedule import MAX_K
+
+log = logging.getLogger(__name__)
+
+
+def plan_capacity(plan: ShapePlan) -> int:
+    """Slots (and graphs) one generate() of ``plan`` needs so that it evicts none of its own."""
+    return len(plan.distinct())
+
+
+def default_capacity(model: dict, max_batch: int, head_steps: int = 8) -> int:
+    """Distinct shapes of the largest plan of a model: K = its token count (at most MAX_K)
+    with CFG at the bundle's max batch. Used when no capacity is given."""
+    steps = model.get("diffusion_steps") or head_steps
+    K = min(MAX_K, model["seq_len"])
+    return plan_capacity(make_plan(model, max_batch, K, steps, True, "fused", True, max_batch))
+
+
+class SlotCache:
+    """Per-shape slots, least recently used first out; ``release(key, slot)`` frees one.
+
+    Not locked: the backend calls it under its own lock.
+    """
+
+    def __init__(self, make: Callable[[Call], object], release: Callable[[Hashable, object], None],
+                 capacity: int = 1):
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.make, self.release = make, release
+        self.capacity = capacity
+        self.made = self.released = 0
+        self._slots: OrderedDict = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def __contains__(self, key) -> bool:
+        return key in self._slots
+
+    def reserve(self, n: int) -> None:
+        """Grow the capacity to at least ``n`` (never shrinks it)."""
+        self.capacity = max(self.capacity, n)
+
+    def get(self, call: Call):
+        slot = self._slots.get(call.key)
+        if slot is not None:
+            self._slots.move_to_end(call.key)
+            return slot
+        slot = self.make(call)
+        self._slots[call.key] = slot
+        self.made += 1
+        while len(self._slots) > self.capacity:
+            old, old_slot = self._slots.popitem(last=False)
+            self.released += 1
+            self.release(old, old_slot)
+        return slot
+
+    def clear(self) -> None:
+        while self._slots:
+            key, slot = self._slots.popitem(last=False)
+            self.released += 1
+            self.release(key, slot)
+
+
+class ThreadResults:
+    """Output arrays owned by the calling thread, one set per shape key, bounded per thread."""
+
+    def __init__(self, capacity: int = 1):
+        self.capacity = capacity
+        self._local = threading.local()
+
+    def _store(self) -> OrderedDict:
+        store = getattr(self._local, "store", None)
+        if store is None:
+            store = self._local.store = OrderedDict()
+        return store
+
+    def copy_out(self, key: Hashable, outputs: dict, dtypes: dict | None = None) -> dict:
+        """Copy ``outputs`` (shared staging arrays) into this thread's arrays for ``key``.
+
+        ``dtypes``: name -> dtype of the arrays handed out (default: the staging dtype).
+        """
+        store = self._store()
+        own = store.get(key)
+        if own is None or any(own[n].shape != a.shape for n, a in outputs.items() if n in own) \
+                or set(own) != set(outputs):
+            own = {n: np.empty(a.shape, (dtypes or {}).get(n, a.dtype)) for n, a in outputs.items()}
+            store[key] = own
+            while len(store) > self.capacity:
+                store.popitem(last=False)
+        else:
+            store.move_to_end(key)
+        for name, src in outputs.items():
+            np.copyto(own[name], src, casting="unsafe")
+        return dict(own)
+
+
+class SlotBackend:
+    """The device-free part of a GPU backend: lock, device selection, slots, results.
+
+    Subclasses implement ``_select_device()`` (make the backend's device current on the
+    calling thread), ``_make_slot(call)``, ``_release_slot(key, slot)`` and
+    ``_execute(call, slot, feeds)``, which runs one call and returns its outputs as arrays
+    that stay valid only while the lock is held (shared staging). ``graphs`` (a
+    ``cuda_graphs.GraphCache`` or None) is sized and pruned together with the slots.
+    """
+
+    name = "slots"
+
+    def __init__(self, capacity: int | None, default: int, graphs=None):
+        cap = capacity if capacity is not None else default
+        if cap < 1:
+            raise FarError(f"max_graphs must be at least 1, got {cap}.")
+        self.graphs = graphs
+        if graphs is not None:
+            graphs.reserve(cap)
+        self.slots = SlotCache(self._make_slot, self._released, cap)
+        self.results = ThreadResults(cap)
+        self._lock = threading.RLock()
+        self._closed = False
+
+    # --- hooks -----------------------------------------------------------------------
+    def _select_device(self) -> None:
+        raise NotImplementedError
+
+    def _make_slot(self, call: Call):
+        raise NotImplementedError
+
+    def _release_slot(self, key, slot) -> None:
+        raise NotImplementedError
+
+    def _execute(self, call: Call, slot, feeds: dict) -> dict:
+        raise NotImplementedError
+
+    def _result_dtypes(self, call: Call) -> dict | None:
+        return None
+
+    def _close_device(self) -> None:
+        """Free what is not per slot (streams, scratch, engines)."""
+
+    # --- the backend interface -------------------------------------------------------
+    def _released(self, key, slot) -> None:
+        if self.graphs is not None:         # a graph holds the slot's addresses: drop it first
+            self.graphs.discard(key)
+        self._release_slot(key, slot)
+
+    def _enter(self) -> None:
+        if self._closed:
+            raise FarError(f"The {self.name} backend was closed; create a new one.")
+        self._select_device()
+
+    def reserve(self, n: int) -> None:
+        with self._lock:
+            self.slots.reserve(n)
+            self.results.capacity = max(self.results.capacity, n)
+            if self.graphs is not None:
+                self.graphs.reserve(n)
+
+    def prepare(self, plan: ShapePlan) -> None:
+        with self._lock:
+            self._enter()
+            self.reserve(plan_capacity(plan))
+            for call in plan.distinct():
+                self.slots.get(call)
+
+    def run(self, call: Call, feeds: dict) -> dict:
+        with self._lock:
+            self._enter()
+            slot = self.slots.get(call)
+            outputs = self._execute(call, slot, feeds)
+            return self.results.copy_out(call.key, outputs, self._result_dtypes(call))
+
+    def close(self) -> None:
+        """Free graphs, slots and device state; the backend refuses calls afterwards."""
+        with self._lock:
+            if self._closed:
+                return
+            self._select_device()
+            try:
+                if self.graphs is not None:
+                    self.graphs.clear()
+                self.slots.clear()
+                self._close_device()
+            finally:
+                self._closed = True
