@@ -255,10 +255,12 @@ def _backend(kind: str, bundle: Bundle, dtype: str, cuda_graphs: bool, engine_di
     return TrtBackend(bundle, dtype, engine_dir, cuda_graphs=cuda_graphs)
 
 
-def bench(bundle_dir: str, K: int = 64, O: int = 8, batch: int = 1, cfg: float = 3.0,
+def bench(bundle_dir, K: int = 64, O: int = 8, batch: int = 1, cfg: float = 3.0,
           dtype: str = "fp16", repeats: int = 5, parity: bool = True, backend: str = "torch-cuda",
           engine_dir: str | None = None) -> dict:
     """CUDA-graph speed-ups and parity of ``backend`` (torch-cuda or tensorrt) on this GPU.
+
+    ``bundle_dir``: a bundle folder or a loaded ``Bundle`` (tests/gpu/check.py passes one).
 
     - head loop: the O-step FAR head of one iteration at batch ``batch`` (the plan's
       iteration with the median n_pred). Eager = the reference sampler's O head calls in
@@ -275,7 +277,7 @@ def bench(bundle_dir: str, K: int = 64, O: int = 8, batch: int = 1, cfg: float =
 
     from .reference.sampler import shortcut_sample
     require_cuda()
-    bundle = load_bundle(bundle_dir)
+    bundle = bundle_dir if isinstance(bundle_dir, Bundle) else load_bundle(bundle_dir)
     labels = [i % bundle.model["num_classes"] for i in range(batch)]
     eager = TorchCudaBackend(bundle, "bf16" if dtype == "bf16" else "fp32" if dtype == "fp32" else "fp16",
                              cuda_graphs=False)

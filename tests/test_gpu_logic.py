@@ -429,3 +429,37 @@ def test_tensorrt_extras_pin_cuda_python_per_cuda_major():
         major = cuda_major_of([trt[0].split("==")[0]])
         assert cuda[0].split("==")[1].split(".")[0] == major, (name, reqs)
     assert any("lean" in r for r in extras["tensorrt-lean"])
+
+
+# --- the prepared GPU check ------------------------------------------------------------------
+
+def _gpu_check(tmp_path, *args):
+    import os
+    import subprocess
+    env = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_DEPS": str(tmp_path / "deps")}
+    cmd = ["bash", str(ROOT / "tests/gpu/run.sh"), str(tmp_path / "out")] if not args else \
+        [sys.executable, str(ROOT / "tests/gpu/check.py"), "--out", str(tmp_path / "out"), *args]
+    env["PYTHONPATH"] = f"{ROOT}:{ROOT / 'runtime'}"
+    return subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+
+
+def test_gpu_check_says_in_one_line_that_no_gpu_is_present(tmp_path):
+    from far_export.doctor import cuda_gpu
+    if cuda_gpu()[0]:
+        pytest.skip("a CUDA GPU is present: the check measures instead")
+    r = _gpu_check(tmp_path)
+    assert r.returncode == 0, r.stderr
+    last = r.stdout.strip().splitlines()[-1]
+    assert last.startswith("gpu-check: no GPU is present here (") and "nothing measured" in last
+    assert "torch" in r.stdout and "tensorrt" in r.stdout          # the doctor ran first
+    import json
+    report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert report["gpu"] is False and report["doctor"]["torch"]["installed"]
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_on_cpu(tmp_path):
+    """The check's own bundle, parity and thread steps, on the CPU (about a minute)."""
+    r = _gpu_check(tmp_path, "--cpu-dry-run")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "threads equal" in r.stdout.strip().splitlines()[-1]
