@@ -29,12 +29,12 @@ def _onnxruntime_backends() -> dict:
 
 
 def _tensorrt_backend(bundle_root: str, precision: str) -> dict:
+    from .cuda_runtime import import_tensorrt      # the full TensorRT or the lean runtime
+    from .errors import FarError
     try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return {"available": False, "reason": "TensorRT is not installed"}
-    except OSError as e:
-        return {"available": False, "reason": f"TensorRT does not load ({e})"}
+        import_tensorrt()
+    except FarError as e:
+        return {"available": False, "reason": str(e)}
     edir = default_engine_dir(bundle_root, precision)
     if not os.path.isfile(os.path.join(edir, ENGINE_MANIFEST)):
         return {"available": False, "reason": f"no {precision} engines in {edir} (build them with far-export engines)"}
