@@ -32,7 +32,7 @@ from far_runtime.bundle import Bundle
 from far_runtime.cuda_graphs import Binding, GraphCache
 from far_runtime.device_slots import SlotBackend, default_capacity
 from far_runtime.errors import FarError
-from far_runtime.plan import Call, ShapePlan
+from far_runtime.plan import Call
 
 from .export.modules import graph_module
 
