@@ -218,6 +218,18 @@ def test_slots_are_a_bounded_lru_and_release_their_graphs():
     assert a.key in lru and c.key in lru and b.key not in lru
 
 
+def test_a_remade_slot_warms_up_before_it_is_captured_again():
+    cache = GraphCache(Recorder(), 1, warmup=1)
+    backend = HostSlots(capacity=1, graphs=cache)
+    a, b = make_call("head_step", rows=1), make_call("head_step", rows=2)
+    backend.run(a, _feeds(a, 1.0))                   # eager
+    backend.run(a, _feeds(a, 1.0))                   # captured
+    assert cache.stats.captures == 1
+    backend.run(b, _feeds(b, 1.0))                   # evicts a's slot and graph
+    backend.run(a, _feeds(a, 1.0))                   # a new slot: eager first, not captured at once
+    assert cache.stats.captures == 1 and cache.stats.eager == 3
+
+
 def test_close_frees_everything_and_refuses_later_calls():
     cache = GraphCache(Recorder(), 8, warmup=0)
     backend = HostSlots(graphs=cache)

@@ -111,6 +111,7 @@ class GraphCache:
             if entry is not None and entry.bindings != bindings:
                 log.warning("CUDA graph for %s was captured with other buffers; capturing again", key)
                 self._drop(key)
+                self._seen.pop(key, None)       # new buffers: warm up again before capturing
                 self.stats.stale += 1
                 entry = None
             if entry is None:
@@ -150,10 +151,13 @@ class GraphCache:
             self.max_graphs = max(self.max_graphs, n)
 
     def discard(self, key) -> None:
-        """Release the graph of ``key`` if there is one (its buffers are about to be freed)."""
+        """Release the graph of ``key`` if there is one (its buffers are about to be freed);
+        the key's next call warms up eagerly again (TensorRT needs one enqueue of a new
+        context before it can be captured)."""
         with self._lock:
             if key in self._graphs:
                 self._drop(key)
+            self._seen.pop(key, None)           # a re-made slot (new context) runs eagerly first
 
     def _drop(self, key) -> None:
         entry = self._graphs.pop(key)
