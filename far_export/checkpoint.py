@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass, field
 
@@ -37,6 +39,11 @@ def _read_raw(path: str, what: str):
         raise FarError(f"The {what} file {path} does not exist.")
     if os.path.isdir(path):
         raise FarError(f"{path} is a folder; pass the {what} file itself.")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise FarError(f"The {what} file {path} cannot be read ({e.strerror}).") from None
     if path.endswith(".safetensors"):
         from safetensors import safe_open
         try:
@@ -45,10 +52,8 @@ def _read_raw(path: str, what: str):
                 return {k: f.get_tensor(k) for k in f.keys()}, meta
         except Exception as e:  # safetensors raises its own SafetensorError and others
             raise FarError(f"The {what} file {path} is not a readable safetensors file "
-                           f"(truncated or corrupt): {str(e).splitlines()[0]}.") from None
+                           f"(truncated or corrupt): {_first_line(e)}.") from None
     if not zipfile.is_zipfile(path):
-        with open(path, "rb") as f:
-            head = f.read(8)
         if head[:2] == b"\x80\x02" or head[:1] == b"\x80":
             raise FarError(f"The {what} file {path} is a legacy pickle, not a torch zip "
                            "checkpoint; re-save it with torch.save or convert it to safetensors.")
@@ -58,13 +63,27 @@ def _read_raw(path: str, what: str):
         with torch.serialization.safe_globals(SAFE_TYPES):
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
     except pickle.UnpicklingError as e:
-        first = str(e).split("\n")[0][:200]
         raise FarError(f"Refusing to load {path}: it contains pickled objects other than "
-                       f"tensors and plain data ({first}).") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+                       f"tensors and plain data ({_unpickling_reason(e)}).") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError,
+            IndexError, TypeError, AttributeError, MemoryError) as e:
         raise FarError(f"The {what} file {path} could not be read (truncated or corrupt: "
-                       f"{str(e).splitlines()[0][:160]}).") from None
+                       f"{_first_line(e)[:160]}).") from None
     return obj, None
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+    return (lines[0] if lines else type(e).__name__).rstrip(".")
+
+
+def _unpickling_reason(e: BaseException) -> str:
+    """The part of torch's long weights-only message that names what was refused."""
+    text = " ".join(str(e).split())
+    m = re.search(r"Unsupported (global|operand)[^.;]*", text)
+    if m:
+        return m.group(0)[:200].rstrip(" ,")
+    return _first_line(e)[:200]
 
 
 def _is_state_dict(obj) -> bool:
@@ -91,7 +110,7 @@ class ModelCheckpoint:
 
 
 def load_model_checkpoint(path: str, weights: str = "ema", heads: int | None = None,
-                          with_hash: bool = True) -> ModelCheckpoint:
+                          with_hash: bool = True, force_heads: bool = False) -> ModelCheckpoint:
     """A MAR/FAR checkpoint in any supported layout; ``weights`` is ``ema`` or ``model``."""
     if weights not in ("ema", "model"):
         raise FarError(f"--weights must be 'ema' or 'model', got {weights!r}.")
@@ -119,7 +138,7 @@ def load_model_checkpoint(path: str, weights: str = "ema", heads: int | None = N
                        "with 'model'/'model_ema'.")
     if not _is_state_dict(sd):
         raise FarError(f"The '{used}' entry of {path} is not a state dict of tensors.")
-    cfg = infer_model_config(sd, args, meta, heads)
+    cfg = infer_model_config(sd, args, meta, heads, force_heads)
     _check_keys(sd, cfg, path)
     digest = sha256_file(path) if with_hash else ""
     return ModelCheckpoint(path, sd, cfg, used, digest, args, extra)
@@ -172,8 +191,13 @@ def load_vae_checkpoint(path: str, scale_factor: float | None = None,
     if isinstance(obj, dict) and isinstance(obj.get("scale_factor"), float):
         file_scale = obj["scale_factor"]
     if meta and "scale_factor" in meta:
-        file_scale = float(meta["scale_factor"])
+        try:
+            file_scale = float(meta["scale_factor"])
+        except ValueError:
+            file_scale = math.nan
     scale = scale_factor or file_scale or DEFAULT_VAE_SCALE
+    if not math.isfinite(scale) or scale <= 0:
+        raise FarError(f"The VAE file {path} records scale_factor {scale!r}; it must be a positive number.")
     cfg = infer_vae_config(sd, scale)
     dec = {k: v for k, v in sd.items() if k.startswith(("decoder.", "post_quant_conv."))}
     from .reference import VAEDecoder

@@ -9,6 +9,7 @@ import logging
 import sys
 
 import click
+import numpy as np
 
 from far_runtime.cli import FarGroup, generate, option_group, parse_labels, sampling_options
 from far_runtime.errors import FarError
@@ -34,13 +35,14 @@ def _fmt_m(n: int) -> str:
 @click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True,
               help="Which weights of a training checkpoint to use.")
 @click.option("--heads", type=int, help="Attention heads, when shapes and metadata cannot tell.")
+@click.option("--force-heads", is_flag=True, help="Let --heads override the checkpoint's own head count.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def inspect(checkpoint, vae_path, weights, heads, as_json):
+def inspect(checkpoint, vae_path, weights, heads, force_heads, as_json):
     """Print the inferred config, parameter counts, head kind, weights used and file hash."""
     from .checkpoint import load_model_checkpoint, load_vae_checkpoint, param_counts
     from .defaults import default_paths
     checkpoint, vae_path = default_paths(checkpoint, vae_path)
-    ck = load_model_checkpoint(checkpoint, weights, heads)
+    ck = load_model_checkpoint(checkpoint, weights, heads, force_heads=force_heads)
     vae = load_vae_checkpoint(vae_path) if vae_path else None
     counts = param_counts(ck.config, vae.config if vae else None)
     report = {"checkpoint": ck.path, "sha256": ck.sha256, "weights": ck.weights,
@@ -82,14 +84,21 @@ def sample(checkpoint, vae_path, classes, num, num_iter, head_steps, cfg, cfg_sc
     from .reference.pipeline import ReferencePipeline
     from far_runtime.images import grid, to_uint8, write_png
     checkpoint, vae_path = default_paths(checkpoint, vae_path)
+    from far_runtime.files import check_writable_file
+    from far_runtime.options import check_sampling
     if not vae_path:
         raise FarError("sample needs a VAE to decode images; pass --vae FILE.")
-    pipe = ReferencePipeline.load(checkpoint, vae_path)
     labels = parse_labels(classes, num)
+    check_sampling(num_iter, head_steps, cfg, temperature, seed, check_o=False)
+    check_writable_file(out, "--out")
+    pipe = ReferencePipeline.load(checkpoint, vae_path)
     with click.progressbar(length=num_iter, label="sampling", file=sys.stderr) as bar:
         images = pipe.generate(labels, num_iter=num_iter, head_steps=head_steps, cfg=cfg,
                                cfg_schedule=cfg_schedule, temperature=temperature, seed=seed,
                                progress=lambda it: bar.update(1))
+    if not np.isfinite(images).all():
+        raise FarError("The run produced NaN or infinite values (the model or the options "
+                       "overflow), so no image was written.")
     write_png(out, grid(to_uint8(images)))
     click.echo(f"wrote {out}")
 
@@ -112,6 +121,8 @@ _export_options = [
     click.option("--max-batch", default=8, show_default=True, help="Largest batch the graphs are validated and profiled for."),
     click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True),
     click.option("--heads", type=int, help="Attention heads, when shapes and metadata cannot tell."),
+    click.option("--force-heads", is_flag=True,
+                 help="Let --heads override the head count the checkpoint records (an error otherwise)."),
     click.option("--external-data", is_flag=True, help="Store weights beside each graph even under 2 GB."),
     click.option("--validate-batches", default="1,3,8", show_default=True,
                  help="Batch sizes of the validation grid (each crossed with 0, 1, mid, L-1 known tokens)."),
@@ -122,13 +133,15 @@ export_options = option_group(_export_options)
 
 
 def _run_export(checkpoint, vae_path, out, components, head_steps, opset, exporter, max_batch,
-                weights, heads, external_data, validate_batches, precision="fp32", precision_options=None):
+                weights, heads, force_heads, external_data, validate_batches, precision="fp32",
+                precision_options=None):
     from .export.bundle import export_bundle, parse_components
     manifest = export_bundle(checkpoint, vae_path, out, parse_components(components),
                              _int_list(head_steps, '--head-steps'), opset, exporter, max_batch, weights,
                              heads, external_data, progress=lambda m: click.echo(m, err=True),
                              validate_batches=_int_list(validate_batches, '--validate-batches'),
-                             precision=precision, precision_options=precision_options)
+                             precision=precision, precision_options=precision_options,
+                             force_heads=force_heads)
     click.echo(f"wrote {len(manifest['graphs'])} graphs, validation.json, trt_readiness.json and "
                f"manifest.json to {out}")
     return manifest
@@ -197,7 +210,7 @@ def _run_verify(bundle, out, num_iter, head_steps, batch, seed, cfg, checkpoint,
 
 @main.command()
 @click.argument("bundle")
-@click.option("--K", "num_iter", type=int, help="Only this K (default 16).")
+@click.option("--K", "num_iter", type=int, help="Only this K (1..256; default 16).")
 @click.option("--O", "head_steps", type=int, help="Only this O (default: every fused O).")
 @click.option("--cfg", type=float, help="Only this CFG (default 1.0 and 3.0).")
 @click.option("--batch", default=2, show_default=True)
@@ -208,8 +221,17 @@ def _run_verify(bundle, out, num_iter, head_steps, batch, seed, cfg, checkpoint,
 @click.option("--quality-per-class", default=50, show_default=True,
               help="Demo bundles below fp32: images per class for the accuracy / Fréchet gates "
                    "(200 images gave a binomial error of 1.7 points on a 2-point gate).")
-def verify(bundle, num_iter, head_steps, cfg, batch, seed, checkpoint, vae, out, quality_per_class):
+@click.option("--status", is_flag=True, help="Print the stored report if it still applies to the "
+              "bundle (same graphs and checkpoint); an error if it is stale or missing.")
+def verify(bundle, num_iter, head_steps, cfg, batch, seed, checkpoint, vae, out, quality_per_class, status):
     """Compare the runtime with the PyTorch reference under identical randomness."""
+    if status:
+        from .verify import read_report
+        report = read_report(bundle, out)
+        click.echo(report["summary"])
+        if not report["passed"]:
+            raise FarError(f"The stored verify report of {bundle} says FAILED.")
+        return
     _run_verify(bundle, out, num_iter, head_steps, batch, seed, cfg, checkpoint, vae,
                 quality_per_class=quality_per_class)
 

@@ -4,6 +4,9 @@ Users pass only files; widths, depths, token sizes and head kind are read off th
 The one thing shapes cannot tell is the number of attention heads (MAR-H has 16 heads of 80
 dims), so ``attention_heads`` takes it from, in order: the user, the checkpoint's own metadata,
 ``args.model`` (mar_base/mar_large/mar_huge), else ``width // 64``, and says which rule it used.
+A ``--heads`` that contradicts the checkpoint's own record (metadata, ``args.*_num_heads`` or
+``args.model``) is an error unless forced: a wrong head count exports, validates against an
+equally wrong reference, and draws worse images.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from far_runtime.errors import FarError
 HEAD_PREFIXES = ("head.", "diffloss.net.")
 MAR_HEADS = {"mar_base": 12, "mar_large": 16, "mar_huge": 16}
 DEFAULT_VAE_SCALE = 0.2325
+VAE = "an LDM KL-VAE"
 
 
 @dataclass
@@ -44,6 +48,7 @@ class HeadConfig:
     freq_dim: int = 256
     prefix: str = "diffloss.net."
     diffusion_steps: int = 100     # respaced DDPM steps (diffusion heads only)
+    timestep_respacing: str = ""   # MAR's num_sampling_steps when not a plain count ("ddim25", "10,15,20")
 
 
 @dataclass
@@ -124,10 +129,15 @@ def head_config_for(bb: BackboneConfig, kind: str, depth: int, width: int) -> He
 
 # --- inference from shapes -----------------------------------------------------------------
 
-def _shape(sd, key):
+def _shape(sd, key, rank: int, what: str = "a MAR/FAR model"):
+    """The shape of ``sd[key]``, refused unless it has ``rank`` non-zero dims."""
     if key not in sd:
-        raise FarError(f"The checkpoint has no tensor {key!r}, so it is not a MAR/FAR model.")
-    return tuple(sd[key].shape)
+        raise FarError(f"The checkpoint has no tensor {key!r}, so it is not {what}.")
+    shape = tuple(sd[key].shape)
+    if len(shape) != rank or not all(shape):
+        raise FarError(f"The tensor {key!r} has shape {shape}, but {what} has a {rank}-dimensional, "
+                       "non-empty one there; the file is damaged or of another model.")
+    return shape
 
 
 def _count_blocks(sd, prefix: str) -> int:
@@ -136,38 +146,80 @@ def _count_blocks(sd, prefix: str) -> int:
     return max(ids) + 1 if ids else 0
 
 
+def _recorded_heads(args, metadata, which: str):
+    """The checkpoint's own record of its head count, and where it is written."""
+    if metadata and metadata.get(f"{which}_heads"):
+        try:
+            return int(metadata[f"{which}_heads"]), "checkpoint metadata"
+        except (TypeError, ValueError):
+            raise FarError(f"The checkpoint metadata {which}_heads={metadata[f'{which}_heads']!r} "
+                           "is not an integer.") from None
+    if args is not None and getattr(args, f"{which}_num_heads", None):
+        try:
+            return int(getattr(args, f"{which}_num_heads")), f"args.{which}_num_heads"
+        except (TypeError, ValueError):
+            raise FarError(f"args.{which}_num_heads={getattr(args, f'{which}_num_heads')!r} in the "
+                           "checkpoint is not an integer.") from None
+    if args is not None and getattr(args, "model", None) in MAR_HEADS:
+        return MAR_HEADS[args.model], f"args.model={args.model}"
+    return None, None
+
+
 def attention_heads(width: int, args=None, metadata: dict | None = None,
-                    user: int | None = None, which: str = "encoder") -> tuple[int, str]:
+                    user: int | None = None, which: str = "encoder",
+                    force: bool = False) -> tuple[int, str]:
     """Number of heads and the rule that gave it (see module docstring)."""
-    if user:
-        rule, n = "user option", user
-    elif metadata and metadata.get(f"{which}_heads"):
-        rule, n = "checkpoint metadata", int(metadata[f"{which}_heads"])
-    elif args is not None and getattr(args, f"{which}_num_heads", None):
-        rule, n = f"args.{which}_num_heads", int(getattr(args, f"{which}_num_heads"))
-    elif args is not None and getattr(args, "model", None) in MAR_HEADS:
-        rule, n = f"args.model={args.model}", MAR_HEADS[args.model]
+    recorded, where = _recorded_heads(args, metadata, which)
+    if user is not None:
+        if isinstance(user, bool) or not isinstance(user, int) or not 1 <= user <= width:
+            raise FarError(f"--heads must be an integer in 1..{width} (the {which} width), got {user!r}.")
+        if recorded is not None and recorded != user and not force:
+            raise FarError(f"--heads {user} contradicts the checkpoint, whose {where} says {recorded} "
+                           f"{which} heads; drop --heads, or pass --force-heads if the checkpoint is wrong.")
+        rule, n = ("user option (forced)" if recorded not in (None, user) else "user option"), user
+    elif recorded is not None:
+        rule, n = where, recorded
     else:
         rule, n = "width/64", max(1, width // 64)
-    if width % n:
+    if n < 1 or width % n:
         raise FarError(f"The {which} width {width} is not divisible by {n} attention heads "
                        f"(rule: {rule}); pass the right count with --heads.")
     return n, rule
 
 
+def diffusion_sampling_steps(args) -> tuple[int, str]:
+    """Respaced DDPM steps from MAR's ``args.num_sampling_steps`` (a string in MAR's trainer):
+    a count, per-section counts ``"10,15,20"`` or ``"ddimN"``, read as MAR's
+    ``space_timesteps`` reads them. Returns the step count and the respacing to keep
+    (empty for a plain count)."""
+    from far_runtime.ddpm import TRAIN_STEPS, space_timesteps
+    value = getattr(args, "num_sampling_steps", None) if args is not None else None
+    if value is None:
+        return 100, ""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise FarError(f"args.num_sampling_steps in the checkpoint is {value!r}; MAR takes a count such "
+                       "as '100', per-section counts such as '10,15,20', or 'ddimN'.")
+    try:
+        steps = space_timesteps(TRAIN_STEPS, value)
+    except FarError as e:
+        raise FarError(f"The checkpoint's args.num_sampling_steps: {e}") from None
+    plain = isinstance(value, int) or value.strip().isdigit()
+    return len(steps), "" if plain else value.strip()
+
+
 def infer_model_config(sd: dict, args=None, metadata: dict | None = None,
-                       heads: int | None = None) -> ModelConfig:
+                       heads: int | None = None, force_heads: bool = False) -> ModelConfig:
     """Backbone and head configuration from a MAR/FAR state dict (tensors or meta tensors)."""
     if any(k.startswith(("decoder.up.", "encoder.down.")) for k in sd) and "z_proj.weight" not in sd:
         raise FarError("This file holds a VAE, not a MAR/FAR model; pass it with --vae instead.")
-    E, C = _shape(sd, "z_proj.weight")
-    D, _ = _shape(sd, "decoder_embed.weight")
-    _, L, _ = _shape(sd, "diffusion_pos_embed_learned")
-    _, LB, _ = _shape(sd, "encoder_pos_embed_learned")
-    ncls, _ = _shape(sd, "class_emb.weight")
-    hidden, _ = _shape(sd, "encoder_blocks.0.mlp.fc1.weight")
-    eh, rule = attention_heads(E, args, metadata, heads, "encoder")
-    dh, _ = attention_heads(D, args, metadata, heads, "decoder")
+    E, C = _shape(sd, "z_proj.weight", 2)
+    D, _ = _shape(sd, "decoder_embed.weight", 2)
+    _, L, _ = _shape(sd, "diffusion_pos_embed_learned", 3)
+    _, LB, _ = _shape(sd, "encoder_pos_embed_learned", 3)
+    ncls, _ = _shape(sd, "class_emb.weight", 2)
+    hidden, _ = _shape(sd, "encoder_blocks.0.mlp.fc1.weight", 2)
+    eh, rule = attention_heads(E, args, metadata, heads, "encoder", force_heads)
+    dh, _ = attention_heads(D, args, metadata, heads, "decoder", force_heads)
     bb = BackboneConfig(token_dim=C, seq_len=L, buffer_size=LB - L, num_classes=ncls,
                         encoder_width=E, encoder_depth=_count_blocks(sd, "encoder_blocks."),
                         encoder_heads=eh, decoder_width=D,
@@ -177,17 +229,15 @@ def infer_model_config(sd: dict, args=None, metadata: dict | None = None,
     if prefix is None:
         raise FarError("The checkpoint has a backbone but no head (no 'head.input_proj.weight' "
                        "or 'diffloss.net.input_proj.weight').")
-    W, _ = _shape(sd, f"{prefix}input_proj.weight")
-    out, _ = _shape(sd, f"{prefix}final_layer.linear.weight")
-    _, freq = _shape(sd, f"{prefix}time_embed.mlp.0.weight")
-    _, zc = _shape(sd, f"{prefix}cond_embed.weight")
+    W, _ = _shape(sd, f"{prefix}input_proj.weight", 2)
+    out, _ = _shape(sd, f"{prefix}final_layer.linear.weight", 2)
+    _, freq = _shape(sd, f"{prefix}time_embed.mlp.0.weight", 2)
+    _, zc = _shape(sd, f"{prefix}cond_embed.weight", 2)
     kind = "shortcut" if f"{prefix}step_embed.mlp.0.weight" in sd else "diffusion"
-    steps = 100
-    if args is not None and getattr(args, "num_sampling_steps", None):
-        steps = int(args.num_sampling_steps)
+    steps, respacing = diffusion_sampling_steps(args) if kind == "diffusion" else (100, "")
     head = HeadConfig(kind=kind, width=W, depth=_count_blocks(sd, f"{prefix}res_blocks."),
                       token_dim=C, cond_dim=zc, out_dim=out, freq_dim=freq, prefix=prefix,
-                      diffusion_steps=steps)
+                      diffusion_steps=steps, timestep_respacing=respacing)
     if zc != D:
         raise FarError(f"The head's condition width {zc} does not match the backbone's decoder "
                        f"width {D}.")
@@ -201,17 +251,17 @@ def infer_vae_config(sd: dict, scale_factor: float = DEFAULT_VAE_SCALE) -> VAECo
     """LDM KL-VAE decoder configuration from ``decoder.*`` and ``post_quant_conv`` shapes."""
     if "z_proj.weight" in sd:
         raise FarError("This file holds a MAR/FAR model, not a VAE; pass the VAE with --vae.")
-    z_ch, embed, _, _ = _shape(sd, "post_quant_conv.weight")
+    z_ch, embed, _, _ = _shape(sd, "post_quant_conv.weight", 4, VAE)
     n_levels = _count_blocks(sd, "decoder.up.")
     if n_levels == 0:
         raise FarError("The VAE file has no 'decoder.up.*' tensors, so it is not an LDM KL-VAE.")
-    widths = [_shape(sd, f"decoder.up.{i}.block.0.conv1.weight")[0] for i in range(n_levels)]
+    widths = [_shape(sd, f"decoder.up.{i}.block.0.conv1.weight", 4, VAE)[0] for i in range(n_levels)]
     from math import gcd
     ch = 0
     for w in widths:
         ch = gcd(ch, w)
-    out_ch, _, _, _ = _shape(sd, "decoder.conv_out.weight")
-    in_ch = sd["encoder.conv_in.weight"].shape[1] if "encoder.conv_in.weight" in sd else 3
+    out_ch, _, _, _ = _shape(sd, "decoder.conv_out.weight", 4, VAE)
+    in_ch = _shape(sd, "encoder.conv_in.weight", 4, VAE)[1] if "encoder.conv_in.weight" in sd else 3
     attn = tuple(i for i in range(n_levels) if f"decoder.up.{i}.attn.0.q.weight" in sd)
     return VAEConfig(embed_dim=embed, z_channels=z_ch, ch=ch,
                      ch_mult=tuple(w // ch for w in widths),

@@ -10,6 +10,10 @@ On the demo model (10 classes, 32x32 images, shipped classifier present) reduced
 bundles are also judged by what the images are for: classifier accuracy and Fréchet distance
 of runtime images against images of the FP32 reference pipeline drawn with the same
 randomness (int8 gate: accuracy within 2 points, Fréchet distance within 10%).
+
+A report records what it judged (``judged``: the source checkpoint's and VAE's sha256 and
+every graph file's sha256); ``read_report`` (``verify --status``) refuses a report whose
+bundle was re-exported since, so a stale PASSED never speaks for other graphs.
 """
 from __future__ import annotations
 
@@ -23,7 +27,9 @@ import numpy as np
 import torch
 
 from far_runtime.errors import FarError
-from far_runtime.files import write_json
+from far_runtime.files import check_writable_file, write_json
+from far_runtime.options import as_finite, as_int, check_seed
+from far_runtime.schedule import check_head_steps, check_k
 from far_runtime.pipeline import Pipeline
 from far_runtime.randomness import draw_randomness
 
@@ -55,8 +61,10 @@ def reference_for_bundle(pipe: Pipeline, checkpoint: str | None = None,
         if path is not None and not os.path.isfile(path):
             raise FarError(f"The bundle's source {what} {path} is not there; pass it with --{what.lower()}.")
     bb = pipe.bundle.manifest["config"]["backbone"]
+    user = str(bb.get("heads_rule", "")).startswith("user option")
     ref = ReferencePipeline.load(ck, vk, weights="model" if src["weights"] == "model" else "ema",
-                                 heads=bb["encoder_heads"] if bb["heads_rule"] == "user option" else None)
+                                 heads=bb["encoder_heads"] if user else None,
+                                 force_heads=bb.get("heads_rule") == "user option (forced)")
     # The loaders hash each file once; compare those hashes rather than reading the files again.
     loaded = ((ck, ref.ckpt.sha256, src["sha256"], "checkpoint"),
               (vk, ref.vae_ckpt.sha256 if ref.vae_ckpt else None, src["vae_sha256"], "VAE"))
@@ -93,19 +101,65 @@ def verify_one(pipe: Pipeline, ref: ReferencePipeline, labels, K: int, O: int, c
     return result
 
 
+def check_verify_options(K=None, O=None, cfg=None, batch=None, seed=0, quality_per_class=50) -> None:
+    """Options given explicitly are checked, never silently replaced by the defaults."""
+    if K is not None:
+        check_k(as_int(K, "--K"))
+    if O is not None:
+        check_head_steps(as_int(O, "--O"), "--O")
+    if cfg is not None:
+        as_finite(cfg, "--cfg")
+    if batch is not None and as_int(batch, "--batch") < 1:
+        raise FarError(f"--batch must be at least 1, got {batch}.")
+    check_seed(seed)
+    if as_int(quality_per_class, "--quality-per-class") < 1:
+        raise FarError(f"--quality-per-class must be at least 1, got {quality_per_class}.")
+
+
 def default_configs(pipe: Pipeline, K=None, O=None, cfg=None, batch=None):
+    check_verify_options(K, O, cfg, batch)
     head_steps = pipe.bundle.manifest["head_steps"] or [1]
-    Ks = [K] if K else [min(16, pipe.model["seq_len"])]
-    Os = [O] if O else head_steps
+    Ks = [K] if K is not None else [min(16, pipe.model["seq_len"])]
+    Os = [O] if O is not None else head_steps
     cfgs = [cfg] if cfg is not None else [1.0, 3.0]
-    batches = [batch] if batch else [2]
+    batches = [batch] if batch is not None else [2]
+    max_batch = pipe.bundle.manifest["max_batch"]
+    if any(b > max_batch for b in batches):
+        raise FarError(f"--batch {batches[0]} is larger than the bundle's max batch {max_batch}.")
     return list(itertools.product(Ks, Os, cfgs, batches))
+
+
+def judged(bundle) -> dict:
+    """What a report judged: the source files' and every graph file's sha256."""
+    src = bundle.manifest.get("source") or {}
+    return {"checkpoint_sha256": src.get("sha256"), "vae_sha256": src.get("vae_sha256"),
+            "graphs": {n: dict(g["files"]) for n, g in bundle.graphs.items()}}
+
+
+def read_report(bundle_dir: str, path: str | None = None) -> dict:
+    """A stored verify report, refused when the bundle or its source changed since."""
+    import json
+    from far_runtime.bundle import load_bundle
+    path = path or os.path.join(bundle_dir, "verify.json")
+    if not os.path.isfile(path):
+        raise FarError(f"{path} does not exist; run far-export verify {bundle_dir}.")
+    try:
+        with open(path) as f:
+            report = json.load(f)
+    except (OSError, ValueError) as e:
+        raise FarError(f"{path} is not a readable verify report ({e}).") from None
+    if not isinstance(report, dict) or report.get("judged") != judged(load_bundle(bundle_dir)):
+        raise FarError(f"{path} judged other graphs or another checkpoint than {bundle_dir} holds now "
+                       "(the bundle was re-exported); it no longer applies, run verify again.")
+    return report
 
 
 def verify_bundle(bundle_dir: str, out: str | None = None, K=None, O=None, cfg=None, batch=None,
                   seed: int = 0, checkpoint: str | None = None, vae: str | None = None,
                   precision: str | None = None, progress=None, quality: bool | None = None,
                   quality_per_class: int = 50) -> dict:
+    check_verify_options(K, O, cfg, batch, seed, quality_per_class)
+    report_path = check_writable_file(out or os.path.join(bundle_dir, "verify.json"), "--out")
     pipe = Pipeline.load(bundle_dir)
     ref = reference_for_bundle(pipe, checkpoint, vae)
     precision = precision or pipe.bundle.manifest.get("precision", "fp32")
@@ -123,7 +177,8 @@ def verify_bundle(bundle_dir: str, out: str | None = None, K=None, O=None, cfg=N
         results.append(r)
         if progress:
             progress(i + 1, len(configs), r)
-    report = {"bundle": os.path.abspath(bundle_dir), "precision": precision, "tolerances": tol,
+    report = {"bundle": os.path.abspath(bundle_dir), "judged": judged(pipe.bundle),
+              "precision": precision, "tolerances": tol,
               "results": results, "passed": all(r["passed"] for r in results)}
     if quality is None:
         quality = precision != "fp32" and demo_scorer_available(pipe)
@@ -137,7 +192,7 @@ def verify_bundle(bundle_dir: str, out: str | None = None, K=None, O=None, cfg=N
                                and q["frechet_ratio"] <= gate["frechet_ratio"])
             report["passed"] = report["passed"] and q["passed"]
     report["summary"] = summary(report)
-    write_json(out or os.path.join(bundle_dir, "verify.json"), report)
+    write_json(report_path, report)
     return report
 
 

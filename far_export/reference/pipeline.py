@@ -21,8 +21,8 @@ class ReferencePipeline:
 
     @classmethod
     def load(cls, checkpoint: str, vae: str | None = None, weights: str = "ema",
-             heads: int | None = None) -> "ReferencePipeline":
-        ck = load_model_checkpoint(checkpoint, weights, heads)
+             heads: int | None = None, force_heads: bool = False) -> "ReferencePipeline":
+        ck = load_model_checkpoint(checkpoint, weights, heads, force_heads=force_heads)
         vk = load_vae_checkpoint(vae) if vae else None
         backbone, head = build_model(ck)
         return cls(ck, vk, backbone, head, build_vae(vk) if vk else None)

@@ -14,6 +14,7 @@ import torch
 
 from far_runtime.ddpm import ddpm_schedule
 from far_runtime.errors import FarError
+from far_runtime.options import check_sampling
 from far_runtime.randomness import Randomness, draw_randomness, iteration_indices
 from far_runtime.schedule import cfg_at, check_head_steps, mask_schedule
 
@@ -71,7 +72,12 @@ def sample_tokens(backbone: Backbone, head: SimpleMLPAdaLN, labels, num_iter: in
     """K iterations of MAR/FAR sampling; returns the token latents [B, L, C]."""
     cfg_b = backbone.cfg
     L, C = cfg_b.seq_len, cfg_b.token_dim
-    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    num_iter, head_steps, cfg, temperature, seed = check_sampling(
+        num_iter, head_steps, cfg, temperature, seed, check_o=head.cfg.kind == "shortcut")
+    labels = np.asarray(labels).reshape(-1)
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        raise FarError(f"Class labels must be integers, got {labels.dtype}.")
+    labels = labels.astype(np.int64)
     B = len(labels)
     if B < 1:
         raise FarError("Batch size must be at least 1.")
@@ -79,7 +85,7 @@ def sample_tokens(backbone: Backbone, head: SimpleMLPAdaLN, labels, num_iter: in
         raise FarError(f"Class labels must be in 0..{cfg_b.num_classes - 1}, got {labels.tolist()}.")
     plan = mask_schedule(num_iter, L)
     diffusion = head.cfg.kind == "diffusion"
-    sched = ddpm_schedule(head.cfg.diffusion_steps) if diffusion else None
+    sched = ddpm_schedule(head.cfg.timestep_respacing or head.cfg.diffusion_steps) if diffusion else None
     if not diffusion:
         check_head_steps(head_steps, "O (shortcut head steps)")
     if randomness is None:

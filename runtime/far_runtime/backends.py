@@ -9,6 +9,7 @@ the same two methods and the loop does not change.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import defaultdict
@@ -20,6 +21,7 @@ from .bundle import Bundle
 from .errors import FarError
 from .plan import Call, ShapePlan
 
+EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider",
                  "DmlExecutionProvider", "NvTensorRTRTXExecutionProvider")
 
@@ -80,24 +82,50 @@ class OrtBackend:
         if missing:
             raise FarError(f"Execution provider {missing[0]} is not available in this onnxruntime "
                            f"(available: {', '.join(available)}).")
-        self.options = self.ort.SessionOptions()
-        self.options.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            self.options.intra_op_num_threads = threads
-            self.options.inter_op_num_threads = 1
+        self.threads = threads
         self.specs = bundle.specs()
         self._sessions = {}
         self._lock = threading.Lock()
         self._local = threading.local()
         self.timer = GraphTimer()
 
+    def _session_options(self):
+        options = self.ort.SessionOptions()
+        options.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+        return options
+
+    def _create(self, graph: str):
+        """A session from the very bytes that were hashed: the graph file (and its external
+        data) is read once, checked against the manifest and handed to ONNX Runtime from memory,
+        so a file replaced on disk after ``Pipeline.load`` is refused, never run."""
+        g = self.bundle.graphs[graph]
+        model = self.bundle.read_verified(graph)
+        options = self._session_options()
+        # A graph loaded from bytes resolves external data against the working directory; pin
+        # it to the bundle folder, where ONNX Runtime refuses any path that leads out.
+        options.add_session_config_entry(EXTERNAL_FOLDER_KEY, os.path.realpath(self.bundle.root))
+        extra = [f for f in g["files"] if f != g["file"]]
+        if extra:
+            buffers = [np.frombuffer(self.bundle.read_verified(graph, f), dtype=np.uint8) for f in extra]
+            options.add_external_initializers_from_files_in_memory(
+                extra, buffers, [b.size for b in buffers])
+        try:
+            return self.ort.InferenceSession(model, options, providers=self.providers)
+        except FarError:
+            raise
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise FarError(f"ONNX Runtime cannot load graph '{graph}' of the bundle "
+                           f"({type(e).__name__}: {str(e).splitlines()[0][:200]}).") from None
+
     def session(self, graph: str):
         with self._lock:
             if graph not in self._sessions:
                 if not self.bundle.has(graph):
                     raise FarError(f"The bundle has no '{graph}' graph.")
-                sess = self.ort.InferenceSession(self.bundle.path(graph), self.options,
-                                                 providers=self.providers)
+                sess = self._create(graph)
                 active = sess.get_providers()
                 fell_back = [p for p in self.providers if p in GPU_PROVIDERS and p not in active]
                 if fell_back:

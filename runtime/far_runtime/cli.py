@@ -53,8 +53,8 @@ def sampling_options(num: int, cfg: float):
 
 
 def parse_labels(classes: str, num: int) -> list[int]:
-    if num < 1:
-        raise FarError(f"--num must be at least 1, got {num}.")
+    from .options import check_num
+    num = check_num(num)
     try:
         base = [int(c) for c in str(classes).split(",") if c.strip()]
     except ValueError:
@@ -83,25 +83,35 @@ def main(verbose: bool):
 def generate(bundle, classes, num, num_iter, head_steps, cfg, cfg_schedule, temperature, seed,
              head, threads, save_randomness, out):
     """Generate images with the torch-free runtime and write a PNG grid."""
+    from .files import check_writable_file
     from .images import grid, write_png
+    from .options import check_sampling
     from .pipeline import Pipeline
     from .randomness import draw_randomness
-    pipe = Pipeline.load(bundle, threads=threads)
+    # Every check before any work, and before anything is written: a failed run leaves nothing.
     labels = parse_labels(classes, num)
+    num_iter, head_steps, cfg, temperature, seed = check_sampling(num_iter, head_steps, cfg, temperature,
+                                                                  seed, check_o=False)
+    if threads is not None and threads < 1:
+        raise FarError(f"--threads must be at least 1, got {threads}.")
+    check_writable_file(out, "--out")
+    if save_randomness:
+        check_writable_file(save_randomness, "--save-randomness")
+    pipe = Pipeline.load(bundle, threads=threads)
     max_batch = pipe.bundle.manifest["max_batch"]
     if num > max_batch:
         raise FarError(f"--num {num} is larger than the bundle's max batch {max_batch}; "
                        f"re-export with --max-batch {num} or generate fewer.")
+    pipe.check_labels(labels)
+    pipe.plan(num, num_iter, head_steps, cfg, head)
     m = pipe.model
     rnd = draw_randomness(seed, num, m["seq_len"], m["token_dim"], m["diffusion_steps"])
-    if save_randomness:
-        rnd.save(save_randomness)
-    pipe.check_labels(labels)                            # all option errors before any work
-    pipe.plan(num, num_iter, head_steps, cfg, head)
     with click.progressbar(length=num_iter, label="iterations", file=sys.stderr) as bar:
         images = pipe.generate(labels, K=num_iter, O=head_steps, cfg=cfg, cfg_schedule=cfg_schedule,
                                temperature=temperature, randomness=rnd, head=head,
                                progress=lambda it: bar.update(1))
+    if save_randomness:
+        rnd.save(save_randomness)
     write_png(out, grid(images))
     click.echo(f"wrote {out} ({num} images, classes {sorted(set(labels))})")
 

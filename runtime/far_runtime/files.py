@@ -5,6 +5,8 @@ import json
 import os
 import tempfile
 
+from .errors import FarError
+
 
 def atomic_write(path: str, write_fn) -> None:
     """Call ``write_fn(tmp_path)`` then rename onto ``path``; never leaves a partial file."""
@@ -47,3 +49,40 @@ def _json_default(o):
     if isinstance(o, tuple):
         return list(o)
     raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
+def check_writable_file(path: str, option: str) -> str:
+    """Refuse, before any work, an output file path that cannot be written: a folder, a path
+    under a file, or a folder this process may not create files in. Creates nothing."""
+    if not isinstance(path, str) or not path.strip():
+        raise FarError(f"{option} needs a file path, got {path!r}.")
+    full = os.path.abspath(path)
+    if os.path.isdir(full):
+        raise FarError(f"{option} {path} is a folder; pass a file path such as {os.path.join(path, 'out.png')}.")
+    return _check_parent(full, path, option)
+
+
+def check_writable_folder(path: str, option: str) -> str:
+    """Refuse an output folder path under a file, or where no folder can be created."""
+    if not isinstance(path, str) or not path.strip():
+        raise FarError(f"{option} needs a folder path, got {path!r}.")
+    full = os.path.abspath(path)
+    if os.path.exists(full) and not os.path.isdir(full):
+        raise FarError(f"{option} {path} is a file, not a folder; pass a folder path.")
+    return _check_parent(full, path, option)
+
+
+def _check_parent(full: str, path: str, option: str) -> str:
+    parent = os.path.dirname(full)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise FarError(f"{option} {path} lies under {parent}, which is a file, not a folder.")
+    try:   # a real probe: os.access says yes to root even on read-only or special file systems
+        fd, probe = tempfile.mkstemp(prefix=".tmp-probe-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise FarError(f"{option} {path} cannot be written: no files can be created in {parent} "
+                       f"({e.strerror}).") from None
+    return full

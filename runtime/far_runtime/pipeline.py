@@ -19,6 +19,7 @@ from .bundle import Bundle, load_bundle
 from .ddpm import ddpm_schedule
 from .errors import FarError
 from .images import to_uint8
+from .options import as_int, check_sampling
 from .plan import ShapePlan, make_call, make_plan
 from .randomness import Randomness, draw_randomness, iteration_indices
 from .schedule import cfg_at, check_head_steps, check_k
@@ -54,8 +55,11 @@ class Pipeline:
         return lab.astype(np.int64)
 
     def head_mode(self, O: int, head: str = "auto") -> str:
+        if head not in ("auto", "fused", "step"):
+            raise FarError(f"head must be 'auto', 'fused' or 'step', got {head!r}.")
         if self.model["head_kind"] == "diffusion":
             return "step"
+        O = as_int(O, "O (head steps)")
         check_head_steps(O)
         fused = self.bundle.has(fused_name(O))
         if head == "step" or (head == "auto" and not fused):
@@ -70,10 +74,16 @@ class Pipeline:
 
     def plan(self, batch: int, K: int, O: int, cfg: float, head: str = "auto",
              decode: bool = True) -> ShapePlan:
+        K = as_int(K, "K (autoregressive iterations)")
+        O = as_int(O, "O (head steps)")
         check_k(K)
         steps = self.model["diffusion_steps"] if self.model["head_kind"] == "diffusion" else O
         return make_plan(self.model, batch, K, steps, cfg != 1.0, self.head_mode(O, head),
                          decode and self.bundle.has("vae_decoder"), self.bundle.manifest["max_batch"])
+
+    def respacing(self):
+        """MAR's respacing of the DDPM steps (``"ddim25"``, ``"10,15,20"``) or the plain count."""
+        return self.model.get("timestep_respacing") or self.model["diffusion_steps"]
 
     # --- sampling -------------------------------------------------------------------------
 
@@ -82,11 +92,13 @@ class Pipeline:
                         randomness: Randomness | None = None, head: str = "auto",
                         trace: list | None = None, progress=None) -> np.ndarray:
         """Token latents [B, L, C] after K iterations."""
+        K, O, cfg, temperature, seed = check_sampling(
+            K, O, cfg, temperature, seed, check_o=self.model["head_kind"] == "shortcut")
         lab = self.check_labels(labels)
         B, L, C = len(lab), self.model["seq_len"], self.model["token_dim"]
         plan = self.plan(B, K, O, cfg, head, decode=False)
         diffusion = self.model["head_kind"] == "diffusion"
-        sched = ddpm_schedule(self.model["diffusion_steps"]) if diffusion else None
+        sched = ddpm_schedule(self.respacing()) if diffusion else None
         S = sched.steps if diffusion else 0
         if randomness is None:
             randomness = draw_randomness(seed, B, L, C, S)
@@ -172,5 +184,9 @@ class Pipeline:
         return out.copy()
 
     def generate(self, labels, **kw) -> np.ndarray:
-        """uint8 images [B, H, W, 3]."""
-        return to_uint8(self.decode(self.generate_tokens(labels, **kw)))
+        """uint8 images [B, H, W, 3]; refused when the run produced NaN or Inf."""
+        images = self.decode(self.generate_tokens(labels, **kw))
+        if not np.isfinite(images).all():
+            raise FarError("The run produced NaN or infinite values (the graphs or the options "
+                           "overflow), so no image was made.")
+        return to_uint8(images)
