@@ -80,10 +80,12 @@ def _first_line(e: BaseException) -> str:
 def _unpickling_reason(e: BaseException) -> str:
     """The part of torch's long weights-only message that names what was refused."""
     text = " ".join(str(e).split())
-    m = re.search(r"Unsupported (global|operand)[^.;]*", text)
-    if m:
-        return m.group(0)[:200].rstrip(" ,")
-    return _first_line(e)[:200]
+    m = re.search(r"GLOBAL (\S+?)\.? (was not an allowed global by default|whose module \S+ is blocked)?", text)
+    if m:     # torch words it "Unsupported global: GLOBAL x" or "unsupported GLOBAL x whose ..."
+        why = f" ({m.group(2)})" if m.group(2) else ""
+        return f"Unsupported global: {m.group(1)}{why}"[:200]
+    m = re.search(r"Unsupported operand[^.;]*", text)
+    return (m.group(0) if m else _first_line(e))[:200]
 
 
 def _is_state_dict(obj) -> bool:

@@ -3,16 +3,49 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 
 from .errors import FarError
 
+_TMP = re.compile(r"^\.tmp-(\d+)-[^-]+-(.+)$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_temporaries(directory: str, target: str) -> None:
+    """Remove ``.tmp-<pid>-*-<target>`` files whose writer process is gone (killed mid-write)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        m = _TMP.match(name)
+        if m and m.group(2) == target and not _alive(int(m.group(1))):
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError:
+                pass
+
 
 def atomic_write(path: str, write_fn) -> None:
-    """Call ``write_fn(tmp_path)`` then rename onto ``path``; never leaves a partial file."""
+    """Call ``write_fn(tmp_path)`` then rename onto ``path``; never leaves a partial file.
+
+    The temporary name carries the writer's pid, so one left by a killed writer (SIGKILL
+    runs no cleanup) is recognised and removed by the next write of the same file."""
     directory = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
+    clean_stale_temporaries(directory, os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", suffix="-" + os.path.basename(path),
+                               dir=directory)
     os.close(fd)
     try:
         write_fn(tmp)
