@@ -102,9 +102,58 @@ def test_dynamo_exporter_and_external_data(tiny_files, tmp_path):
     assert g["exporter"] == "dynamo" and any(f.endswith(".data") for f in g["files"])
     assert all(os.path.exists(os.path.join(out, f)) for f in g["files"])
     sess = ort.InferenceSession(os.path.join(out, g["file"]))
-    r = sess.run(None, {"noise": np.zeros((3, 4), np.float32), "z": np.zeros((6, 32), np.float32),
-                        "cfg": np.ones(1, np.float32)})[0]
+    feeds = {"noise": np.zeros((3, 4), np.float32), "z": np.zeros((6, 32), np.float32),
+             "cfg": np.ones(1, np.float32)}
+    r = sess.run(None, feeds)[0]
     assert r.shape == (3, 4)
+    # the runtime makes the session from the verified bytes, external data included
+    from far_runtime.backends import OrtBackend
+    from far_runtime.bundle import load_bundle
+    backend = OrtBackend(load_bundle(out))
+    assert np.array_equal(backend.session("head_fused_o2").run(None, feeds)[0], r)
+    data = os.path.join(out, next(f for f in g["files"] if f.endswith(".data")))
+    with open(data, "r+b") as f:                             # external weights changed after load
+        f.write(b"\x00\x01")
+    with pytest.raises(FarError, match="sha256"):
+        OrtBackend(load_bundle(out, check_hashes=False)).session("head_fused_o2")
+
+
+class _IllConditioned(torch.nn.Module):
+    """v = (x A) B with B = A^-1 padded: exactly x in real numbers, but A spans singular values
+    1..1e5, so fp32 loses ~1e-7 x 1e5 of max |v| in any correct evaluation (PyTorch's too)."""
+
+    def __init__(self, wrong: bool = False):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        u, _ = torch.linalg.qr(torch.randn(4, 4, generator=g, dtype=torch.float64))
+        v, _ = torch.linalg.qr(torch.randn(4, 4, generator=g, dtype=torch.float64))
+        s = torch.logspace(0, 5, 4, dtype=torch.float64)
+        a = u @ torch.diag(s) @ v.T
+        b = torch.linalg.inv(a) * (1.01 if wrong else 1.0)
+        self.a = torch.nn.Parameter(a.float(), requires_grad=False)
+        self.b = torch.nn.Parameter(b.float(), requires_grad=False)
+
+    def forward(self, x, t, d, z):
+        return (x @ self.a) @ self.b + 0.0 * (t[:, None] + d[:, None] + z[:, :1])
+
+
+def test_validation_judges_against_the_references_own_fp32_error(tmp_path):
+    """A correct ill-conditioned graph fails a fixed fp32-vs-fp32 tolerance but passes against
+    a float64 evaluation of the reference; a wrong one (B off by 1%) fails both."""
+    model = {"seq_len": 16, "token_dim": 4, "cond_dim": 32, "num_classes": 10,
+             "head_kind": "shortcut", "image_size": 8, "image_channels": 3}
+    spec = component_specs(model)["head_step"]
+    reports = {}
+    for wrong in (False, True):
+        path = str(tmp_path / f"h{wrong}.onnx")
+        export_onnx(_IllConditioned(wrong), spec, model, path)
+        reports[wrong] = validate_graph(ort.InferenceSession(path), spec, _IllConditioned(), model)
+    ok, bad = reports[False], reports[True]
+    assert ok["worst_rel_to_max"] > spec.tolerance          # the old fixed check would refuse it
+    assert ok["passed"], ok["verdict"]
+    judged = [o["float64"] for p in ok["points"] for o in p["outputs"].values() if "float64" in o]
+    assert judged and all(j["fp64_max_abs"] <= j["fp64_budget"] for j in judged)
+    assert not bad["passed"] and "float64" in bad["verdict"]
 
 
 def test_validation_grid_differs_from_export_shape():

@@ -171,3 +171,85 @@ def test_cli_generate_and_verify(bundles, tmp_path):
     assert data["passed"] and len(data["results"]) == 6   # O in 1,2,8 x cfg in 1,3
     assert all(len(x["per_iteration_latent_max_abs"]) == 8 for x in data["results"])
     assert "PASSED" in r.stdout
+
+
+def test_graph_replaced_after_load_is_refused_not_run(bundles, tmp_path):
+    """Bytes hashed are the bytes run: a graph swapped on disk after Pipeline.load is refused
+    when its session is made (here: the O=8 graph put in place of the O=2 one)."""
+    root = shutil.copytree(bundles["far"], str(tmp_path / "b"))
+    pipe = Pipeline.load(root)
+    shutil.copy(os.path.join(root, "head_fused_o8.onnx"), os.path.join(root, "head_fused_o2.onnx"))
+    with pytest.raises(FarError, match="sha256"):
+        pipe.generate_tokens([1], K=2, O=2, cfg=2.0, seed=0)
+
+
+def test_sampling_options_are_checked_in_the_api(far):
+    pipe, ref = far
+    for kw, msg in ((dict(cfg=float("nan")), "finite"), (dict(cfg=float("inf")), "finite"),
+                    (dict(temperature=float("nan")), "finite"), (dict(seed=-1), "non-negative"),
+                    (dict(K=True), "integer"), (dict(O=2.0), "integer")):
+        args = {"K": 2, "O": 2, **kw}
+        with pytest.raises(FarError, match=msg):
+            pipe.generate([1], **args)
+        with pytest.raises(FarError, match=msg):
+            ref.tokens([1], **{"num_iter" if k == "K" else "head_steps" if k == "O" else k: v
+                               for k, v in args.items()})
+
+
+def test_numpy_integers_are_fine_as_k_and_o(far):
+    pipe, ref = far
+    a = pipe.generate_tokens([1], K=np.int64(4), O=np.int32(2), seed=np.int64(3))
+    b = pipe.generate_tokens([1], K=4, O=2, seed=3)
+    c = ref.tokens([1], num_iter=np.int64(4), head_steps=np.int16(2), seed=np.uint8(3)).numpy()
+    assert np.array_equal(a, b) and np.abs(a - c).max() <= 1e-5
+
+
+def test_non_finite_output_is_never_an_image(far, monkeypatch):
+    pipe, _ = far
+    real = pipe.decode
+    monkeypatch.setattr(pipe, "decode", lambda t: real(t) * np.float32(np.inf))
+    with pytest.raises(FarError, match="NaN or infinite"):
+        pipe.generate([1], K=2, O=2)
+
+
+@pytest.mark.parametrize("S", [1, 2, 21, 25, 50, 100, 250, 999, 1000])
+def test_respaced_timesteps_match_mar_accumulate_and_round(S):
+    """MAR advances a float index by the fractional stride and rounds the running sum."""
+    from far_runtime.ddpm import respaced_timesteps
+    got = respaced_timesteps(1000, S)
+    stride = 1 if S == 1 else 999 / (S - 1)
+    idx, want = 0.0, []
+    for _ in range(S):
+        want.append(round(idx))
+        idx += stride
+    assert got == sorted(set(want)) and len(got) == S and got[0] == 0 and got[-1] <= 999
+
+
+def test_respacing_forms_of_mar():
+    from far_runtime.ddpm import ddpm_schedule, space_timesteps
+    assert space_timesteps(1000, 21)[10] == 499            # i * stride rounds to 500 here
+    assert space_timesteps(1000, "ddim25") == list(range(0, 1000, 40))
+    sections = space_timesteps(1000, "10,15,20")            # sections of 334, 333, 333 steps
+    assert len(sections) == 45 and sections[:2] == [0, 37] and sections[10] == 334
+    assert sections[25] == 667 and sections[-1] == 999
+    assert space_timesteps(1000, "") == list(range(1000))   # MAR: empty means every step
+    assert ddpm_schedule("ddim25").steps == 25
+    for bad, msg in (("ddim3000", "no integer stride"), ("10,15,2000", "cannot be divided"),
+                     ("fast", "not a form"), ("0", "positive"), (0, "1..1000"), (True, "count")):
+        with pytest.raises(FarError, match=msg):
+            ddpm_schedule(bad)
+
+
+def test_stale_verify_report_is_refused(bundles, tmp_path):
+    from far_export.verify import judged, read_report
+    from far_runtime.bundle import load_bundle
+    from far_runtime.files import write_json
+    root = shutil.copytree(bundles["far"], str(tmp_path / "b"))
+    write_json(os.path.join(root, "verify.json"),
+               {"passed": True, "summary": "PASSED", "judged": judged(load_bundle(root))})
+    assert read_report(root)["passed"]
+    m = json.load(open(os.path.join(root, "manifest.json")))
+    m["source"]["sha256"] = "f" * 64                     # re-exported from another checkpoint
+    json.dump(m, open(os.path.join(root, "manifest.json"), "w"))
+    with pytest.raises(FarError, match="no longer applies"):
+        read_report(root)
