@@ -176,3 +176,44 @@ def test_cli_inspect_and_errors(tiny_files, tmp_path):
     assert rep["parameters"]["backbone"] > 0 and "vae_decoder" in rep["parameters"]
     r = subprocess.run(exe + ["inspect", str(tmp_path / "missing.pth")], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("value,steps,respacing", [
+    ("100", 100, ""), (50, 50, ""), ("ddim25", 25, "ddim25"), ("10,15,20", 45, "10,15,20"),
+    ("", 1000, ""), (None, 100, "")])
+def test_mar_num_sampling_steps_forms(value, steps, respacing):
+    """What MAR's trainer accepts as --num_sampling_steps, read as its space_timesteps does."""
+    sd = _meta_state_dict(preset("tiny", "diffusion"))
+    cfg = infer_model_config(sd, argparse.Namespace(num_sampling_steps=value))
+    assert cfg.head.diffusion_steps == steps and cfg.head.timestep_respacing == respacing
+
+
+@pytest.mark.parametrize("value,msg", [("ddim3000", "no integer stride"), ("fast", "not a form"),
+                                       ("10,15,2000", "cannot be divided"), ("-5", "positive"),
+                                       (2.5, "MAR takes a count")])
+def test_mar_num_sampling_steps_refused(value, msg):
+    sd = _meta_state_dict(preset("tiny", "diffusion"))
+    assert msg in _err(infer_model_config, sd, argparse.Namespace(num_sampling_steps=value))
+
+
+def test_heads_contradicting_the_checkpoint_need_force():
+    sd = _meta_state_dict(preset("tiny", "shortcut"))
+    args = argparse.Namespace(encoder_num_heads=2, decoder_num_heads=2)
+    assert "contradicts the checkpoint" in _err(infer_model_config, sd, args, heads=4)
+    forced = infer_model_config(sd, args, heads=4, force_heads=True)
+    assert forced.backbone.encoder_heads == 4 and forced.backbone.heads_rule == "user option (forced)"
+    same = infer_model_config(sd, args, heads=2)
+    assert same.backbone.heads_rule == "user option"
+    meta = {"encoder_heads": "2", "decoder_heads": "2"}
+    assert "checkpoint metadata says 2" in _err(infer_model_config, sd, None, meta, heads=8)
+    for bad in (0, -1, 33):
+        assert "--heads must be an integer in 1..32" in _err(infer_model_config, sd, None, None, bad)
+
+
+def test_wrong_rank_tensor_is_one_sentence():
+    sd = _meta_state_dict(preset("tiny", "shortcut"))
+    sd["encoder_pos_embed_learned"] = torch.empty(20, 32, device="meta")
+    assert "has shape (20, 32)" in _err(infer_model_config, sd)
+    sd = _meta_state_dict(preset("tiny", "shortcut"))
+    sd["z_proj.weight"] = torch.empty(0, 4, device="meta")
+    assert "non-empty" in _err(infer_model_config, sd)

@@ -253,3 +253,22 @@ def test_stale_verify_report_is_refused(bundles, tmp_path):
     json.dump(m, open(os.path.join(root, "manifest.json"), "w"))
     with pytest.raises(FarError, match="no longer applies"):
         read_report(root)
+
+
+def test_mar_ddim_respacing_reaches_the_runtime(tiny_files, tmp_path):
+    """A MAR checkpoint trained with --num_sampling_steps ddim25: the manifest keeps the
+    respacing, and runtime and reference walk the same 25 timesteps."""
+    from far_export.export.bundle import export_bundle
+    obj = torch.load(tiny_files["mar"], weights_only=False)        # our own test file
+    obj["args"].num_sampling_steps = "ddim25"
+    ck = str(tmp_path / "mar_ddim.pth")
+    torch.save(obj, ck)
+    out = str(tmp_path / "b")
+    m = export_bundle(ck, None, out, components=["backbone", "head"], validate_batches=[1])
+    assert m["model"]["diffusion_steps"] == 25 and m["model"]["timestep_respacing"] == "ddim25"
+    pipe = Pipeline.load(out)
+    ref = ReferencePipeline.load(ck)
+    r = draw_randomness(2, 1, 16, 4, 25)
+    a = ref.tokens([3], num_iter=2, cfg=2.0, randomness=r).numpy()
+    b = pipe.generate_tokens([3], K=2, cfg=2.0, randomness=r)
+    assert np.abs(a - b).max() <= 1e-5 * max(1.0, np.abs(a).max())
