@@ -82,6 +82,13 @@ def _symlink_out(c):
     return ["generate", b, "--num", "2", "--K", "2", "--O", "2", "--out", c.path("grid.png")]
 
 
+def _manifest_symlink(c):
+    b = c.bundle()
+    shutil.move(os.path.join(b, "manifest.json"), c.path("manifest.json"))
+    os.symlink(c.path("manifest.json"), os.path.join(b, "manifest.json"))
+    return ["generate", b, "--out", c.path("grid.png")]
+
+
 def _unlisted_file(c):
     b = c.bundle()
     shutil.copy(os.path.join(b, "head_fused_o8.onnx"), os.path.join(b, "extra.onnx"))
@@ -209,6 +216,7 @@ CASES = {
     "manifest-traversal-etc-passwd": (_manifest(_graph_file("../../../../../../etc/passwd")), "outside the bundle folder"),
     "manifest-absolute-path": (_manifest(_graph_file("/etc/passwd")), "outside the bundle folder"),
     "manifest-symlink-leads-out": (_symlink_out, "outside the bundle folder"),
+    "manifest-itself-a-symlink-out": (_manifest_symlink, "outside the bundle folder"),
     "manifest-file-not-hashed": (_unlisted_file, "not among the graph's hashed files"),
     "manifest-is-array": (_manifest(lambda m: [m]), "a JSON list, not an object"),
     "manifest-no-graphs": (_manifest(lambda m: {k: v for k, v in m.items() if k != "graphs"}), "no 'graphs'"),

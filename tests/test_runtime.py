@@ -272,3 +272,19 @@ def test_mar_ddim_respacing_reaches_the_runtime(tiny_files, tmp_path):
     a = ref.tokens([3], num_iter=2, cfg=2.0, randomness=r).numpy()
     b = pipe.generate_tokens([3], K=2, cfg=2.0, randomness=r)
     assert np.abs(a - b).max() <= 1e-5 * max(1.0, np.abs(a).max())
+
+
+def test_temporaries_of_a_killed_writer_are_cleaned(tmp_path):
+    """atomic_write names its temporary after its pid; the next write of the same file removes
+    those whose writer is gone (SIGKILL runs no cleanup), and leaves a live writer's alone."""
+    from far_runtime.files import write_text
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    stale = tmp_path / f".tmp-{gone}-abc123-report.txt"
+    live = tmp_path / f".tmp-{os.getpid()}-def456-report.txt"
+    other = tmp_path / f".tmp-{gone}-ghi789-other.txt"
+    for p in (stale, live, other):
+        p.write_text("partial")
+    write_text(str(tmp_path / "report.txt"), "done")
+    assert not stale.exists() and live.exists() and other.exists()
+    assert (tmp_path / "report.txt").read_text() == "done"

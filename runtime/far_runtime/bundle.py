@@ -46,7 +46,7 @@ def inside(root: str, name) -> str:
     base = os.path.realpath(root)
     real = os.path.realpath(os.path.join(base, name))
     if os.path.isabs(name) or os.path.commonpath([base, real]) != base or real == base:
-        raise FarError(f"The bundle manifest names {name!r}, which lies outside the bundle folder "
+        raise FarError(f"The bundle names {name!r}, which lies outside the bundle folder "
                        f"{root}; refusing to read it.")
     return real
 
@@ -153,6 +153,7 @@ def load_bundle(root: str, check_hashes: bool = True) -> Bundle:
     if not os.path.isfile(mpath):
         raise FarError(f"{root} has no {MANIFEST}, so it is not a far-export bundle "
                        "(or its export did not finish).")
+    inside(root, MANIFEST)            # a manifest that is a symlink out of the folder is refused too
     try:
         with open(mpath, "rb") as f:
             manifest = json.loads(f.read().decode("utf-8"))
