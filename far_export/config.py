@@ -132,7 +132,7 @@ def head_config_for(bb: BackboneConfig, kind: str, depth: int, width: int) -> He
 def _shape(sd, key, rank: int, what: str = "a MAR/FAR model"):
     """The shape of ``sd[key]``, refused unless it has ``rank`` non-zero dims."""
     if key not in sd:
-        raise FarError(f"The checkpoint has no tensor {key!r}, so it is not {what}.")
+        raise FarError(f"The file has no tensor {key!r}, so it is not {what}.")
     shape = tuple(sd[key].shape)
     if len(shape) != rank or not all(shape):
         raise FarError(f"The tensor {key!r} has shape {shape}, but {what} has a {rank}-dimensional, "
@@ -202,7 +202,9 @@ def diffusion_sampling_steps(args) -> tuple[int, str]:
     try:
         steps = space_timesteps(TRAIN_STEPS, value)
     except FarError as e:
-        raise FarError(f"The checkpoint's args.num_sampling_steps: {e}") from None
+        msg = str(e).rstrip(".")
+        raise FarError(f"The checkpoint's args.num_sampling_steps is not usable: "
+                       f"{msg[0].lower() + msg[1:]}.") from None
     plain = isinstance(value, int) or value.strip().isdigit()
     return len(steps), "" if plain else value.strip()
 
