@@ -411,3 +411,17 @@ def test_kill_9_during_reexport_keeps_the_old_bundle(tiny_files, tmp_path):
     _export_here(other, out)
     assert _leftovers(str(tmp_path), "out") == []           # ... and the next run cleaned it
     assert _assert_consistent(out, {"b": other}) == other
+
+
+def test_a_second_build_into_a_locked_out_is_refused(tiny_files, bundles, tmp_path):
+    """Deterministic half of the concurrent case: while one build holds --out's lock, another
+    is refused in one sentence and touches nothing; the held build then swaps in normally."""
+    from far_export.export.staging import staged_bundle
+    out = copy_bundle(bundles["far"], str(tmp_path / "out"))
+    before = snapshot(out)
+    with staged_bundle(out) as stage:
+        result = run_cli(["export", tiny_files["far"], "--vae", tiny_files["vae"], "--out", out])
+        assert_one_sentence(result.exit_code, result.stderr, "Another far-export build is writing")
+        assert snapshot(out) == before
+        shutil.copytree(bundles["mar"], stage, dirs_exist_ok=True)
+    assert snapshot(out) == snapshot(bundles["mar"]) and _leftovers(str(tmp_path), "out") == []
