@@ -9,9 +9,8 @@ import logging
 import sys
 
 import click
-import numpy as np
 
-from far_runtime.cli import FarGroup, generate, option_group, parse_labels, sampling_options
+from far_runtime.cli import FarGroup, generate, option_group, parse_int_list, parse_labels, sampling_options
 from far_runtime.errors import FarError
 
 log = logging.getLogger("far_export")
@@ -82,7 +81,7 @@ def sample(checkpoint, vae_path, classes, num, num_iter, head_steps, cfg, cfg_sc
     """Run the PyTorch reference sampler and write a PNG grid (no export involved)."""
     from .defaults import default_paths
     from .reference.pipeline import ReferencePipeline
-    from far_runtime.images import grid, to_uint8, write_png
+    from far_runtime.images import check_finite, grid, to_uint8, write_png
     checkpoint, vae_path = default_paths(checkpoint, vae_path)
     from far_runtime.files import check_writable_file
     from far_runtime.options import check_sampling
@@ -96,18 +95,10 @@ def sample(checkpoint, vae_path, classes, num, num_iter, head_steps, cfg, cfg_sc
         images = pipe.generate(labels, num_iter=num_iter, head_steps=head_steps, cfg=cfg,
                                cfg_schedule=cfg_schedule, temperature=temperature, seed=seed,
                                progress=lambda it: bar.update(1))
-    if not np.isfinite(images).all():
-        raise FarError("The run produced NaN or infinite values (the model or the options "
-                       "overflow), so no image was written.")
+    check_finite(images)
     write_png(out, grid(to_uint8(images)))
     click.echo(f"wrote {out}")
 
-
-def _int_list(text: str, option: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise FarError(f"{option} takes comma-separated integers, got {text!r}.") from None
 
 
 _export_options = [
@@ -137,9 +128,9 @@ def _run_export(checkpoint, vae_path, out, components, head_steps, opset, export
                 precision_options=None):
     from .export.bundle import export_bundle, parse_components
     manifest = export_bundle(checkpoint, vae_path, out, parse_components(components),
-                             _int_list(head_steps, '--head-steps'), opset, exporter, max_batch, weights,
+                             parse_int_list(head_steps, '--head-steps'), opset, exporter, max_batch, weights,
                              heads, external_data, progress=lambda m: click.echo(m, err=True),
-                             validate_batches=_int_list(validate_batches, '--validate-batches'),
+                             validate_batches=parse_int_list(validate_batches, '--validate-batches'),
                              precision=precision, precision_options=precision_options,
                              force_heads=force_heads)
     click.echo(f"wrote {len(manifest['graphs'])} graphs, validation.json, trt_readiness.json and "

@@ -3,17 +3,11 @@ from __future__ import annotations
 
 import os
 
-from far_runtime.errors import FarError
+from far_runtime.cli import parse_int_list
 
 from .report import markdown, write_report
 from .sweep import run_bench
 
-
-def _int_list(text: str, option: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise FarError(f"{option} takes comma-separated integers, got {text!r}.") from None
 
 
 def command_line(source, **opts) -> str:
@@ -54,7 +48,7 @@ def _command():
         if source is None and preset is None:
             from ..defaults import default_paths
             source, vae_path = default_paths(None, vae_path)
-        sk, so = _int_list(sweep_k, "--sweep-K"), _int_list(sweep_o, "--sweep-O")
+        sk, so = parse_int_list(sweep_k, "--sweep-K"), parse_int_list(sweep_o, "--sweep-O")
         if not sk or not so:
             sk, so = [], []
         report = run_bench(source, out, preset, mar_path, vae_path, num_iter, head_steps, batch, cfg,

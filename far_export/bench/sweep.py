@@ -125,20 +125,13 @@ def backend_availability(bundle: str | None = None) -> dict:
     except ImportError:
         cuda, why_not = False, "PyTorch is not installed"
     out[TORCH_CUDA] = {"available": cuda, "reason": None if cuda else why_not}
-    try:
-        import tensorrt  # noqa: F401
-        trt, trt_why = True, None
-    except (ImportError, OSError) as e:
-        trt, trt_why = False, ("TensorRT is not installed" if isinstance(e, ImportError)
-                               else f"TensorRT does not load ({e})")
-    if trt and not cuda:
-        trt, trt_why = False, why_not
-    if trt and bundle:
-        from far_runtime.engine_manifest import ENGINE_MANIFEST, default_engine_dir
-        edir = default_engine_dir(bundle, "fp32")
-        if not os.path.isfile(os.path.join(edir, ENGINE_MANIFEST)):
-            trt, trt_why = False, f"no fp32 engines in {edir} (build them with far-export engines)"
-    out[TENSORRT] = {"available": trt, "reason": trt_why}
+    from far_runtime.info import missing_engines, tensorrt_import_problem
+    trt_why = tensorrt_import_problem()
+    if trt_why is None and not cuda:
+        trt_why = why_not
+    if trt_why is None and bundle:
+        trt_why = missing_engines(bundle, "fp32")
+    out[TENSORRT] = {"available": trt_why is None, "reason": trt_why}
     return out
 
 

@@ -52,6 +52,13 @@ def sampling_options(num: int, cfg: float):
     return option_group(opts)
 
 
+def parse_int_list(text: str, option: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise FarError(f"{option} takes comma-separated integers, got {text!r}.") from None
+
+
 def parse_labels(classes: str, num: int) -> list[int]:
     from .options import check_num
     num = check_num(num)

@@ -7,7 +7,15 @@ import zlib
 
 import numpy as np
 
+from .errors import FarError
 from .files import atomic_write
+
+
+def check_finite(images: np.ndarray) -> None:
+    """Refuse a run whose decoded images hold NaN or Inf (never write a black image)."""
+    if not np.isfinite(images).all():
+        raise FarError("The run produced NaN or infinite values (the model or the options "
+                       "overflow), so no image was made.")
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

@@ -28,17 +28,28 @@ def _onnxruntime_backends() -> dict:
     return out
 
 
-def _tensorrt_backend(bundle_root: str, precision: str) -> dict:
-    from .cuda_runtime import import_tensorrt      # the full TensorRT or the lean runtime
+def tensorrt_import_problem() -> str | None:
+    """Why TensorRT (the full one or the lean runtime) cannot be used here, or None."""
+    from .cuda_runtime import import_tensorrt
     from .errors import FarError
     try:
         import_tensorrt()
     except FarError as e:
-        return {"available": False, "reason": str(e)}
+        return str(e)
+    return None
+
+
+def missing_engines(bundle_root: str, precision: str) -> str | None:
+    """Why the bundle has no ``precision`` engines to run, or None."""
     edir = default_engine_dir(bundle_root, precision)
     if not os.path.isfile(os.path.join(edir, ENGINE_MANIFEST)):
-        return {"available": False, "reason": f"no {precision} engines in {edir} (build them with far-export engines)"}
-    return {"available": True, "reason": None}
+        return f"no {precision} engines in {edir} (build them with far-export engines)"
+    return None
+
+
+def _tensorrt_backend(bundle_root: str, precision: str) -> dict:
+    why = tensorrt_import_problem() or missing_engines(bundle_root, precision)
+    return {"available": why is None, "reason": why}
 
 
 def bundle_info(root: str) -> dict:
@@ -49,7 +60,7 @@ def bundle_info(root: str) -> dict:
     graphs = {}
     for name, g in b.graphs.items():
         size = sum(os.path.getsize(os.path.join(b.root, f)) for f in g["files"])
-        graphs[name] = {"file": g["file"], "sha256": g["files"].get(g["file"], ""), "megabytes": size / 1e6,
+        graphs[name] = {"file": g["file"], "sha256": g["files"][g["file"]], "megabytes": size / 1e6,
                         "precision": g.get("precision", precision)}
     src = man.get("source") or {}
     return {"bundle": os.path.abspath(b.root), "format_version": man["format_version"],

@@ -18,7 +18,7 @@ from .backends import Backend, OrtBackend
 from .bundle import Bundle, load_bundle
 from .ddpm import ddpm_schedule
 from .errors import FarError
-from .images import to_uint8
+from .images import check_finite, to_uint8
 from .options import as_int, check_sampling
 from .plan import ShapePlan, make_call, make_plan
 from .randomness import Randomness, draw_randomness, iteration_indices
@@ -186,7 +186,5 @@ class Pipeline:
     def generate(self, labels, **kw) -> np.ndarray:
         """uint8 images [B, H, W, 3]; refused when the run produced NaN or Inf."""
         images = self.decode(self.generate_tokens(labels, **kw))
-        if not np.isfinite(images).all():
-            raise FarError("The run produced NaN or infinite values (the graphs or the options "
-                           "overflow), so no image was made.")
+        check_finite(images)
         return to_uint8(images)
