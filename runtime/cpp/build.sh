@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Build the C++ runtime: bash runtime/cpp/build.sh
+# Uses ONNXRUNTIME_ROOT (an official ONNX Runtime release folder: include/ + lib/) when set;
+# otherwise fetch_onnxruntime.sh makes one from the npm headers and the installed
+# onnxruntime wheel (PYTHON, default: the repository's .venv, else python3).
+# Environment: BUILD_DIR (default runtime/cpp/build), FAR_BUILD_TESTS (ON/OFF), JOBS.
+# Prints the path of far-generate as its last line.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+build=${BUILD_DIR:-$here/build}
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x "$here/../../.venv/bin/python" ]; then PYTHON="$here/../../.venv/bin/python"; else PYTHON=python3; fi
+fi
+export PYTHON
+mkdir -p "$build"
+if [ -z "${ONNXRUNTIME_ROOT:-}" ]; then
+  ONNXRUNTIME_ROOT=$(bash "$here/fetch_onnxruntime.sh" "$build/onnxruntime")
+fi
+generator=()
+if command -v ninja >/dev/null; then generator=(-G Ninja); fi
+if [ ! -f "$build/CMakeCache.txt" ]; then
+  cmake -S "$here" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
+        -DONNXRUNTIME_ROOT="$ONNXRUNTIME_ROOT" -DFAR_BUILD_TESTS="${FAR_BUILD_TESTS:-ON}" >&2
+else
+  cmake -S "$here" -B "$build" -DONNXRUNTIME_ROOT="$ONNXRUNTIME_ROOT" -DFAR_BUILD_TESTS="${FAR_BUILD_TESTS:-ON}" >&2
+fi
+cmake --build "$build" --parallel "${JOBS:-2}" >&2
+echo "$build/far-generate"

@@ -1,0 +1,21 @@
+// MAR's DDPM schedule (ddpm.py): 1000-step cosine betas, respaced, learned-range variance,
+// computed in double exactly as numpy does, for the diffusion head's update.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace far {
+
+struct DDPMSchedule {
+    std::vector<int64_t> timestep_map;   // [S] original timestep fed to the head
+    std::vector<double> betas, sqrt_recip_ac, sqrt_recipm1_ac, coef1, coef2, log_var_min, log_var_max;
+    int steps() const { return static_cast<int>(timestep_map.size()); }
+};
+
+constexpr int kTrainSteps = 1000;
+
+std::vector<int> respaced_timesteps(int num_steps, int sampling_steps);
+DDPMSchedule ddpm_schedule(int sampling_steps);
+
+}  // namespace far

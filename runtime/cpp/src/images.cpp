@@ -1,0 +1,132 @@
+#include "images.h"
+
+#include <png.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "errors.h"
+
+namespace far {
+
+Image grid(const uint8_t* images, int batch, int height, int width, int channels, int cols, int pad) {
+    if (cols <= 0) cols = static_cast<int>(std::ceil(std::sqrt(static_cast<double>(batch))));
+    const int rows = (batch + cols - 1) / cols;
+    Image g;
+    g.height = rows * (height + pad) + pad;
+    g.width = cols * (width + pad) + pad;
+    g.channels = channels;
+    g.pixels.assign(static_cast<size_t>(g.height) * g.width * channels, 255);
+    for (int i = 0; i < batch; ++i) {
+        const int r = i / cols, c = i % cols;
+        const int y0 = pad + r * (height + pad), x0 = pad + c * (width + pad);
+        for (int y = 0; y < height; ++y)
+            std::memcpy(&g.pixels[(static_cast<size_t>(y0 + y) * g.width + x0) * channels],
+                        images + ((static_cast<size_t>(i) * height + y) * width) * channels,
+                        static_cast<size_t>(width) * channels);
+    }
+    return g;
+}
+
+namespace {
+
+struct PngBuffer {
+    std::string data;
+};
+
+void png_append(png_structp png, png_bytep bytes, png_size_t n) {
+    static_cast<PngBuffer*>(png_get_io_ptr(png))->data.append(reinterpret_cast<const char*>(bytes), n);
+}
+
+void png_flush(png_structp) {}
+
+[[noreturn]] void png_fail(png_structp, png_const_charp msg) { throw Error(Code::Io, std::string("libpng failed: ") + msg + "."); }
+
+void png_warn(png_structp, png_const_charp) {}
+
+std::string encode_png(const Image& image) {
+    PngBuffer buf;
+    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, png_fail, png_warn);
+    if (!png) throw Error(Code::Internal, "libpng could not start a PNG.");
+    png_infop info = png_create_info_struct(png);
+    struct Guard {
+        png_structp* p;
+        png_infop* i;
+        ~Guard() { png_destroy_write_struct(p, i); }
+    } guard{&png, &info};
+    png_set_write_fn(png, &buf, png_append, png_flush);
+    // The same stream as Python's zlib.compress(raw, 9): filter byte 0 on every row,
+    // default strategy, 32 KiB window, memLevel 8, and the whole stream in one IDAT.
+    png_set_filter(png, PNG_FILTER_TYPE_BASE, PNG_FILTER_NONE);
+    png_set_compression_level(png, 9);
+    png_set_compression_strategy(png, 0 /* Z_DEFAULT_STRATEGY */);
+    png_set_compression_window_bits(png, 15);
+    png_set_compression_mem_level(png, 8);
+    const size_t raw = (static_cast<size_t>(image.width) * image.channels + 1) * image.height;
+    png_set_compression_buffer_size(png, raw + raw / 1000 + 1024);   // larger than the stream: one IDAT
+    const int color = image.channels == 3 ? PNG_COLOR_TYPE_RGB : image.channels == 1 ? PNG_COLOR_TYPE_GRAY : PNG_COLOR_TYPE_RGBA;
+    png_set_IHDR(png, info, image.width, image.height, 8, color, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_BASE,
+                 PNG_FILTER_TYPE_BASE);
+    png_write_info(png, info);
+    for (int y = 0; y < image.height; ++y)
+        png_write_row(png, const_cast<png_bytep>(&image.pixels[static_cast<size_t>(y) * image.width * image.channels]));
+    png_write_end(png, nullptr);
+    return buf.data;
+}
+
+}  // namespace
+
+namespace {
+
+// os.makedirs(dir, exist_ok=True)
+void make_dirs(const std::string& dir) {
+    struct stat st{};
+    if (dir.empty() || stat(dir.c_str(), &st) == 0) return;
+    const size_t slash = dir.find_last_of('/');
+    if (slash != std::string::npos && slash > 0) make_dirs(dir.substr(0, slash));
+    if (::mkdir(dir.c_str(), 0777) != 0 && errno != EEXIST)
+        throw Error(Code::Io, "Cannot create folder " + dir + " (" + std::strerror(errno) + ").");
+}
+
+}  // namespace
+
+void atomic_write(const std::string& path, const std::string& data) {
+    const size_t slash = path.find_last_of('/');
+    const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+    make_dirs(dir);
+    const std::string base = slash == std::string::npos ? path : path.substr(slash + 1);
+    std::string tmpl = dir + "/.tmp-XXXXXX" + base;
+    std::vector<char> name(tmpl.begin(), tmpl.end());
+    name.push_back('\0');
+    const int fd = mkstemps(name.data(), static_cast<int>(base.size()));
+    if (fd < 0) throw Error(Code::Io, "Cannot write " + path + " (" + std::strerror(errno) + ").");
+    const std::string tmp(name.data());
+    size_t done = 0;
+    while (done < data.size()) {
+        const ssize_t n = ::write(fd, data.data() + done, data.size() - done);
+        if (n <= 0) {
+            const int err = errno;
+            ::close(fd);
+            ::unlink(tmp.c_str());
+            throw Error(Code::Io, "Cannot write " + path + " (" + std::strerror(err) + ").");
+        }
+        done += static_cast<size_t>(n);
+    }
+    const mode_t mask = ::umask(0);
+    ::umask(mask);
+    ::fchmod(fd, 0666 & ~mask);                       // mkstemp makes 0600; give the usual file mode
+    if (::close(fd) != 0 || ::rename(tmp.c_str(), path.c_str()) != 0) {
+        const int err = errno;
+        ::unlink(tmp.c_str());
+        throw Error(Code::Io, "Cannot write " + path + " (" + std::strerror(err) + ").");
+    }
+}
+
+void write_png(const std::string& path, const Image& image) { atomic_write(path, encode_png(image)); }
+
+}  // namespace far

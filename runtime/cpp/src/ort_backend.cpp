@@ -1,0 +1,206 @@
+#include "ort_backend.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "errors.h"
+
+namespace far {
+namespace {
+
+// Which shared buffer feeds (or receives) each tensor of each graph. Iterations that share
+// a shape share buffers; the backbone's z is the head's z without a copy.
+std::string role(const std::string& graph, const std::string& tensor) {
+    if (graph == "backbone") {
+        if (tensor == "tokens") return "state";
+        if (tensor == "labels") return "labels";
+        if (tensor == "known_idx") return "known";
+        if (tensor == "pred_idx") return "pred";
+        if (tensor == "z") return "z";
+    } else if (graph.rfind("head_fused_o", 0) == 0) {
+        if (tensor == "noise") return "noise";
+        if (tensor == "z") return "z";
+        if (tensor == "cfg") return "cfg";
+        if (tensor == "tokens") return "head_out";
+    } else if (graph == "head_step") {
+        if (tensor == "x") return "x";
+        if (tensor == "t") return "t";
+        if (tensor == "d") return "d";
+        if (tensor == "z") return "z";
+        if (tensor == "v") return "v";
+        if (tensor == "out") return "eps_var";
+    } else if (graph == "vae_decoder") {
+        if (tensor == "tokens") return "vae_in";
+        if (tensor == "image") return "image";
+    }
+    throw Error(Code::Bundle, "Graph '" + graph + "' of the bundle has a tensor '" + tensor +
+                                  "' that this runtime does not know; rebuild the bundle with this toolkit.");
+}
+
+std::string ort_provider_name(const std::string& p) {
+    if (p == "cpu") return "CPUExecutionProvider";
+    if (p == "cuda") return "CUDAExecutionProvider";
+    if (p == "tensorrt") return "TensorrtExecutionProvider";
+    throw Error(Code::Input, "Execution provider must be 'cpu', 'cuda' or 'tensorrt', got " + py_repr(p) + ".");
+}
+
+std::string join(const std::vector<std::string>& v) {
+    std::string s;
+    for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + v[i];
+    return s;
+}
+
+// Turn a failed OrtStatus into the runtime's refusal of a provider that cannot start.
+void check_append(OrtStatus* status, const std::string& provider, const std::string& graph) {
+    if (!status) return;
+    std::string msg = Ort::GetApi().GetErrorMessage(status);
+    Ort::GetApi().ReleaseStatus(status);
+    msg = msg.substr(0, msg.find('\n')).substr(0, 200);
+    throw Error(Code::Provider, provider + " was requested but ONNX Runtime could not start it for '" + graph + "' (" + msg +
+                                    "); refusing to run silently on the CPU.");
+}
+
+}  // namespace
+
+Ort::Env& ort_env() {
+    static Ort::Env env(ORT_LOGGING_LEVEL_WARNING, "far_runtime");
+    return env;
+}
+
+OrtBackend::OrtBackend(const Bundle& bundle, const LoadOptions& options)
+    : bundle_(bundle), options_(options), provider_(ort_provider_name(options.provider)) {
+    ort_env();
+    const std::vector<std::string> available = Ort::GetAvailableProviders();
+    std::vector<std::string> wanted = {provider_};
+    if (options.provider == "tensorrt") wanted.push_back("CUDAExecutionProvider");
+    for (const auto& p : wanted)
+        if (std::find(available.begin(), available.end(), p) == available.end())
+            throw Error(Code::Provider, "Execution provider " + p + " is not available in this onnxruntime (available: " +
+                                            join(available) + ").");
+    if (options.threads < 0) throw Error(Code::Input, "--threads must be at least 1, got " + std::to_string(options.threads) + ".");
+}
+
+Ort::SessionOptions OrtBackend::session_options(const std::string& graph) const {
+    Ort::SessionOptions so;
+    so.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
+    if (options_.threads > 0) {
+        so.SetIntraOpNumThreads(options_.threads);
+        so.SetInterOpNumThreads(1);
+    }
+    const OrtApi& api = Ort::GetApi();
+    const std::string device = std::to_string(options_.device_id);
+    if (options_.provider == "tensorrt") {
+        OrtTensorRTProviderOptionsV2* trt = nullptr;
+        check_append(api.CreateTensorRTProviderOptions(&trt), provider_, graph);
+        std::unique_ptr<OrtTensorRTProviderOptionsV2, void (*)(OrtTensorRTProviderOptionsV2*)> hold(
+            trt, api.ReleaseTensorRTProviderOptions);
+        std::vector<const char*> keys = {"device_id"}, values = {device.c_str()};
+        if (!options_.trt_cache_dir.empty()) {
+            keys.push_back("trt_engine_cache_enable");
+            values.push_back("1");
+            keys.push_back("trt_engine_cache_path");
+            values.push_back(options_.trt_cache_dir.c_str());
+        }
+        check_append(api.UpdateTensorRTProviderOptions(trt, keys.data(), values.data(), keys.size()), provider_, graph);
+        check_append(api.SessionOptionsAppendExecutionProvider_TensorRT_V2(so, trt), provider_, graph);
+    }
+    if (options_.provider == "cuda" || options_.provider == "tensorrt") {
+        // With TensorRT, CUDA takes the nodes TensorRT cannot, as in the Python runtime's list.
+        OrtCUDAProviderOptionsV2* cuda = nullptr;
+        check_append(api.CreateCUDAProviderOptions(&cuda), "CUDAExecutionProvider", graph);
+        std::unique_ptr<OrtCUDAProviderOptionsV2, void (*)(OrtCUDAProviderOptionsV2*)> hold(cuda, api.ReleaseCUDAProviderOptions);
+        const char* keys[] = {"device_id"};
+        const char* values[] = {device.c_str()};
+        check_append(api.UpdateCUDAProviderOptions(cuda, keys, values, 1), "CUDAExecutionProvider", graph);
+        check_append(api.SessionOptionsAppendExecutionProvider_CUDA_V2(so, cuda), "CUDAExecutionProvider", graph);
+    }
+    return so;
+}
+
+Ort::Session& OrtBackend::session(const std::string& graph) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = sessions_.find(graph);
+    if (it != sessions_.end()) return *it->second;
+    const GraphInfo& g = bundle_.graph(graph);
+    Ort::SessionOptions so = session_options(graph);
+    std::unique_ptr<Ort::Session> s;
+    try {
+        s = std::make_unique<Ort::Session>(ort_env(), g.path.c_str(), so);
+    } catch (const Ort::Exception& e) {
+        std::string msg = e.what();
+        msg = msg.substr(0, msg.find('\n')).substr(0, 200);
+        throw Error(Code::Bundle, "ONNX Runtime cannot load graph '" + graph + "' of the bundle (" + msg + ").");
+    }
+    return *(sessions_[graph] = std::move(s));
+}
+
+float* Workspace::floats(const std::string& key, size_t count) {
+    Array& a = arrays_[key + "#" + std::to_string(count)];
+    if (a.f.empty()) a.f.assign(std::max<size_t>(count, 1), 0.0f);   // never a null pointer, even for 0 elements
+    return a.f.data();
+}
+
+int64_t* Workspace::ints(const std::string& key, size_t count) {
+    Array& a = arrays_[key + "#" + std::to_string(count)];
+    if (a.i.empty()) a.i.assign(std::max<size_t>(count, 1), 0);
+    return a.i.data();
+}
+
+Entry& Workspace::entry(const Call& call) {
+    const std::string key = call.key();
+    auto found = entries_.find(key);
+    if (found != entries_.end()) return *found->second;
+    const GraphInfo& g = bundle_.graph(call.graph);
+    auto e = std::make_unique<Entry>();
+    e->session = &backend_.session(call.graph);
+    e->binding = std::make_unique<Ort::IoBinding>(*e->session);
+    const Ort::MemoryInfo cpu = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
+    auto bind = [&](const TensorDesc& t, bool input) {
+        std::vector<int64_t> shape;
+        size_t count = 1;
+        for (const Dim& d : t.dims) {
+            const int v = d.value >= 0 ? d.value : call.dim(d.symbol);
+            shape.push_back(v);
+            count *= static_cast<size_t>(v);
+        }
+        const std::string r = role(call.graph, t.name);
+        Ort::Value value{nullptr};
+        if (t.dtype == "float32") {
+            float* p = floats(r, count);
+            e->f[t.name] = p;
+            value = Ort::Value::CreateTensor<float>(cpu, p, count, shape.data(), shape.size());
+        } else if (t.dtype == "int64") {
+            int64_t* p = ints(r, count);
+            e->i[t.name] = p;
+            value = Ort::Value::CreateTensor<int64_t>(cpu, p, count, shape.data(), shape.size());
+        } else {
+            throw Error(Code::Bundle, "Graph '" + call.graph + "' of the bundle has tensor '" + t.name + "' of dtype " +
+                                          t.dtype + ", which this runtime does not feed; rebuild the bundle.");
+        }
+        if (input) e->binding->BindInput(t.name.c_str(), value);
+        else e->binding->BindOutput(t.name.c_str(), value);
+        e->values.push_back(std::move(value));
+    };
+    for (const auto& t : g.inputs) bind(t, true);
+    for (const auto& t : g.outputs) bind(t, false);
+    return *(entries_[key] = std::move(e));
+}
+
+void Workspace::prepare(const ShapePlan& plan) {
+    for (const Call& c : plan.distinct()) entry(c);
+}
+
+double Workspace::run(const Call& call) {
+    Entry& e = entry(call);
+    const auto t0 = std::chrono::steady_clock::now();
+    try {
+        e.session->Run(e.run_options, *e.binding);
+        e.binding->SynchronizeOutputs();
+    } catch (const Ort::Exception& ex) {
+        std::string msg = ex.what();
+        throw Error(Code::Runtime, "ONNX Runtime failed running '" + call.graph + "' (" + msg.substr(0, msg.find('\n')) + ").");
+    }
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace far

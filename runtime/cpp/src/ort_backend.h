@@ -1,0 +1,82 @@
+// ONNX Runtime behind the loop (backends.py's OrtBackend): one session per graph shared by
+// all threads, and per-workspace IoBindings over preallocated buffers, one per distinct
+// call shape of the plan. A workspace is used by one thread at a time; the runtime keeps a
+// pool of them so concurrent generates never share a buffer.
+#pragma once
+
+#include <onnxruntime_cxx_api.h>
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "bundle.h"
+#include "plan.h"
+
+namespace far {
+
+struct LoadOptions {
+    std::string provider = "cpu";     // cpu, cuda, tensorrt
+    int device_id = 0;
+    int threads = 0;                  // intra-op threads; 0 = ONNX Runtime's default
+    bool check_hashes = true;
+    std::string trt_cache_dir;        // TensorRT engine cache folder (empty: no cache)
+};
+
+// A stable array of one element type, shared by the entries of a workspace by name and size.
+struct Array {
+    std::vector<float> f;
+    std::vector<int64_t> i;
+};
+
+class Workspace;
+
+// One distinct call shape: its session, its binding and the arrays bound to it.
+struct Entry {
+    Ort::Session* session = nullptr;
+    std::unique_ptr<Ort::IoBinding> binding;
+    Ort::RunOptions run_options;
+    std::vector<Ort::Value> values;                 // keep the bound tensors alive
+    std::map<std::string, float*> f;                // tensor name -> bound float buffer
+    std::map<std::string, int64_t*> i;              // tensor name -> bound int64 buffer
+    float* fptr(const std::string& name) const { return f.at(name); }
+    int64_t* iptr(const std::string& name) const { return i.at(name); }
+};
+
+class OrtBackend {
+public:
+    OrtBackend(const Bundle& bundle, const LoadOptions& options);
+    Ort::Session& session(const std::string& graph);     // created on first use, thread-safe
+    const std::string& provider_name() const { return provider_; }
+
+private:
+    Ort::SessionOptions session_options(const std::string& graph) const;
+    const Bundle& bundle_;
+    LoadOptions options_;
+    std::string provider_;                               // ONNX Runtime's name of the provider
+    std::mutex mutex_;
+    std::map<std::string, std::unique_ptr<Ort::Session>> sessions_;
+};
+
+class Workspace {
+public:
+    explicit Workspace(OrtBackend& backend, const Bundle& bundle) : backend_(backend), bundle_(bundle) {}
+    Entry& entry(const Call& call);                      // created (and bound) on first use
+    void prepare(const ShapePlan& plan);
+    // Run one call; returns the seconds spent inside ONNX Runtime.
+    double run(const Call& call);
+    float* floats(const std::string& key, size_t count);  // a stable shared buffer
+    int64_t* ints(const std::string& key, size_t count);
+
+private:
+    OrtBackend& backend_;
+    const Bundle& bundle_;
+    std::map<std::string, Array> arrays_;
+    std::map<std::string, std::unique_ptr<Entry>> entries_;
+};
+
+Ort::Env& ort_env();
+
+}  // namespace far

@@ -1,0 +1,79 @@
+// The sampling loop (pipeline.py): SPEC's K iterations and O head steps over the bundle's
+// graphs, reading the same manifest and drawing the same randomness as the Python runtime.
+//
+// Thread safety: one Runtime may be used from several threads at once. Sessions are
+// shared; every buffer and IoBinding lives in a workspace taken from a pool for the
+// duration of one call, and each generate keeps its own state there.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "bundle.h"
+#include "ddpm.h"
+#include "ort_backend.h"
+#include "plan.h"
+#include "random.h"
+
+namespace far {
+
+struct SampleOptions {
+    int K = 16;
+    int O = 8;
+    double cfg = 1.0;
+    std::string cfg_schedule = "linear";
+    double temperature = 1.0;
+    uint64_t seed = 0;
+    std::string head = "auto";        // auto, fused, step
+};
+
+struct RunStats {
+    double total_s = 0.0;             // the whole call
+    double ort_s = 0.0;               // inside ONNX Runtime's Run
+    int calls = 0;                    // graph calls
+};
+
+class Runtime {
+public:
+    Runtime(const std::string& root, const LoadOptions& options);
+    ~Runtime();
+    const Bundle& bundle() const { return bundle_; }
+    const ModelInfo& model() const { return bundle_.model; }
+
+    std::vector<int64_t> check_labels(const int64_t* labels, int batch) const;
+    std::string head_mode(int O, const std::string& head) const;
+    ShapePlan plan(int batch, const SampleOptions& o, bool use_cfg) const;
+    void check(const int64_t* labels, int batch, const SampleOptions& o) const;   // every option error, no work
+    int diffusion_steps() const;                   // S of the randomness (0 for shortcut heads)
+
+    // Token latents [B, L, C] after K iterations. rnd: the run's randomness (drawn from
+    // o.seed when null). progress: called after each iteration with its index.
+    void generate_tokens(const int64_t* labels, int batch, const SampleOptions& o, const Randomness* rnd,
+                         float* out_tokens, RunStats* stats = nullptr,
+                         const std::function<void(int)>& progress = nullptr);
+    // Images [B, C, H, W] in [-1, 1] from token latents [B, L, C].
+    void decode(const float* tokens, int batch, float* out_images, RunStats* stats = nullptr);
+    // uint8 images [B, H, W, 3].
+    void generate(const int64_t* labels, int batch, const SampleOptions& o, const Randomness* rnd, uint8_t* out_images,
+                  RunStats* stats = nullptr, const std::function<void(int)>& progress = nullptr);
+
+private:
+    struct Lease;
+    std::unique_ptr<Workspace> acquire();
+    void release(std::unique_ptr<Workspace> ws);
+
+    Bundle bundle_;
+    OrtBackend backend_;
+    std::unique_ptr<DDPMSchedule> ddpm_;
+    std::mutex pool_mutex_;
+    std::vector<std::unique_ptr<Workspace>> pool_;
+};
+
+// [B, 3, H, W] in [-1, 1] to [B, H, W, 3] uint8 (images.py's to_uint8).
+void to_uint8(const float* images, int batch, int channels, int size, uint8_t* out);
+
+}  // namespace far

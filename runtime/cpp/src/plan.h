@@ -1,0 +1,53 @@
+// The per-iteration shape schedule and the shape plan (schedule.py + plan.py): every graph
+// call of a generate and its dims, known before the loop starts.
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace far {
+
+constexpr int kMaxK = 256;
+constexpr int kMaxHeadSteps = 128;
+
+struct Iteration {
+    int index, before, after, mask_len, seq_len;
+    int n_known() const { return seq_len - before; }
+    int n_pred() const { return before - after; }
+};
+
+struct Call {
+    std::string graph;
+    std::vector<std::pair<std::string, int>> dims;   // sorted by name: the shape key
+    std::string key() const;
+    int dim(const std::string& name) const;
+};
+
+struct IterationPlan {
+    Iteration it;
+    std::vector<Call> calls;    // backbone, then the head call(s); empty when n_pred == 0
+};
+
+struct ShapePlan {
+    int batch = 0, rows = 0, num_iter = 0, head_steps = 0;
+    std::string head_mode;      // "fused" or "step"
+    std::vector<IterationPlan> iterations;
+    std::vector<Call> distinct() const;
+};
+
+void check_k(long long k);
+bool valid_head_steps(long long o);
+void check_head_steps(long long o, const std::string& what = "O (head steps)");
+std::vector<Iteration> mask_schedule(int num_iter, int seq_len);
+double cfg_at(const Iteration& it, double cfg, const std::string& schedule);
+void check_cfg_schedule(const std::string& schedule);
+
+std::string fused_name(int steps);
+Call make_call(const std::string& graph, std::vector<std::pair<std::string, int>> dims);
+
+// max_batch <= 0 means no limit.
+ShapePlan make_plan(int seq_len, bool diffusion, int batch, int num_iter, int head_steps, bool use_cfg,
+                    std::string head_mode, int max_batch);
+
+}  // namespace far

@@ -1,0 +1,102 @@
+// Bundle checks on real files in a temporary folder: JSON, structure, containment, sha256.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <string>
+
+#include "bundle.h"
+#include "errors.h"
+#include "json.h"
+
+using namespace far;
+
+namespace {
+
+std::string temp_dir() {
+    char tmpl[] = "/tmp/far-bundle-test-XXXXXX";
+    return mkdtemp(tmpl);
+}
+
+void write(const std::string& path, const std::string& text) { std::ofstream(path, std::ios::binary) << text; }
+
+std::string manifest(const std::string& file, const std::string& files_json) {
+    return R"({"format": "far-export-bundle", "format_version": 1,
+      "model": {"seq_len": 16, "token_dim": 4, "cond_dim": 32, "num_classes": 10, "head_kind": "shortcut",
+                "diffusion_steps": 0, "image_size": 8, "image_channels": 3},
+      "max_batch": 8, "head_steps": [1],
+      "graphs": {"g": {"file": ")" + file + R"(", "files": )" + files_json + R"(,
+                       "spec": {"inputs": [{"name": "x", "dtype": "float32", "dims": ["rows", 4]}],
+                                "outputs": [{"name": "v", "dtype": "float32", "dims": ["rows", 4]}]}}}})";
+}
+
+std::string error_of(const std::string& root) {
+    try {
+        load_bundle(root);
+    } catch (const Error& e) {
+        return e.what();
+    }
+    return "";
+}
+
+}  // namespace
+
+TEST(Json, ParsesAndRefuses) {
+    Json j = Json::parse(R"({"a": [1, 2.5, "x\u00e9", true, null], "b": {"c": -3e2}})");
+    ASSERT_TRUE(j.is_object());
+    EXPECT_EQ(j.find("a")->items().size(), 5u);
+    EXPECT_EQ(j.find("a")->items()[2].str(), "x\xc3\xa9");
+    EXPECT_DOUBLE_EQ(j.find("b")->find("c")->number(), -300.0);
+    for (const char* bad : {"{", "[1,]", "{\"a\" 1}", "01", "\"\\x\"", "nan", "[1] 2"}) EXPECT_THROW(Json::parse(bad), JsonError) << bad;
+    EXPECT_THROW(Json::parse(std::string(100, '[') + std::string(100, ']')), JsonError);
+}
+
+TEST(Bundle, LoadsAGoodBundleAndRefusesTampering) {
+    const std::string d = temp_dir();
+    write(d + "/g.onnx", "graph bytes");
+    const std::string digest = sha256_file(d + "/g.onnx");
+    EXPECT_EQ(digest.size(), 64u);
+    write(d + "/manifest.json", manifest("g.onnx", R"({"g.onnx": ")" + digest + "\"}"));
+    const Bundle b = load_bundle(d);
+    EXPECT_EQ(b.model.seq_len, 16);
+    EXPECT_EQ(b.graph("g").inputs[0].dims[0].symbol, "rows");
+    EXPECT_EQ(b.graph("g").inputs[0].dims[1].value, 4);
+    write(d + "/g.onnx", "graph bytez");
+    EXPECT_EQ(error_of(d), "Graph file " + d + "/g.onnx does not match the sha256 in the manifest (modified or corrupt); rebuild the bundle.");
+    unlink((d + "/g.onnx").c_str());
+    EXPECT_EQ(error_of(d), "Graph file " + d + "/g.onnx named in the manifest is missing.");
+}
+
+TEST(Bundle, RefusesPathsOutsideTheFolder) {
+    const std::string d = temp_dir();
+    const std::string outside = temp_dir() + "/secret.onnx";
+    write(outside, "secret");
+    const std::string digest = sha256_file(outside);
+    write(d + "/manifest.json", manifest("../x.onnx", R"({"../x.onnx": ")" + digest + "\"}"));
+    EXPECT_NE(error_of(d).find("lies outside the bundle folder"), std::string::npos);
+    write(d + "/manifest.json", manifest(outside, "{\"" + outside + "\": \"" + digest + "\"}"));
+    EXPECT_NE(error_of(d).find("lies outside the bundle folder"), std::string::npos);
+    ASSERT_EQ(symlink(outside.c_str(), (d + "/link.onnx").c_str()), 0);
+    write(d + "/manifest.json", manifest("link.onnx", R"({"link.onnx": ")" + digest + "\"}"));
+    EXPECT_NE(error_of(d).find("lies outside the bundle folder"), std::string::npos);
+}
+
+TEST(Bundle, RefusesAFileNotAmongTheHashedFiles) {
+    const std::string d = temp_dir();
+    write(d + "/g.onnx", "graph");
+    write(d + "/manifest.json", manifest("g.onnx", R"({"other.onnx": ")" + std::string(64, 'a') + "\"}"));
+    EXPECT_NE(error_of(d).find("is not among the graph's hashed files"), std::string::npos);
+}
+
+TEST(Bundle, OneSentenceForMissingAndMalformed) {
+    EXPECT_EQ(error_of("/nonexistent/bundle"), "Bundle folder /nonexistent/bundle does not exist; create one with 'far-export build'.");
+    const std::string d = temp_dir();
+    EXPECT_EQ(error_of(d), d + " has no manifest.json, so it is not a far-export bundle (or its export did not finish).");
+    write(d + "/manifest.json", "{not json");
+    EXPECT_EQ(error_of(d).rfind(d + "/manifest.json is not valid JSON (", 0), 0u);
+    write(d + "/manifest.json", R"({"format": "far-export-bundle", "format_version": 2})");
+    EXPECT_EQ(error_of(d), d + "/manifest.json has bundle format version 2, but this runtime reads version 1; rebuild the bundle with this toolkit.");
+    write(d + "/manifest.json", R"({"format": "far-export-bundle", "format_version": 1, "model": {"seq_len": "16"}})");
+    EXPECT_NE(error_of(d).find("is not a usable bundle manifest: model.seq_len is '16'"), std::string::npos);
+}

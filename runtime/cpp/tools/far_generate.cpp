@@ -1,0 +1,198 @@
+// far-generate: the C++ twin of `far-runtime generate` (same options, same defaults, same
+// PNG). Every error a user can cause is one sentence on stderr and exit status 2.
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "errors.h"
+#include "images.h"
+#include "npz.h"
+#include "pipeline.h"
+
+namespace {
+
+const char* kUsage =
+    "Usage: far-generate [OPTIONS] BUNDLE\n"
+    "\n"
+    "  Generate images with the C++ runtime and write a PNG grid.\n"
+    "\n"
+    "Options:\n"
+    "  --class TEXT                    Class label(s), comma-separated; repeated to fill --num.  [default: 0]\n"
+    "  --num INTEGER                   Images to generate.  [default: 8]\n"
+    "  --K INTEGER                     Autoregressive iterations (1..256).  [default: 16]\n"
+    "  --O INTEGER                     Shortcut head steps.  [default: 8]\n"
+    "  --cfg FLOAT                     Classifier-free guidance scale.  [default: 3.0]\n"
+    "  --cfg-schedule [linear|constant]\n"
+    "  --temperature FLOAT             [default: 1.0]\n"
+    "  --seed INTEGER                  [default: 0]\n"
+    "  --head [auto|fused|step]        Fused O-step head graph or one call per step.  [default: auto]\n"
+    "  --threads INTEGER               ONNX Runtime intra-op threads.\n"
+    "  --save-randomness TEXT          Write the run's orders and noise to this .npz.\n"
+    "  --out TEXT                      PNG grid to write.  [default: out/grid.png]\n"
+    "  --provider [cpu|cuda|tensorrt]  Execution provider (no silent CPU fallback).  [default: cpu]\n"
+    "  --device-id INTEGER             GPU ordinal for cuda and tensorrt.  [default: 0]\n"
+    "  --stats                         Print the time inside and outside ONNX Runtime.\n"
+    "  --help                          Show this message and exit.\n";
+
+struct UsageError {
+    std::string message;
+};
+
+long long parse_int(const std::string& opt, const std::string& v) {
+    errno = 0;
+    char* end = nullptr;
+    const long long x = std::strtoll(v.c_str(), &end, 10);
+    if (v.empty() || *end || errno) throw UsageError{"Invalid value for '" + opt + "': '" + v + "' is not a valid integer."};
+    return x;
+}
+
+double parse_float(const std::string& opt, const std::string& v) {
+    char* end = nullptr;
+    const double x = std::strtod(v.c_str(), &end);
+    if (v.empty() || *end) throw UsageError{"Invalid value for '" + opt + "': '" + v + "' is not a valid float."};
+    return x;
+}
+
+std::string choice(const std::string& opt, const std::string& v, const std::vector<std::string>& allowed) {
+    for (const auto& a : allowed) if (a == v) return v;
+    std::string list;
+    for (size_t i = 0; i < allowed.size(); ++i) list += (i ? ", " : "") + ("'" + allowed[i] + "'");
+    throw UsageError{"Invalid value for '" + opt + "': '" + v + "' is not one of " + list + "."};
+}
+
+std::string trim(const std::string& s) {
+    const size_t a = s.find_first_not_of(" \t\n\r\f\v"), b = s.find_last_not_of(" \t\n\r\f\v");
+    return a == std::string::npos ? "" : s.substr(a, b - a + 1);
+}
+
+// cli.py's parse_labels.
+std::vector<int64_t> parse_labels(const std::string& classes, long long num) {
+    if (num < 1) throw far::Error(far::Code::Input, "--num must be at least 1, got " + std::to_string(num) + ".");
+    std::vector<int64_t> base;
+    size_t start = 0;
+    for (;;) {
+        const size_t comma = classes.find(',', start);
+        const std::string part = trim(classes.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+        if (!part.empty()) {
+            errno = 0;
+            char* end = nullptr;
+            const long long v = std::strtoll(part.c_str(), &end, 10);
+            if (*end || errno)
+                throw far::Error(far::Code::Input, "--class takes integers separated by commas, got " + far::py_repr(classes) + ".");
+            base.push_back(v);
+        }
+        if (comma == std::string::npos) break;
+        start = comma + 1;
+    }
+    if (base.empty()) throw far::Error(far::Code::Input, "--class needs at least one class label.");
+    std::vector<int64_t> labels(static_cast<size_t>(num));
+    for (long long i = 0; i < num; ++i) labels[i] = base[i % base.size()];
+    return labels;
+}
+
+int run(int argc, char** argv) {
+    std::string bundle, classes = "0", cfg_schedule = "linear", head = "auto", save_randomness, out = "out/grid.png";
+    std::string provider = "cpu";
+    long long num = 8, K = 16, O = 8, threads = 0, device_id = 0;
+    long long seed = 0;
+    double cfg = 3.0, temperature = 1.0;
+    bool stats = false;
+    for (int i = 1; i < argc; ++i) {
+        std::string a = argv[i], value;
+        if (a == "--help" || a == "-h") {
+            std::fputs(kUsage, stdout);
+            return 0;
+        }
+        if (a == "--stats") { stats = true; continue; }
+        if (a.rfind("--", 0) != 0) {
+            if (!bundle.empty()) throw UsageError{"Got unexpected extra argument (" + a + ")"};
+            bundle = a;
+            continue;
+        }
+        const size_t eq = a.find('=');
+        if (eq != std::string::npos) {
+            value = a.substr(eq + 1);
+            a = a.substr(0, eq);
+        } else {
+            if (i + 1 >= argc) throw UsageError{"Option '" + a + "' requires an argument."};
+            value = argv[++i];
+        }
+        if (a == "--class") classes = value;
+        else if (a == "--num") num = parse_int(a, value);
+        else if (a == "--K") K = parse_int(a, value);
+        else if (a == "--O") O = parse_int(a, value);
+        else if (a == "--cfg") cfg = parse_float(a, value);
+        else if (a == "--cfg-schedule") cfg_schedule = choice(a, value, {"linear", "constant"});
+        else if (a == "--temperature") temperature = parse_float(a, value);
+        else if (a == "--seed") seed = parse_int(a, value);
+        else if (a == "--head") head = choice(a, value, {"auto", "fused", "step"});
+        else if (a == "--threads") threads = parse_int(a, value);
+        else if (a == "--save-randomness") save_randomness = value;
+        else if (a == "--out") out = value;
+        else if (a == "--provider") provider = choice(a, value, {"cpu", "cuda", "tensorrt"});
+        else if (a == "--device-id") device_id = parse_int(a, value);
+        else throw UsageError{"No such option: " + a};
+    }
+    if (bundle.empty()) throw UsageError{"Missing argument 'BUNDLE'."};
+    far::LoadOptions lo;
+    lo.provider = provider;
+    lo.device_id = static_cast<int>(device_id);
+    lo.threads = static_cast<int>(threads);
+    far::Runtime rt(bundle, lo);
+    const std::vector<int64_t> labels = parse_labels(classes, num);
+    const int max_batch = rt.bundle().max_batch;
+    if (num > max_batch)
+        throw far::Error(far::Code::Input, "--num " + std::to_string(num) + " is larger than the bundle's max batch " +
+                                               std::to_string(max_batch) + "; re-export with --max-batch " + std::to_string(num) +
+                                               " or generate fewer.");
+    if (seed < 0) throw far::Error(far::Code::Input, "The seed must be a non-negative integer, got " + std::to_string(seed) + ".");
+    if (K < 1 || K > far::kMaxK) far::check_k(K);
+    far::SampleOptions o;
+    o.K = static_cast<int>(K);
+    o.O = static_cast<int>(std::max(std::min(O, 1LL << 30), -(1LL << 30)));
+    if (O != o.O) far::check_head_steps(O);
+    o.cfg = cfg;
+    o.cfg_schedule = cfg_schedule;
+    o.temperature = temperature;
+    o.seed = static_cast<uint64_t>(seed);
+    o.head = head;
+    const far::ModelInfo& m = rt.model();
+    const int B = static_cast<int>(num);
+    const far::Randomness rnd = far::draw_randomness(o.seed, B, m.seq_len, m.token_dim, rt.diffusion_steps());
+    if (!save_randomness.empty()) far::save_randomness(save_randomness, rnd);
+    rt.check(labels.data(), B, o);                      // all option errors before any work
+    std::vector<uint8_t> images(static_cast<size_t>(B) * m.image_size * m.image_size * 3);
+    far::RunStats st;
+    rt.generate(labels.data(), B, o, &rnd, images.data(), &st);
+    far::write_png(out, far::grid(images.data(), B, m.image_size, m.image_size, 3));
+    std::set<int64_t> distinct(labels.begin(), labels.end());
+    std::string cls = "[";
+    for (auto it = distinct.begin(); it != distinct.end(); ++it) cls += (it == distinct.begin() ? "" : ", ") + std::to_string(*it);
+    std::printf("wrote %s (%lld images, classes %s])\n", out.c_str(), num, cls.c_str());
+    if (stats)
+        std::fprintf(stderr, "generate %.6f s, inside ONNX Runtime %.6f s (%d graph calls), outside %.6f s (%.3f%%)\n",
+                     st.total_s, st.ort_s, st.calls, st.total_s - st.ort_s, 100.0 * (st.total_s - st.ort_s) / st.total_s);
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    try {
+        return run(argc, argv);
+    } catch (const UsageError& e) {
+        std::fprintf(stderr, "%sError: %s\n", kUsage, e.message.c_str());
+        return 2;
+    } catch (const far::Error& e) {
+        std::fprintf(stderr, "error: %s\n", e.what());
+        return 2;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "error: internal error: %s\n", e.what());
+        return 1;
+    }
+}
