@@ -14,6 +14,8 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 export PYTHON
 mkdir -p "$build"
+exec 9>"$build/.build.lock"          # one build at a time in this folder
+flock 9
 if [ -z "${ONNXRUNTIME_ROOT:-}" ]; then
   ONNXRUNTIME_ROOT=$(bash "$here/fetch_onnxruntime.sh" "$build/onnxruntime")
 fi

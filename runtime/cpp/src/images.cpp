@@ -1,6 +1,7 @@
 #include "images.h"
 
 #include <png.h>
+#include <zlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -49,6 +50,27 @@ void png_flush(png_structp) {}
 
 void png_warn(png_structp, png_const_charp) {}
 
+uint32_t be32(const std::string& s, size_t at) {
+    return (static_cast<uint32_t>(static_cast<uint8_t>(s[at])) << 24) | (static_cast<uint32_t>(static_cast<uint8_t>(s[at + 1])) << 16) |
+           (static_cast<uint32_t>(static_cast<uint8_t>(s[at + 2])) << 8) | static_cast<uint32_t>(static_cast<uint8_t>(s[at + 3]));
+}
+
+// libpng lowers the window size in the zlib header of small images (its CMF optimisation;
+// the deflate data itself is unchanged). Python's zlib.compress always writes 32 KiB
+// (0x78 0xDA at level 9): write that header too, and the IDAT CRC that goes with it, so
+// both runtimes write the same bytes.
+void normalize_zlib_window(std::string& png) {
+    const size_t at = 8 + 12 + 13;                       // signature, then the IHDR chunk
+    if (png.size() < at + 10 || png.compare(at + 4, 4, "IDAT") != 0) return;
+    const uint32_t len = be32(png, at);
+    if (len < 2 || png.size() < at + 12 + len) return;
+    if (png[at + 8] == '\x78' && png[at + 9] == '\xda') return;
+    png[at + 8] = '\x78';
+    png[at + 9] = '\xda';
+    const uint32_t crc = static_cast<uint32_t>(crc32(0L, reinterpret_cast<const Bytef*>(png.data() + at + 4), len + 4));
+    for (int i = 0; i < 4; ++i) png[at + 8 + len + i] = static_cast<char>((crc >> (24 - 8 * i)) & 0xff);
+}
+
 std::string encode_png(const Image& image) {
     PngBuffer buf;
     png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, png_fail, png_warn);
@@ -76,6 +98,7 @@ std::string encode_png(const Image& image) {
     for (int y = 0; y < image.height; ++y)
         png_write_row(png, const_cast<png_bytep>(&image.pixels[static_cast<size_t>(y) * image.width * image.channels]));
     png_write_end(png, nullptr);
+    normalize_zlib_window(buf.data);
     return buf.data;
 }
 
