@@ -2,7 +2,6 @@
 on the bundles the suite builds: randomness bit for bit, final latents, PNG bytes, the same
 one-sentence errors, the C API through ctypes, one runtime shared by threads, and the C++ unit
 tests through ctest."""
-import ctypes
 import json
 import os
 import shutil
@@ -23,82 +22,11 @@ from far_runtime.randomness import draw_randomness
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPP = os.path.join(ROOT, "runtime", "cpp")
+sys.path.insert(0, CPP)
+from far_cpp import CError, CRuntime, draw_randomness as c_draw_randomness, load_library  # noqa: E402
 
 
 # --- the build and a ctypes view of far_runtime.h ------------------------------------------
-
-class LoadOptions(ctypes.Structure):
-    _fields_ = [("provider", ctypes.c_char_p), ("device_id", ctypes.c_int), ("threads", ctypes.c_int),
-                ("check_hashes", ctypes.c_int), ("trt_cache_dir", ctypes.c_char_p)]
-
-
-class SampleOptions(ctypes.Structure):
-    _fields_ = [("K", ctypes.c_int), ("O", ctypes.c_int), ("cfg", ctypes.c_double),
-                ("cfg_schedule", ctypes.c_char_p), ("temperature", ctypes.c_double),
-                ("seed", ctypes.c_uint64), ("head", ctypes.c_char_p)]
-
-
-class ModelInfo(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_int) for n in ("seq_len", "token_dim", "num_classes", "max_batch", "image_size",
-                                            "image_channels", "diffusion", "diffusion_steps")]
-
-
-class RunStats(ctypes.Structure):
-    _fields_ = [("total_seconds", ctypes.c_double), ("ort_seconds", ctypes.c_double), ("graph_calls", ctypes.c_int)]
-
-
-class CRuntime:
-    """One far_runtime* loaded through the C API."""
-
-    def __init__(self, lib, bundle: str, provider: str = "cpu", threads: int = 1):
-        self.lib = lib
-        opts = LoadOptions()
-        lib.far_load_options_default(ctypes.byref(opts))
-        opts.provider, opts.threads = provider.encode(), threads
-        self.handle = ctypes.c_void_p()
-        rc = lib.far_load(bundle.encode(), ctypes.byref(opts), ctypes.byref(self.handle))
-        if rc:
-            raise CError(rc, lib.far_last_error().decode())
-        self.info = ModelInfo()
-        assert lib.far_model(self.handle, ctypes.byref(self.info)) == 0
-
-    def options(self, K=16, O=8, cfg=1.0, seed=0, temperature=1.0, head="auto", schedule="linear"):
-        o = SampleOptions()
-        self.lib.far_sample_options_default(ctypes.byref(o))
-        o.K, o.O, o.cfg, o.seed, o.temperature = K, O, cfg, seed, temperature
-        o.head, o.cfg_schedule = head.encode(), schedule.encode()
-        return o
-
-    def tokens(self, labels, stats=None, **kw) -> np.ndarray:
-        lab = np.ascontiguousarray(labels, dtype=np.int64)
-        out = np.zeros((len(lab), self.info.seq_len, self.info.token_dim), np.float32)
-        rc = self.lib.far_generate_tokens(self.handle, lab.ctypes.data_as(ctypes.c_void_p), len(lab),
-                                          ctypes.byref(self.options(**kw)), out.ctypes.data_as(ctypes.c_void_p),
-                                          ctypes.c_size_t(out.size), ctypes.byref(stats) if stats else None)
-        if rc:
-            raise CError(rc, self.lib.far_last_error().decode())
-        return out
-
-    def images(self, labels, **kw) -> np.ndarray:
-        lab = np.ascontiguousarray(labels, dtype=np.int64)
-        s = self.info.image_size
-        out = np.zeros((len(lab), s, s, 3), np.uint8)
-        rc = self.lib.far_generate(self.handle, lab.ctypes.data_as(ctypes.c_void_p), len(lab),
-                                   ctypes.byref(self.options(**kw)), out.ctypes.data_as(ctypes.c_void_p),
-                                   ctypes.c_size_t(out.size), None)
-        if rc:
-            raise CError(rc, self.lib.far_last_error().decode())
-        return out
-
-    def close(self):
-        self.lib.far_free(self.handle)
-
-
-class CError(Exception):
-    def __init__(self, code, message):
-        super().__init__(message)
-        self.code, self.message = code, message
-
 
 @pytest.fixture(scope="session")
 def cpp_build():
@@ -112,9 +40,7 @@ def cpp_build():
     exe = res.stdout.strip().splitlines()[-1]
     assert os.path.isfile(exe), exe
     build = os.path.dirname(exe)
-    lib = ctypes.CDLL(os.path.join(build, "libfar_runtime.so"))
-    lib.far_last_error.restype = ctypes.c_char_p
-    return {"exe": exe, "dir": build, "lib": lib}
+    return {"exe": exe, "dir": build, "lib": load_library(os.path.join(build, "libfar_runtime.so"))}
 
 
 @pytest.fixture(scope="module")
@@ -155,14 +81,9 @@ def python_generate(*args):
 def test_randomness_bit_identical(cpp_build, shape):
     """numpy's PCG64 + permutation + float32 ziggurat, ported: every array byte for byte."""
     B, L, C, S = shape
-    lib = cpp_build["lib"]
     for seed in [*range(25), 2 ** 32 - 1, 2 ** 32, 2 ** 63 + 11, 2 ** 64 - 1]:
         want = draw_randomness(seed, B, L, C, S)
-        orders = np.zeros((B, L), np.int64)
-        noise = np.zeros((B, L, C), np.float32)
-        step = np.zeros((max(S, 1), B, L, C), np.float32)
-        assert lib.far_draw_randomness(ctypes.c_uint64(seed), B, L, C, S, orders.ctypes.data_as(ctypes.c_void_p),
-                                       noise.ctypes.data_as(ctypes.c_void_p), step.ctypes.data_as(ctypes.c_void_p)) == 0
+        orders, noise, step = c_draw_randomness(cpp_build["lib"], seed, B, L, C, S)
         assert orders.tobytes() == want.orders.tobytes(), seed
         assert noise.tobytes() == want.noise.tobytes(), seed
         if S:
@@ -316,7 +237,7 @@ def test_paths_outside_the_bundle_are_refused(cpp_build, bundles, tmp_path):
 # --- threads and the C++ unit tests -----------------------------------------------------------
 
 def test_one_runtime_shared_by_threads(c_far):
-    """ctypes releases the GIL: eight runs on four threads overlap inside one far_runtime."""
+    """ctypes releases the GIL: eight threads run at once inside one far_runtime, three times each."""
     jobs = [([i % 10, (i + 3) % 10], dict(K=8, O=(1, 2, 8)[i % 3], cfg=(1.0, 3.0)[i % 2], seed=i)) for i in range(8)]
     want = [c_far.tokens(lab, **kw) for lab, kw in jobs]
     got, errors = [None] * len(jobs), []

@@ -1,0 +1,79 @@
+"""Parity and overhead of the C++ runtime against the Python runtime, as a markdown table.
+
+    .venv/bin/python runtime/cpp/parity.py graphs/demo /tmp/mar-bundle [--K 1,16,64] [--O 1,8] [--B 1,4]
+
+Per bundle and setting: the max abs difference of the final latents (same seed), whether the
+randomness arrays are byte-identical, and, alternating the two runtimes on warm sessions, the
+wall time of a generate_tokens in each and the C++ loop's time outside ONNX Runtime.
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from far_cpp import CRuntime, RunStats, draw_randomness as c_draw, load_library  # noqa: E402
+from far_runtime.pipeline import Pipeline  # noqa: E402
+from far_runtime.randomness import draw_randomness  # noqa: E402
+
+
+def ints(s):
+    return [int(x) for x in s.split(",")]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("bundles", nargs="+")
+    ap.add_argument("--lib", default=os.path.join(HERE, "build", "libfar_runtime.so"))
+    ap.add_argument("--K", type=ints, default=[1, 16, 64])
+    ap.add_argument("--O", type=ints, default=[1, 8])
+    ap.add_argument("--B", type=ints, default=[1, 4])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reps", type=int, default=3, help="timed runs of each runtime, alternated")
+    a = ap.parse_args()
+    lib = load_library(a.lib)
+    print(f"load {open('/proc/loadavg').read().split()[:3]}")
+    print("| bundle | head | K | O | CFG | B | max abs latent diff | randomness identical | Python s | C++ s | C++ outside ORT |")
+    print("|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|")
+    for root in a.bundles:
+        py = Pipeline.load(root, threads=a.threads)
+        cc = CRuntime(lib, root, threads=a.threads)
+        m = py.model
+        diffusion = m["head_kind"] == "diffusion"
+        for K in a.K:
+            for O in ([8] if diffusion else a.O):
+                for cfg in (1.0, 3.0):
+                    for B in a.B:
+                        labels = [(3 * i + 1) % m["num_classes"] for i in range(B)]
+                        kw = dict(K=K, O=O, cfg=cfg, seed=a.seed)
+                        S = cc.info.diffusion_steps
+                        r = draw_randomness(a.seed, B, m["seq_len"], m["token_dim"], S)
+                        o, n, s = c_draw(lib, a.seed, B, m["seq_len"], m["token_dim"], S)
+                        same = (o.tobytes() == r.orders.tobytes() and n.tobytes() == r.noise.tobytes()
+                                and (S == 0 or s.tobytes() == r.step_noise.tobytes()))
+                        cc.tokens(labels, **kw)                  # warm both
+                        py.generate_tokens(labels, **kw)
+                        tp, tc, st = [], [], RunStats()
+                        for _ in range(a.reps):                  # alternate the two runtimes
+                            t0 = time.perf_counter()
+                            ref = py.generate_tokens(labels, **kw)
+                            tp.append(time.perf_counter() - t0)
+                            t0 = time.perf_counter()
+                            got = cc.tokens(labels, stats=st, **kw)
+                            tc.append(time.perf_counter() - t0)
+                        diff = float(np.abs(ref - got).max())
+                        outside = (st.total_seconds - st.ort_seconds) / st.total_seconds
+                        head = "diffusion" if diffusion else ("fused" if py.head_mode(O) == "fused" else "step")
+                        print(f"| {os.path.basename(root.rstrip('/'))} | {head} | {K} | {O} | {cfg:g} | {B} | {diff:.1e} | "
+                              f"{'yes' if same else 'NO'} | {np.median(tp):.4f} | {np.median(tc):.4f} | {100 * outside:.2f}% |",
+                              flush=True)
+        cc.close()
+    print(f"load {open('/proc/loadavg').read().split()[:3]}")
+
+
+if __name__ == "__main__":
+    main()
