@@ -16,7 +16,8 @@ std::string Call::key() const {
 
 int Call::dim(const std::string& name) const {
     for (const auto& d : dims) if (d.first == name) return d.second;
-    throw Error(Code::Internal, "call " + graph + " has no dim " + name + ".");
+    throw Error(Code::Bundle, "Graph '" + graph + "' of the bundle has a dim '" + name +
+                                  "' that this runtime does not know; rebuild the bundle with this toolkit.");
 }
 
 std::vector<Call> ShapePlan::distinct() const {

@@ -52,6 +52,23 @@ long long parse_int(const std::string& opt, const std::string& v) {
     return x;
 }
 
+// An integer click would accept (any size); the seed range is checked later, as Python does.
+void parse_int_or_big(const std::string& opt, const std::string& v) {
+    size_t i = (!v.empty() && (v[0] == '-' || v[0] == '+')) ? 1 : 0;
+    if (i == v.size() || v.find_first_not_of("0123456789", i) != std::string::npos)
+        throw UsageError{"Invalid value for '" + opt + "': '" + v + "' is not a valid integer."};
+}
+
+// numpy's PCG64 takes any non-negative integer; this runtime takes those below 2^64.
+uint64_t parse_seed(const std::string& v) {
+    if (!v.empty() && v[0] == '-' && v.find_first_not_of('0', 1) != std::string::npos)
+        throw far::Error(far::Code::Input, "The seed must be a non-negative integer, got " + v + ".");
+    errno = 0;
+    const unsigned long long x = std::strtoull(v[0] == '-' ? "0" : v.c_str(), nullptr, 10);
+    if (errno == ERANGE) throw far::Error(far::Code::Input, "The seed must be below 2^64 in the C++ runtime, got " + v + ".");
+    return x;
+}
+
 double parse_float(const std::string& opt, const std::string& v) {
     char* end = nullptr;
     const double x = std::strtod(v.c_str(), &end);
@@ -100,7 +117,8 @@ int run(int argc, char** argv) {
     std::string bundle, classes = "0", cfg_schedule = "linear", head = "auto", save_randomness, out = "out/grid.png";
     std::string provider = "cpu";
     long long num = 8, K = 16, O = 8, threads = 0, device_id = 0;
-    long long seed = 0, repeat = 0;
+    long long repeat = 0;
+    std::string seed_text = "0";
     double cfg = 3.0, temperature = 1.0;
     bool stats = false;
     for (int i = 1; i < argc; ++i) {
@@ -130,7 +148,7 @@ int run(int argc, char** argv) {
         else if (a == "--cfg") cfg = parse_float(a, value);
         else if (a == "--cfg-schedule") cfg_schedule = choice(a, value, {"linear", "constant"});
         else if (a == "--temperature") temperature = parse_float(a, value);
-        else if (a == "--seed") seed = parse_int(a, value);
+        else if (a == "--seed") { parse_int_or_big(a, value); seed_text = value; }
         else if (a == "--head") head = choice(a, value, {"auto", "fused", "step"});
         else if (a == "--threads") threads = parse_int(a, value);
         else if (a == "--save-randomness") save_randomness = value;
@@ -152,7 +170,7 @@ int run(int argc, char** argv) {
         throw far::Error(far::Code::Input, "--num " + std::to_string(num) + " is larger than the bundle's max batch " +
                                                std::to_string(max_batch) + "; re-export with --max-batch " + std::to_string(num) +
                                                " or generate fewer.");
-    if (seed < 0) throw far::Error(far::Code::Input, "The seed must be a non-negative integer, got " + std::to_string(seed) + ".");
+    const uint64_t seed = parse_seed(seed_text);
     if (K < 1 || K > far::kMaxK) far::check_k(K);
     far::SampleOptions o;
     o.K = static_cast<int>(K);
@@ -161,7 +179,7 @@ int run(int argc, char** argv) {
     o.cfg = cfg;
     o.cfg_schedule = cfg_schedule;
     o.temperature = temperature;
-    o.seed = static_cast<uint64_t>(seed);
+    o.seed = seed;
     o.head = head;
     const far::ModelInfo& m = rt.model();
     const int B = static_cast<int>(num);
