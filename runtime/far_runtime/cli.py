@@ -147,5 +147,12 @@ def info(bundle, as_json):
         click.echo(f"backend     {name}: " + ("can run it" if b["available"] else f"no ({b['reason']})"))
 
 
+
+# far-runtime[serve]: Ray Serve behind HTTP, and a load test for it (Ray is imported lazily).
+from .serve.commands import loadtest, serve  # noqa: E402
+main.add_command(serve)
+main.add_command(loadtest)
+
+
 if __name__ == "__main__":
     main()

@@ -39,6 +39,16 @@ def grid(images: np.ndarray, cols: int | None = None, pad: int = 2) -> np.ndarra
 
 def write_png(path: str, image: np.ndarray) -> None:
     """An [H, W, 3] uint8 array as an 8-bit RGB PNG, written atomically."""
+    png = encode_png(image)
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(png)
+    atomic_write(path, write)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """The bytes of an 8-bit RGB PNG of an [H, W, 3] uint8 array."""
     H, W, _ = image.shape
     raw = b"".join(b"\x00" + image[y].tobytes() for y in range(H))
 
@@ -46,8 +56,4 @@ def write_png(path: str, image: np.ndarray) -> None:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", W, H, 8, 2, 0, 0, 0))
            + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
-
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            f.write(png)
-    atomic_write(path, write)
+    return png

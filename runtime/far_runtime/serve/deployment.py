@@ -1,0 +1,168 @@
+"""The Ray Serve deployment: one replica = one loaded Pipeline behind Ray Serve's HTTP proxy.
+
+Routes (Ray's proxy forwards every path under ``/`` to ``__call__``):
+
+    POST /generate   JSON {"class": 3, "seed": 7, ...} -> image/png (?format=npy, ?latents=1)
+    GET  /healthz    200 once the bundle is loaded (the constructor loads it)
+    GET  /info       the bundle's model, precision, head steps, max batch, backend
+
+Requests are checked in ``__call__`` (HTTP 400 on any error), then join one ``@serve.batch``
+queue; the batch handler groups them by settings (``batching.run_batch``) and runs the
+pipeline on a worker thread, so the event loop keeps answering, checking and refusing
+requests while a batch computes. Backpressure is Ray Serve's: at most
+``max_ongoing_requests`` per replica, ``max_queued_requests`` waiting at the proxy, HTTP 503
+beyond that (``build_app``).
+
+Why one batch queue that groups, not one queue per setting: a ``@serve.batch`` queue is
+created per decorated function and lives (with its background task) until the replica
+ends, and fills strictly in arrival order without looking at the requests. A queue per
+setting would mean one never-ending queue per distinct (K, O, cfg, schedule, temperature),
+and cfg and temperature are floats chosen by clients: unbounded state driven by untrusted
+input. Several queues would also run their batches concurrently, oversubscribing the cores
+one batch already uses. Ray Serve itself splits a batch by multiplexed model id inside the
+handler the same way.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ..errors import FarError
+from ..pipeline import Pipeline
+from .batching import run_batch
+from .requests import MAX_BODY_BYTES, GenerateRequest, RequestChecker, RequestError, parse_body, parse_output
+
+log = logging.getLogger(__name__)
+
+
+def rss_megabytes() -> float | None:
+    """This process's resident memory (Linux /proc), for /info and the memory check."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def error(status: int, sentence: str) -> JSONResponse:
+    return JSONResponse({"error": sentence}, status_code=status)
+
+
+@serve.deployment(name="far-runtime")
+class FarServer:
+    def __init__(self, bundle: str, max_batch: int, batch_wait_ms: float, threads: int | None):
+        self.pipe = Pipeline.load(bundle, threads=threads)
+        self.checker = RequestChecker(self.pipe)
+        self.settings = {"max_batch": max_batch, "batch_wait_ms": batch_wait_ms, "threads": threads}
+        self.generate_batch.set_max_batch_size(max_batch)
+        self.generate_batch.set_batch_wait_timeout_s(batch_wait_ms / 1000.0)
+        self.worker = ThreadPoolExecutor(1, thread_name_prefix="far-batch")
+        self.batches = 0
+        self.served = 0
+        log.info("replica %d serving %s (max batch %d, wait %g ms, %s ORT threads)", os.getpid(),
+                 bundle, max_batch, batch_wait_ms, threads or "default")
+
+    def info(self) -> dict:
+        b = self.pipe.bundle
+        m = b.manifest
+        return {"model": b.model, "precision": m.get("precision", "fp32"),
+                "head_steps": m.get("head_steps", []), "max_batch": m["max_batch"],
+                "backend": self.pipe.backend.name,
+                "serve": {**self.settings, "pid": os.getpid(), "rss_mb": rss_megabytes(),
+                          "batches": self.batches, "requests": self.served}}
+
+    async def __call__(self, request: Request) -> Response:
+        path = request.url.path.rstrip("/") or "/"
+        if path == "/healthz":
+            return JSONResponse({"status": "ok"})
+        if path == "/info":
+            return JSONResponse(self.info())
+        if path != "/generate":
+            return error(404, f"There is no {path}; use POST /generate, GET /healthz or GET /info.")
+        if request.method != "POST":
+            return error(405, "Send generate requests with POST and a JSON body.")
+        try:
+            req = self.checker.check(parse_body(await self._body(request)), parse_output(dict(request.query_params)))
+        except RequestError as e:
+            return error(400, str(e))
+        out = await self.generate_batch(req)
+        if out.error:
+            return error(500, out.error)
+        return Response(out.body, media_type=out.media_type)
+
+    @staticmethod
+    async def _body(request: Request) -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise RequestError(f"The request body is larger than {MAX_BODY_BYTES} bytes.")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def generate_batch(self, requests: list[GenerateRequest]):
+        self.batches += 1
+        self.served += len(requests)
+        log.debug("batch of %d requests", len(requests))
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.worker, run_batch, self.pipe, requests)
+
+
+def replica_options(max_batch: int, max_queued: int, replicas: int, cpus_per_replica: float) -> dict:
+    """Deployment options: bounded queues (503 beyond them) and the CPUs each replica reserves.
+
+    ``max_ongoing_requests`` is two batches per replica: one running while the next fills.
+    """
+    return {"num_replicas": replicas, "max_ongoing_requests": 2 * max_batch,
+            "max_queued_requests": max_queued,
+            "backpressure_config": {"status_code": 503, "retry_after_s": 1},
+            "ray_actor_options": {"num_cpus": cpus_per_replica}}
+
+
+def build_app(bundle: str, max_batch: int | None = None, batch_wait_ms: float = 10.0,
+              replicas: int = 1, threads: int | None = None, max_queued: int | None = None,
+              cpus_per_replica: float | None = None):
+    """The Ray Serve application for ``bundle``; every option is checked here, before Ray starts."""
+    from ..bundle import load_bundle
+    bundle = os.path.abspath(bundle)
+    bundle_max = load_bundle(bundle).manifest["max_batch"]
+    max_batch = bundle_max if max_batch is None else max_batch
+    if type(max_batch) is not int or not 1 <= max_batch <= bundle_max:
+        raise FarError(f"--max-batch must be in 1..{bundle_max} (the bundle's max batch), got {max_batch}.")
+    if not 0 <= batch_wait_ms <= 10_000:
+        raise FarError(f"--batch-wait-ms must be in 0..10000, got {batch_wait_ms}.")
+    if type(replicas) is not int or replicas < 1:
+        raise FarError(f"--replicas must be at least 1, got {replicas}.")
+    if threads is not None and threads < 1:
+        raise FarError(f"--threads must be at least 1, got {threads}.")
+    max_queued = 4 * max_batch * replicas if max_queued is None else max_queued
+    if max_queued < 1:
+        raise FarError(f"--max-queued must be at least 1, got {max_queued}.")
+    cpus = cpus_per_replica if cpus_per_replica is not None else float(threads or 1)
+    opts = replica_options(max_batch, max_queued, replicas, cpus)
+    return FarServer.options(**opts).bind(bundle, max_batch, float(batch_wait_ms), threads)
+
+
+def app_builder(args: dict):
+    """For ``serve run far_runtime.serve.deployment:app_builder bundle=/path [max_batch=8 ...]``."""
+    known = {"bundle": str, "max_batch": int, "batch_wait_ms": float, "replicas": int,
+             "threads": int, "max_queued": int, "cpus_per_replica": float}
+    unknown = sorted(set(args) - set(known))
+    if unknown or "bundle" not in args:
+        raise FarError(f"serve run takes bundle=PATH and optionally {', '.join(list(known)[1:])}"
+                       + (f"; unknown: {', '.join(unknown)}." if unknown else "."))
+    try:
+        kw = {k: known[k](v) for k, v in args.items()}
+    except ValueError as e:
+        raise FarError(f"serve run got a malformed argument ({e}).") from None
+    return build_app(**kw)

@@ -1,0 +1,146 @@
+"""One ``POST /generate`` request: parsed, typed and checked against the bundle before batching.
+
+Every check a request can fail happens here, in the replica's request handler, before the
+request joins a batch: so a bad request gets its own HTTP 400 and never fails the requests
+it would have been batched with. The defaults are the ``far-runtime generate`` command's
+option defaults, read from the command itself, so the server and the CLI cannot drift.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+from ..errors import FarError
+from ..schedule import check_head_steps, check_k
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_SEED = 2 ** 64 - 1
+OUTPUTS = ("png", "npy", "latents")
+
+# JSON key -> the ``generate`` command's parameter whose default it takes.
+CLI_PARAMS = {"seed": "seed", "K": "num_iter", "O": "head_steps", "cfg": "cfg",
+              "cfg_schedule": "cfg_schedule", "temperature": "temperature"}
+KEYS = ("class", *CLI_PARAMS)
+
+
+class RequestError(FarError):
+    """A request the server refuses (HTTP 400): the message is one sentence."""
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    label: int
+    seed: int
+    K: int
+    O: int
+    cfg: float
+    cfg_schedule: str
+    temperature: float
+    output: str = "png"          # "png", "npy" (uint8 image array) or "latents" (token latents .npy)
+
+    @property
+    def settings(self) -> tuple:
+        """What requests must share to run in one batch; seeds and classes may differ."""
+        return (self.K, self.O, self.cfg, self.cfg_schedule, self.temperature)
+
+
+def cli_defaults() -> dict:
+    """``far-runtime generate``'s option defaults, by JSON key, and its schedule choices."""
+    from ..cli import generate
+    params = {p.name: p for p in generate.params}
+    defaults = {key: params[name].default for key, name in CLI_PARAMS.items()}
+    defaults["cfg_schedule_choices"] = tuple(params["cfg_schedule"].type.choices)
+    return defaults
+
+
+def _reject_constant(name: str):
+    raise RequestError(f"The request body holds {name}, which is not a number JSON allows.")
+
+
+def _int(body: dict, key: str) -> int:
+    v = body[key]
+    if type(v) is not int:                      # bool is an int subclass: refuse it too
+        raise RequestError(f"'{key}' must be an integer, got {json.dumps(v)}.")
+    return v
+
+
+def _float(body: dict, key: str) -> float:
+    v = body[key]
+    if type(v) not in (int, float) or not math.isfinite(v):
+        raise RequestError(f"'{key}' must be a finite number, got {json.dumps(v)}.")
+    return float(v)
+
+
+def parse_body(body: bytes) -> dict:
+    """The JSON object of a request body; anything else is a ``RequestError``."""
+    if len(body) > MAX_BODY_BYTES:
+        raise RequestError(f"The request body is larger than {MAX_BODY_BYTES} bytes.")
+    try:
+        obj = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise RequestError("The request body is not UTF-8 text.") from None
+    except json.JSONDecodeError as e:
+        raise RequestError(f"The request body is not valid JSON ({e.msg} at position {e.pos}).") from None
+    except RecursionError:
+        raise RequestError("The request body nests too deeply to be a generate request.") from None
+    if not isinstance(obj, dict):
+        raise RequestError("The request body must be a JSON object such as {\"class\": 3}.")
+    return obj
+
+
+def parse_output(query: dict) -> str:
+    """``?format=png|npy`` and ``?latents=0|1`` to one of ``OUTPUTS``."""
+    unknown = sorted(set(query) - {"format", "latents"})
+    if unknown:
+        raise RequestError(f"Unknown query parameter '{unknown[0]}'; use format=png|npy or latents=1.")
+    fmt = query.get("format", "png")
+    if fmt not in ("png", "npy"):
+        raise RequestError(f"format must be 'png' or 'npy', got {fmt!r}.")
+    latents = query.get("latents", "0")
+    if latents not in ("0", "1"):
+        raise RequestError(f"latents must be 0 or 1, got {latents!r}.")
+    if latents == "1":
+        if "format" in query and fmt != "npy":
+            raise RequestError("latents=1 returns a .npy array; it cannot be combined with format=png.")
+        return "latents"
+    return fmt
+
+
+class RequestChecker:
+    """Checks requests against one loaded pipeline: its classes, head graphs and K range."""
+
+    def __init__(self, pipe, defaults: dict | None = None):
+        self.pipe = pipe
+        self.defaults = defaults or cli_defaults()
+
+    def check(self, obj: dict, output: str = "png") -> GenerateRequest:
+        unknown = sorted(set(obj) - set(KEYS))
+        if unknown:
+            raise RequestError(f"Unknown key '{unknown[0]}'; a request may hold {', '.join(KEYS)}.")
+        if "class" not in obj:
+            raise RequestError("The request has no 'class'; send e.g. {\"class\": 3}.")
+        body = {**{k: v for k, v in self.defaults.items() if k in CLI_PARAMS}, **obj}
+        label = _int(body, "class")
+        seed = _int(body, "seed")
+        if not 0 <= seed <= MAX_SEED:
+            raise RequestError(f"'seed' must be in 0..2**64-1, got {seed}.")
+        K, O = _int(body, "K"), _int(body, "O")
+        cfg, temperature = _float(body, "cfg"), _float(body, "temperature")
+        schedule = body["cfg_schedule"]
+        choices = self.defaults["cfg_schedule_choices"]
+        if not isinstance(schedule, str) or schedule not in choices:
+            raise RequestError(f"'cfg_schedule' must be one of {', '.join(choices)}, got {json.dumps(schedule)}.")
+        if temperature < 0:
+            raise RequestError(f"'temperature' must be at least 0, got {temperature}.")
+        try:
+            self.pipe.check_labels([label])
+            check_k(K)
+            if self.pipe.model["head_kind"] == "shortcut":
+                check_head_steps(O)
+            self.pipe.head_mode(O)
+        except RequestError:
+            raise
+        except FarError as e:
+            raise RequestError(str(e)) from None
+        return GenerateRequest(label, seed, K, O, cfg, schedule, temperature, output)
