@@ -68,6 +68,7 @@ class FarServer:
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="far-batch")
         self.batches = 0
         self.served = 0
+        self.largest_batch = 0
         log.info("replica %d serving %s (max batch %d, wait %g ms, %s ORT threads)", os.getpid(),
                  bundle, max_batch, batch_wait_ms, threads or "default")
 
@@ -78,7 +79,8 @@ class FarServer:
                 "head_steps": m.get("head_steps", []), "max_batch": m["max_batch"],
                 "backend": self.pipe.backend.name,
                 "serve": {**self.settings, "pid": os.getpid(), "rss_mb": rss_megabytes(),
-                          "batches": self.batches, "requests": self.served}}
+                          "batches": self.batches, "requests": self.served,
+                          "largest_batch": self.largest_batch}}
 
     async def __call__(self, request: Request) -> Response:
         path = request.url.path.rstrip("/") or "/"
@@ -113,6 +115,7 @@ class FarServer:
     async def generate_batch(self, requests: list[GenerateRequest]):
         self.batches += 1
         self.served += len(requests)
+        self.largest_batch = max(self.largest_batch, len(requests))
         log.debug("batch of %d requests", len(requests))
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.worker, run_batch, self.pipe, requests)

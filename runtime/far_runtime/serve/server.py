@@ -41,7 +41,7 @@ def check_port_free(host: str, port: int) -> None:
 
 def default_threads(replicas: int) -> int:
     """ONNX Runtime intra-op threads per replica: this machine's cores shared among replicas."""
-    return max(1, (os.cpu_count() or 1) // replicas)
+    return max(1, (os.cpu_count() or 1) // max(1, replicas))
 
 
 def start(bundle: str, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1,

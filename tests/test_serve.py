@@ -1,0 +1,336 @@
+"""far-runtime serve on Ray Serve: a real server on a free loopback port, concurrent requests
+checked against direct runtime calls with the same seeds, the 400s, the 503 of a full queue,
+and a shutdown that leaves no process behind. The grouping, randomness and request checks
+are plain functions, tested without Ray."""
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import zlib
+
+import numpy as np
+import pytest
+
+from far_runtime.pipeline import Pipeline
+from far_runtime.randomness import draw_randomness
+from far_runtime.serve.batching import group_by_settings, request_randomness, run_batch, stack_randomness
+from far_runtime.serve.client import FarClient, ServeError
+from far_runtime.serve.requests import GenerateRequest, RequestChecker, RequestError, parse_body, parse_output
+
+
+def read_png(data: bytes) -> np.ndarray:
+    """Our own encoder's PNGs (8-bit RGB, filter 0) back to [H, W, 3]."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, (w, h) = 8, b"", (0, 0)
+    while pos < len(data):
+        n = int.from_bytes(data[pos:pos + 4], "big")
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + n]
+        if kind == b"IHDR":
+            w, h = int.from_bytes(body[:4], "big"), int.from_bytes(body[4:8], "big")
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + n
+    rows = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(h, 1 + 3 * w)
+    assert (rows[:, 0] == 0).all()
+    return rows[:, 1:].reshape(h, w, 3)
+
+
+@pytest.fixture(scope="module")
+def fused_only(bundles, tmp_path_factory):
+    """The tiny FAR bundle without its step graph: fused heads for O in 1, 2, 8 only."""
+    out = str(tmp_path_factory.mktemp("serve") / "fused_only")
+    shutil.copytree(bundles["far"], out)
+    path = os.path.join(out, "manifest.json")
+    with open(path) as f:
+        manifest = json.load(f)
+    for name in [g for g in manifest["graphs"] if g == "head_step"]:
+        for fname in manifest["graphs"].pop(name)["files"]:
+            os.unlink(os.path.join(out, fname))
+    with open(path, "w") as f:
+        json.dump(manifest, f)
+    return out
+
+
+@pytest.fixture(scope="module")
+def pipe(fused_only):
+    return Pipeline.load(fused_only, threads=1)
+
+
+# --- plain functions, no Ray ---------------------------------------------------------------
+
+def req(label=1, seed=0, K=4, O=2, cfg=3.0, schedule="linear", temperature=1.0, output="png"):
+    return GenerateRequest(label, seed, K, O, cfg, schedule, temperature, output)
+
+
+def test_grouping_keeps_arrival_order_and_splits_settings():
+    rs = [req(seed=0), req(seed=1, K=8), req(seed=2), req(seed=3, cfg=2.0), req(seed=4, K=8), req(seed=5, label=7)]
+    assert group_by_settings(rs) == [[0, 2, 5], [1, 4], [3]]
+    assert group_by_settings([req(output="png"), req(output="latents")]) == [[0, 1]]   # output is not a setting
+
+
+def test_stacked_randomness_rows_are_single_request_draws(bundles):
+    for name in ("far", "mar"):
+        model = Pipeline.load(bundles[name]).model
+        rows = [request_randomness(s, model) for s in (5, 9, 5)]
+        stacked = stack_randomness(rows)
+        steps = model["diffusion_steps"] if model["head_kind"] == "diffusion" else 0
+        for i, s in enumerate((5, 9, 5)):
+            alone = draw_randomness(s, 1, model["seq_len"], model["token_dim"], steps)   # generate --num 1 --seed s
+            assert np.array_equal(stacked.orders[i], alone.orders[0])
+            assert np.array_equal(stacked.noise[i], alone.noise[0])
+            if steps:
+                assert np.array_equal(stacked.step_noise[:, i], alone.step_noise[:, 0])
+
+
+@pytest.mark.parametrize("body, msg", [
+    (b'{"class": 3', "not valid JSON"),
+    (b'[3]', "must be a JSON object"),
+    (b'{"class": 3, "cfg": NaN}', "not a number JSON allows"),
+    (b'{"class": 3, "temperature": Infinity}', "not a number JSON allows"),
+    (b'{"class": 3, "cfg": 1e999}', "finite number"),
+    (b'{"class": 10}', "Class 10 is unknown"),
+    (b'{"class": -1}', "Class -1 is unknown"),
+    (b'{"class": "3"}', "'class' must be an integer"),
+    (b'{"class": true}', "'class' must be an integer"),
+    (b'{"class": 3, "seed": false}', "'seed' must be an integer"),
+    (b'{"class": 3, "seed": 1.5}', "'seed' must be an integer"),
+    (b'{"class": 3, "seed": -1}', "'seed' must be in"),
+    (b'{"class": 3, "K": 0}', "K (autoregressive iterations)"),
+    (b'{"class": 3, "K": 257}', "K (autoregressive iterations)"),
+    (b'{"class": 3, "O": 3}', "power of two"),
+    (b'{"class": 3, "O": 4}', "no head graph for O=4"),
+    (b'{"class": 3, "cfg": "3"}', "'cfg' must be a finite number"),
+    (b'{"class": 3, "cfg_schedule": "cosine"}', "'cfg_schedule' must be one of"),
+    (b'{"class": 3, "temperature": -0.5}', "'temperature' must be at least 0"),
+    (b'{"class": 3, "steps": 8}', "Unknown key 'steps'"),
+    (b'{"seed": 3}', "no 'class'"),
+    (b'\xff\xfe', "not UTF-8"),
+    (b'[' * 30000, "nests too deeply"),
+])
+def test_request_checks(pipe, body, msg):
+    with pytest.raises(RequestError, match=None) as e:
+        RequestChecker(pipe).check(parse_body(body))
+    assert msg in str(e.value) and str(e.value).endswith(".")
+
+
+def test_request_defaults_are_the_generate_commands(pipe):
+    from far_runtime.cli import generate
+    d = {p.name: p.default for p in generate.params}
+    r = RequestChecker(pipe).check({"class": 2}, parse_output({}))
+    assert (r.seed, r.K, r.O, r.cfg, r.cfg_schedule, r.temperature) == (
+        d["seed"], d["num_iter"], d["head_steps"], d["cfg"], d["cfg_schedule"], d["temperature"])
+    assert parse_output({"format": "npy"}) == "npy" and parse_output({"latents": "1"}) == "latents"
+    for q in ({"format": "jpg"}, {"latents": "yes"}, {"fmt": "png"}, {"latents": "1", "format": "png"}):
+        with pytest.raises(RequestError):
+            parse_output(q)
+
+
+def test_a_failing_group_fails_only_itself(pipe):
+    good = [req(seed=1, output="latents"), req(seed=2, output="latents")]
+    bad = req(seed=3, K=4, O=4)                    # not checked: O=4 has no graph in this bundle
+    out = run_batch(pipe, [good[0], bad, good[1]])
+    assert out[1].error and "O=4" in out[1].error
+    for o, r in zip((out[0], out[2]), good):
+        alone = pipe.generate_tokens([r.label], K=r.K, O=r.O, cfg=r.cfg, seed=r.seed)
+        assert np.array_equal(np.load(io.BytesIO(o.body)), alone[0])
+
+
+# --- a real server -------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def session_processes(sid: int) -> list[int]:
+    """Live processes of one session (the server started its own): Ray's daemons and workers."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":
+                out.append(int(d))
+    return out
+
+
+class Server:
+    def __init__(self, bundle, *args):
+        pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip install far-runtime[serve])")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "far_runtime.cli", "serve", bundle, "--port", str(self.port), *args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True)
+        self.client = FarClient(self.url, timeout=60)
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"far-runtime serve exited with {self.proc.returncode}:\n{self.proc.stdout.read()}")
+            try:
+                if self.client.healthz()["status"] == "ok":
+                    return
+            except Exception:     # noqa: BLE001 - not up yet
+                time.sleep(0.5)
+        self.stop()
+        pytest.fail("far-runtime serve did not become healthy within 150 s")
+
+    def stop(self) -> tuple[int, str, list]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(90)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        left = []
+        for _ in range(20):                    # Ray's daemons exit right after the driver
+            left = session_processes(self.proc.pid)
+            if not left:
+                break
+            time.sleep(0.5)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        return self.proc.returncode, self.proc.stdout.read(), left
+
+
+@pytest.fixture(scope="module")
+def server(fused_only):
+    s = Server(fused_only, "--max-batch", "4", "--batch-wait-ms", "100", "--max-queued", "8", "--threads", "1")
+    yield s
+    s.stop()
+
+
+def concurrently(fn, args):
+    """``fn(*a)`` for every ``a`` at once, each from its own thread, started together."""
+    barrier = threading.Barrier(len(args))
+    out = [None] * len(args)
+
+    def run(i):
+        barrier.wait()
+        try:
+            out[i] = fn(*args[i])
+        except ServeError as e:
+            out[i] = e
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(args))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return out
+
+
+def test_healthz_and_info(server, fused_only):
+    assert server.client.healthz() == {"status": "ok"}
+    info = server.client.info()
+    assert info["model"]["num_classes"] == 10 and info["max_batch"] == 8 and info["head_steps"] == [1, 2, 8]
+    assert info["backend"] == "onnxruntime" and info["precision"] == "fp32"
+    assert info["serve"]["max_batch"] == 4 and info["serve"]["threads"] == 1
+
+
+def test_concurrent_requests_equal_direct_runs(server, pipe):
+    """Batched requests (two settings mixed in one burst) give each request's own latents and image."""
+    jobs = [(s % 10, dict(seed=s, K=4, O=2, cfg=3.0)) for s in range(6)]
+    jobs += [(s % 10, dict(seed=s, K=8, O=8, cfg=1.0, cfg_schedule="constant", temperature=0.7)) for s in (2, 7)]
+    before = server.client.info()["serve"]
+    lat = concurrently(lambda c, kw: server.client.generate(c, output="latents", **kw), jobs)
+    imgs = concurrently(lambda c, kw: server.client.generate(c, output="npy", **kw), jobs)
+    after = server.client.info()["serve"]
+    assert after["largest_batch"] >= 2, "no two requests were batched together"
+    assert after["batches"] - before["batches"] < 2 * len(jobs)
+    bitwise = True
+    for (c, kw), latents, image in zip(jobs, lat, imgs):
+        alone = pipe.generate_tokens([c], **kw)[0]      # seed s alone = draw_randomness(s, 1, ...)
+        assert latents.shape == alone.shape and np.abs(latents - alone).max() <= 1e-5
+        bitwise &= np.array_equal(latents, alone)
+        direct = pipe.generate([c], **kw)[0]
+        assert image.dtype == np.uint8 and image.shape == direct.shape
+        assert np.abs(image.astype(int) - direct).max() <= 1
+    print(f"batched latents bitwise equal to single runs: {bitwise}")
+
+
+def test_png_defaults_equal_the_generate_command(server, fused_only, tmp_path):
+    """{"class": 3, "seed": 5} is `far-runtime generate --num 1 --class 3 --seed 5`, pixel for pixel."""
+    png = server.client.generate(3, seed=5)
+    out = tmp_path / "grid.png"
+    subprocess.run([sys.executable, "-m", "far_runtime.cli", "generate", fused_only, "--num", "1", "--class", "3",
+                    "--seed", "5", "--threads", "1", "--out", str(out)], check=True, capture_output=True)
+    served, grid = read_png(png), read_png(out.read_bytes())
+    h, w, _ = served.shape
+    assert np.array_equal(served, grid[2:2 + h, 2:2 + w])          # grid() pads one image by 2 px
+
+
+@pytest.mark.parametrize("query, body, msg", [
+    ("", b'{"class": 11}', "Class 11 is unknown"),
+    ("", b'{"class": 3, "K": 300}', "K (autoregressive"),
+    ("", b'{"class": 3, "O": 4}', "no head graph for O=4"),
+    ("", b'{"class": 3,', "not valid JSON"),
+    ("", b'{"class": 3, "seed": "x"}', "'seed' must be an integer"),
+    ("", b'{"class": 3, "cfg": NaN}', "not a number JSON allows"),
+    ("", b'{"class": false}', "'class' must be an integer"),
+    ("", b'{"class": 3, "k": 4}', "Unknown key 'k'"),
+    ("?format=gif", b'{"class": 3}', "format must be"),
+    ("", b'{"class": 3, "pad": "' + b"x" * 70000 + b'"}', "larger than"),
+])
+def test_bad_requests_get_400_with_a_sentence(server, query, body, msg):
+    status, ctype, answer = server.client.request("/generate" + query, body)
+    assert status == 400 and ctype.startswith("application/json")
+    err = json.loads(answer)["error"]
+    assert msg in err and err.endswith(".")
+
+
+def test_bad_requests_never_fail_their_batch(server, pipe):
+    jobs = [(b'{"class": %d, "seed": %d, "K": 4, "cfg": 2.5}' % (s, s) if s % 2 else b'{"class": 3, "K": 4, "O": 4}',)
+            for s in range(6)]
+    out = concurrently(lambda body: server.client.request("/generate?latents=1", body), jobs)
+    for s, (status, _, body) in enumerate(out):
+        if s % 2:
+            assert status == 200
+            got = np.load(io.BytesIO(body))
+            assert np.abs(got - pipe.generate_tokens([s], K=4, O=8, cfg=2.5, seed=s)[0]).max() <= 1e-5
+        else:
+            assert status == 400
+    assert server.client.healthz()["status"] == "ok"
+
+
+def test_full_queue_gets_503_then_serves_again(server):
+    """max batch 4: 8 requests in the replica, 8 waiting at the proxy; the rest are refused.
+
+    Ray counts a request as queued until the proxy has assigned it to a replica, so a burst
+    of at most --max-queued requests is never refused (the tests above send at most 8)."""
+    jobs = [(s % 10, dict(seed=s, K=256, O=8)) for s in range(32)]
+    out = concurrently(lambda c, kw: server.client.generate_raw(c, output="latents", **kw), jobs)
+    refused = [o for o in out if isinstance(o, ServeError)]
+    served = [o for o in out if isinstance(o, bytes)]
+    assert len(refused) + len(served) == len(jobs)
+    assert refused and all(e.status == 503 and "backpressure" in str(e) and str(e).endswith(".") for e in refused)
+    assert len(served) >= 8
+    assert server.client.generate(1, seed=1, K=2, output="latents").shape == (16, 4)
+
+
+def test_shutdown_is_clean(server):
+    rc, log, left = server.stop()
+    assert rc == 0, log
+    assert not left, f"processes left after shutdown: {left}"
+    with pytest.raises(Exception):
+        FarClient(server.url, timeout=5).healthz()
+
+
+def test_serve_refuses_bad_options_before_starting_ray(fused_only):
+    pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip install far-runtime[serve])")
+    for args, msg in ((["--max-batch", "9"], "--max-batch must be in 1..8"),
+                      (["--replicas", "0"], "--replicas must be at least 1"),
+                      (["--port", "70000"], "--port must be in 1..65535")):
+        r = subprocess.run([sys.executable, "-m", "far_runtime.cli", "serve", fused_only, *args],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr
