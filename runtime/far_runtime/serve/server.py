@@ -59,8 +59,11 @@ def start(bundle: str, host: str = "127.0.0.1", port: int = 8000, replicas: int 
     from ray import serve
     if local:
         # "local" always starts a new cluster: never join one someone else started here.
+        # Ray runs workers at niceness 15 to keep drivers responsive; here the replicas are the
+        # work, so they run at this command's own priority.
         ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(replicas * cpus)),
-                 include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+                 include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
+                 _system_config={"worker_niceness": 0})
     else:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     try:
