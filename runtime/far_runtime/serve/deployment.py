@@ -53,6 +53,16 @@ def rss_megabytes() -> float | None:
     return None
 
 
+def no_spinning(pipe) -> None:
+    """ONNX Runtime's intra-op threads spin while they wait for work; beside other replicas
+    (and other programs) on a few cores that steals the CPU the work needs (measured 3-5x
+    slower at 2 threads on the loaded 2-core machine, LOADTEST.md). Sessions are created on
+    first use, so setting it on the backend's options right after loading covers all of them."""
+    options = getattr(pipe.backend, "options", None)
+    if options is not None:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+
+
 def error(status: int, sentence: str) -> JSONResponse:
     return JSONResponse({"error": sentence}, status_code=status)
 
@@ -61,6 +71,7 @@ def error(status: int, sentence: str) -> JSONResponse:
 class FarServer:
     def __init__(self, bundle: str, max_batch: int, batch_wait_ms: float, threads: int | None):
         self.pipe = Pipeline.load(bundle, threads=threads)
+        no_spinning(self.pipe)
         self.checker = RequestChecker(self.pipe)
         self.settings = {"max_batch": max_batch, "batch_wait_ms": batch_wait_ms, "threads": threads}
         self.generate_batch.set_max_batch_size(max_batch)
