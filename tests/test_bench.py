@@ -20,13 +20,18 @@ from far_export.synthetic import random_model
 from far_runtime.plan import make_plan
 
 
+PEERS = [REFERENCE, "pytorch-eager-bf16", RUNTIME, RUNTIME + "-int8", RUNTIME + "-bf16"]
+
+
 @pytest.fixture(scope="module")
 def report(bundles, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    res = CliRunner().invoke(main, [
-        "bench", bundles["far"], "--mar", bundles["mar"], "--K", "2", "--O", "8", "--cfg", "3.0",
-        "--threads", "1", "--runs", "1", "--warmup", "0", "--sweep-K", "1,2", "--sweep-O", "1,2",
-        "--matmul-seconds", "0.1", "--out", str(out)])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FAR_EXPORT_CACHE", str(out / "cache"))
+        res = CliRunner().invoke(main, [
+            "bench", bundles["far"], "--mar", bundles["mar"], "--K", "2", "--O", "8", "--cfg", "3.0",
+            "--threads", "1", "--runs", "1", "--warmup", "0", "--sweep-K", "1,2", "--sweep-O", "1,2",
+            "--matmul-seconds", "0.05", "--peers", ",".join(PEERS), "--out", str(out)])
     assert res.exit_code == 0, res.output
     with open(out / "bench.json") as f:
         return json.load(f), out, res.output
@@ -50,7 +55,7 @@ def test_report_is_well_formed(report):
     rep, out, text = report
     main_ = rep["main"]
     assert (main_["K"], main_["O"], main_["batch"], main_["cfg"]) == (2, 8, 1, 3.0)
-    assert set(main_["backends"]) == {REFERENCE, RUNTIME}
+    assert set(main_["backends"]) == set(PEERS) - {RUNTIME + "-bf16"}
     for r in main_["backends"].values():
         check_backend_entry(r, 1)
     # both backends did the same work: same seeds, same latents (runtime parity is 1e-3)
@@ -66,6 +71,7 @@ def test_report_is_well_formed(report):
     mvf = rep["mar_vs_far"]
     assert mvf["mar_steps"] == 100 and mvf["far_O"] == 8
     assert mvf["same_backbone_weights"] is False          # the fixtures' FAR and MAR differ
+    assert set(mvf["backends"]) == {REFERENCE, RUNTIME}     # MAR: the two fp32 baselines
     for b in (REFERENCE, RUNTIME):
         row = mvf["backends"][b]
         assert row["far_speedup_over_mar"] > 0 and 0 < row["mar_head_share"] < 1
@@ -73,7 +79,13 @@ def test_report_is_well_formed(report):
     mm = rep["matmul_peak"]
     assert mm["peak_gflops"] >= mm["torch_gflops"] > 0 and mm["numpy_gflops"] > 0   # 1 thread: torch only
     assert rep["throughput"]["backends"][RUNTIME]["backbone_fraction_of_matmul_peak"] > 0
-    assert rep["models"]["far"]["torch_imported"] == {REFERENCE: True, RUNTIME: False}
+    tp = rep["throughput"]["backends"]
+    assert tp["pytorch-eager-bf16"]["backbone_dtype"] == "bf16"
+    assert tp[RUNTIME + "-int8"]["backbone_dtype"] == rep["bundles"][RUNTIME + "-int8"]["graphs"]["backbone"]["precision"]
+    for b, r in tp.items():     # each backbone against the measured peak of the dtype it runs in
+        assert r["dtype_peak_gflops"] == rep["peaks"]["peak"][r["backbone_dtype"]]["gflops"]
+    assert rep["models"]["far"]["torch_imported"] == {REFERENCE: True, "pytorch-eager-bf16": True,
+                                                       RUNTIME: False, RUNTIME + "-int8": False}
     for gpu in (TENSORRT, TORCH_CUDA):           # no GPU here: listed, with the reason, never faked
         assert rep["backends"][gpu]["available"] is False and rep["backends"][gpu]["reason"]
     assert rep["command"].startswith("far-export bench ") and "--K 2" in rep["command"]
@@ -169,3 +181,74 @@ def test_timed_backend_wraps_any_backend(bundles):
     calls = timed.backend.timer.calls
     assert calls["backbone"] == 4 and calls["head_fused_o2"] == 4
     assert all(s > 0 for s in timed.backend.timer.seconds.values())
+
+
+def test_summary_and_accuracy_are_well_formed(report):
+    rep, out, text = report
+    acc = rep["main"]["accuracy"]
+    assert set(acc) == set(rep["main"]["backends"])
+    assert acc[REFERENCE]["latent_max_abs"] == 0 and acc[REFERENCE]["psnr_db"] == math.inf
+    assert acc[RUNTIME]["latent_max_abs"] <= 1e-3 and acc[RUNTIME]["passed"]
+    for a in acc.values():
+        assert a["against"] == REFERENCE and isinstance(a["passed"], bool) and a["psnr_db"] > 0
+    sm = rep["summary"]
+    assert {"best_pytorch", "best_runtime", "speedup_vs_best_pytorch", "speedup_vs_eager_fp32"} <= set(sm)
+    lat = {b: r["latency_median_s"] for b, r in rep["main"]["backends"].items()}
+    pt = [b for b in lat if b.startswith("pytorch") and acc[b]["passed"]]
+    rt = [b for b in lat if b.startswith("onnxruntime") and acc[b]["passed"]]
+    assert sm["best_pytorch"] == min(pt, key=lat.get) and sm["best_runtime"] == min(rt, key=lat.get)
+    assert math.isclose(sm["speedup_vs_best_pytorch"], lat[sm["best_pytorch"]] / lat[sm["best_runtime"]])
+    assert math.isclose(sm["speedup_vs_eager_fp32"], lat[REFERENCE] / lat[sm["best_runtime"]])
+    assert "**Summary**" in text
+
+
+def test_peers_that_cannot_run_say_why(report):
+    rep, out, text = report
+    why = rep["peers_not_run"][RUNTIME + "-bf16"]
+    assert "no bf16 mode" in why
+    assert RUNTIME + "-bf16" not in rep["main"]["backends"]
+    assert "Configurations not run" in text
+
+
+def _peaks(bf16, fp32=50.0, fp16=40.0):
+    lib = {"fp32": {"torch": {"gflops": fp32}, "onnxruntime": {"gflops": fp32}},
+           "bf16": {"torch": {"gflops": bf16}, "onnxruntime": {"gflops": None, "reason": "no bf16 MatMul"}},
+           "fp16": {"onnxruntime": {"gflops": fp16, "kernels": ["Cast", "MatMul"]}}, "int8": {}}
+    return {"libraries": lib, "cpu": {"avx2": True}}
+
+
+def test_peer_choice_follows_measured_peaks():
+    from far_export.bench.peers import BY_NAME, choose, parse_peers
+    peers, explicit = parse_peers("all")
+    assert not explicit and [p.name for p in peers] == list(BY_NAME)
+    run, skipped = choose(peers, _peaks(bf16=0.6), explicit)
+    assert "pytorch-eager-bf16" in skipped and "0.6 GFLOP/s" in skipped["pytorch-eager-bf16"]
+    assert "~83x slower" in skipped["pytorch-eager-bf16"]
+    assert "fp16" in skipped[RUNTIME + "-fp16"] and "Cast" in skipped[RUNTIME + "-fp16"]
+    assert {REFERENCE, RUNTIME, RUNTIME + "-int8"} <= {p.name for p in run}
+    run, skipped = choose(peers, _peaks(bf16=500.0, fp16=80.0), explicit)     # a CPU with bf16 units
+    assert {"pytorch-eager-bf16", RUNTIME + "-fp16"} <= {p.name for p in run}
+    named, explicit = parse_peers("pytorch-eager-bf16")                        # named: runs regardless
+    assert explicit and [p.name for p in named] == [REFERENCE, "pytorch-eager-bf16"]
+    assert "pytorch-eager-bf16" not in choose(named, _peaks(bf16=0.6), explicit)[1]
+
+
+def test_unknown_peer_is_a_user_error(tmp_path):
+    res = CliRunner().invoke(main, ["bench", "--preset", "tiny", "--peers", "pytorch-fast", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "unknown peer" in res.output
+
+
+def test_bf16_reference_runs_under_autocast_and_matches_fp32_loosely():
+    """The reference runs under torch.autocast bf16 (it used to fail in Backbone.decode's
+    scatter) and lands near fp32; fp32 itself is unchanged (the parity tests check that)."""
+    from far_export.reference.sampler import sample_tokens
+    from far_runtime.randomness import draw_randomness
+    cfg = preset("tiny")
+    backbone, head = random_model(cfg, 0)
+    rnd = draw_randomness(0, 2, cfg.backbone.seq_len, cfg.backbone.token_dim, 0)
+    ref = sample_tokens(backbone, head, [1, 2], num_iter=4, head_steps=2, cfg=3.0, randomness=rnd)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = sample_tokens(backbone, head, [1, 2], num_iter=4, head_steps=2, cfg=3.0, randomness=rnd)
+    assert low.dtype == torch.float32 and torch.isfinite(low).all()
+    err = float((low - ref).norm() / ref.norm())
+    assert 0 < err < 0.05                     # bf16 did run (not bit-identical), and stayed close

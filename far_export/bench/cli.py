@@ -5,9 +5,18 @@ import os
 
 from far_runtime.cli import parse_int_list
 
+from .compare import MIN_PSNR_DB
 from .report import markdown, write_report
 from .sweep import run_bench
 
+
+
+def calibration_settings(kind: str, K: int):
+    """The calibration runs of the bench's int8 bundle: ``full`` is far-export build's."""
+    from ..precision.calibration import CalibrationSettings
+    if kind == "full":
+        return CalibrationSettings()
+    return CalibrationSettings(seeds=(0,), batch=2, num_iter=min(K, 16), max_samples=16)
 
 
 def command_line(source, **opts) -> str:
@@ -41,9 +50,23 @@ def _command():
     @click.option("--seed", default=0, show_default=True)
     @click.option("--matmul-seconds", default=1.0, show_default=True,
                   help="How long to time the matmul peak, per library.")
+    @click.option("--peers", default="all", show_default=True,
+                  help="Configurations to compare, comma-separated (pytorch-eager, pytorch-eager-bf16, "
+                       "pytorch-compile, pytorch-compile-bf16, onnxruntime-cpu, onnxruntime-cpu-int8, "
+                       "onnxruntime-cpu-fp16, onnxruntime-cpu-bf16) or 'all': all that can run and measured "
+                       "not slower than fp32 here. Named peers run regardless.")
+    @click.option("--int8-min-speedup", type=float, default=1.0, show_default=True,
+                  help="The int8 bundle keeps a graph fp32 unless int8 measured this much faster for it.")
+    @click.option("--min-psnr", type=float, default=MIN_PSNR_DB, show_default=True,
+                  help="A configuration counts only if its images are this close (dB) to eager fp32's.")
+    @click.option("--calibration", "calibration", type=click.Choice(["quick", "full"]), default="quick",
+                  show_default=True, help="int8 calibration runs: quick (1 seed, batch 2, 16 samples per "
+                                          "graph) or full (far-export build's defaults).")
+    @click.option("--skip-mar", is_flag=True, help="With --preset: leave out the MAR model (MAR vs FAR).")
     @click.option("--out", default="out/bench", show_default=True, help="Report folder.")
     def bench(source, preset, mar_path, vae_path, num_iter, head_steps, batch, cfg, threads, runs,
-              warmup, sweep_k, sweep_o, seed, matmul_seconds, out):
+              warmup, sweep_k, sweep_o, seed, matmul_seconds, peers, int8_min_speedup, min_psnr,
+              calibration, skip_mar, out):
         """Time eager PyTorch against the runtime: latency, breakdown, memory, MAR vs FAR, K x O."""
         if source is None and preset is None:
             from ..defaults import default_paths
@@ -53,12 +76,18 @@ def _command():
             sk, so = [], []
         report = run_bench(source, out, preset, mar_path, vae_path, num_iter, head_steps, batch, cfg,
                            threads, runs, warmup, sk, so, seed, matmul_seconds,
-                           say=lambda m: click.echo(m, err=True))
+                           say=lambda m: click.echo(m, err=True), peers=peers,
+                           int8_min_speedup=int8_min_speedup, min_psnr=min_psnr,
+                           calibration=calibration_settings(calibration, num_iter), skip_mar=skip_mar)
         report["command"] = command_line(source if preset is None else None, preset=preset, mar=mar_path,
                                          vae=vae_path, K=num_iter, O=head_steps, batch=batch, cfg=cfg,
                                          threads=report["threads"], runs=runs, warmup=warmup,
                                          sweep_K=sweep_k, sweep_O=sweep_o, seed=seed,
-                                         matmul_seconds=matmul_seconds, out=out)
+                                         matmul_seconds=matmul_seconds, peers=peers,
+                                         int8_min_speedup=int8_min_speedup, min_psnr=min_psnr,
+                                         calibration=calibration, out=out)
+        if skip_mar:
+            report["command"] += " --skip-mar"
         write_report(report, out)
         click.echo(markdown(report))
         click.echo(f"wrote {os.path.join(out, 'bench.json')}, bench.md and bench.png")

@@ -52,6 +52,7 @@ class RuntimeEngine:
 
     def __init__(self, spec: dict):
         from far_runtime.pipeline import Pipeline
+        self.name = spec["backend"]
         self.pipe = Pipeline.load(spec["bundle"], threads=spec["threads"])
         self.timer = self.pipe.backend.timer
         m = self.pipe.model
@@ -109,15 +110,19 @@ class GpuEngine(RuntimeEngine):
 
 
 class ReferenceEngine:
-    """The PyTorch eager reference, its modules timed by hooks."""
-
-    name = REFERENCE
+    """The PyTorch reference, its modules timed by hooks: eager or ``torch.compile`` (inductor,
+    each module's ``forward`` compiled with dynamic shapes, so the hooks stay outside the
+    compiled code and the growing encoder length does not recompile every iteration), in fp32
+    or under ``torch.autocast("cpu", torch.bfloat16)`` (AMX/AVX512-BF16 where the CPU has it)."""
 
     def __init__(self, spec: dict):
+        import contextlib
+
         import torch
         from ..reference.pipeline import ReferencePipeline
         torch.set_num_threads(spec["threads"])
         self.torch = torch
+        self.name = spec["backend"]
         self.pipe = ReferencePipeline.load(spec["checkpoint"], spec["vae"], spec["weights"], spec["heads"])
         # the modules hold copies of the weights; drop the loader's state dicts so the peak
         # RSS is the eager model's, not the model's plus the file's
@@ -126,20 +131,29 @@ class ReferenceEngine:
                 ck.state_dict.clear()
         import gc
         gc.collect()
+        modules = {"backbone": self.pipe.backbone, "head": self.pipe.head}
+        if self.pipe.vae is not None:
+            modules["vae"] = self.pipe.vae
+        if spec.get("compile"):
+            for m in modules.values():
+                m.forward = torch.compile(m.forward, dynamic=True)
+        bf16 = spec.get("dtype", "fp32") == "bf16"
+        self.context = ((lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16
+                        else contextlib.nullcontext)
         self.timer = ModuleTimer()
-        self.timer.attach("backbone", self.pipe.backbone)
-        self.timer.attach("head", self.pipe.head)
+        for n, m in modules.items():
+            self.timer.attach(n, m)
         self.decodes = self.pipe.vae is not None
-        if self.decodes:
-            self.timer.attach("vae", self.pipe.vae)
         bb, hd = self.pipe.ckpt.config.backbone, self.pipe.ckpt.config.head
         self.dims = (bb.seq_len, bb.token_dim, hd.diffusion_steps if hd.kind == "diffusion" else 0)
 
     def generate_tokens(self, labels, K, O, cfg, rnd):
-        return self.pipe.tokens(labels, num_iter=K, head_steps=O, cfg=cfg, randomness=rnd)
+        with self.context():
+            return self.pipe.tokens(labels, num_iter=K, head_steps=O, cfg=cfg, randomness=rnd).float()
 
     def decode(self, tokens):
-        return self.pipe.decode(tokens)
+        with self.torch.no_grad(), self.context():
+            return self.pipe.vae(tokens).float().numpy()
 
 
 def measure_run(engine, labels, K: int, O: int, cfg: float, seed: int) -> dict:
@@ -152,8 +166,7 @@ def measure_run(engine, labels, K: int, O: int, cfg: float, seed: int) -> dict:
     tokens = engine.generate_tokens(labels, K, O, cfg, rnd)
     t1 = time.perf_counter()
     gen_graph = sum(engine.timer.seconds.values())
-    if engine.decodes:
-        engine.decode(tokens)
+    images = engine.decode(tokens) if engine.decodes else None
     t2 = time.perf_counter()
     comps = {c: 0.0 for c in COMPONENTS}
     calls = {}
@@ -164,4 +177,4 @@ def measure_run(engine, labels, K: int, O: int, cfg: float, seed: int) -> dict:
     tok = tokens.numpy() if hasattr(tokens, "numpy") else np.asarray(tokens)
     return {"total": t2 - t0, "generate": t1 - t0, "decode": t2 - t1,
             "generate_overhead": (t1 - t0) - gen_graph, "components": comps, "calls": calls,
-            "tokens": tok}
+            "tokens": tok, "images": images}

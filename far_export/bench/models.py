@@ -121,3 +121,33 @@ def reference_source(bundle: str) -> dict:
             "weights": "model" if src["weights"] == "model" else "ema",
             "heads": (man["config"]["backbone"]["encoder_heads"]
                       if man["config"]["backbone"].get("heads_rule") == "user option" else None)}
+
+
+def precision_bundle(fp32_bundle: str, folder: str, options, say) -> str:
+    """The fp32 bundle rewritten to ``options.precision`` (``precision/convert.py``, per-graph
+    choices included) in ``folder``; reused when made from the same fp32 graphs with the same
+    options. The fp32 graphs are copied, not re-exported."""
+    import shutil
+    from far_runtime.files import write_json
+    from ..precision.convert import convert_bundle
+    man = bundle_manifest(fp32_bundle)
+    wanted = {"graphs_sha256": hashlib.sha256(json.dumps({g: e["files"] for g, e in man["graphs"].items()},
+                                                          sort_keys=True).encode()).hexdigest(),
+              "precision": options.precision, "int8": options.int8.to_dict(),
+              "calibration": options.calibration.to_dict()}
+    path = os.path.join(folder, "manifest.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            if json.load(f).get("derived_from", {}).get("key") == wanted:
+                say(f"reusing {options.precision} bundle {folder}")
+                return folder
+    say(f"building the {options.precision} bundle {folder} from {fp32_bundle}")
+    tmp = folder + ".partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(fp32_bundle, tmp, ignore=shutil.ignore_patterns("manifest.json"))
+    new, _ = convert_bundle(tmp, man, options, progress=say)
+    new["derived_from"] = {"bundle": os.path.abspath(fp32_bundle), "key": wanted}
+    write_json(os.path.join(tmp, "manifest.json"), new)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return folder

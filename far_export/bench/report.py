@@ -22,7 +22,7 @@ def markdown(report: dict) -> str:
     if report.get("command"):
         L.append(f"Command: `{report['command']}`\n")
     ld = report["load"]
-    L.append(f"Threads {report['threads']}, fp32, {report['runs']} measured runs after "
+    L.append(f"Threads {report['threads']}, {report['runs']} measured runs after "
              f"{report['warmup']} warm-up per backend and configuration, backends alternated run by run "
              f"with equal seeds. Load average before/after: {ld['before']['loadavg_1m']:.2f} / "
              f"{ld['after']['loadavg_1m']:.2f} (1 min, {ld['before']['cpus']} CPUs).\n")
@@ -43,6 +43,7 @@ def markdown(report: dict) -> str:
                  f"median latencies; median of the per-run ratios {main['speedup_paired_median']:.2f}x). Same work: final latents differ by at most "
                  f"{main['same_work']['latent_max_abs_diff']:.2e} (max |latent| "
                  f"{main['same_work']['latent_max_abs']:.2e}).\n")
+    L.extend(_peers_and_accuracy(report))
     unavailable = [f"{b} ({v['reason']})" for b, v in report["backends"].items() if not v["available"]]
     if unavailable:
         L.append("Not measured: " + "; ".join(unavailable) + ".\n")
@@ -81,20 +82,74 @@ def markdown(report: dict) -> str:
              f"{fl[REFERENCE]['backbone'] / 1e9:.2f} GFLOP per run; head "
              + ", ".join(f"{b} {f['head'] / 1e9:.2f} GFLOP ({main['backends'][b]['head_mode']} mode)"
                          for b, f in fl.items()) + ".\n")
-    L.append("| backend | backbone GFLOP/s | of matmul peak | of nominal | head GFLOP/s |")
-    L.append("|---|---:|---:|---:|---:|")
+    L.extend(_peaks(report))
+    L.append("| backend | backbone runs in | backbone GFLOP/s | of its dtype's peak | of fp32 matmul peak | "
+             "of nominal fp32 | head GFLOP/s |")
+    L.append("|---|---|---:|---:|---:|---:|---:|")
+
+    def pct(x):
+        return f"{100 * x:.0f}%" if x else "-"
     for b, r in tp["backends"].items():
-        def pct(x):
-            return f"{100 * x:.0f}%" if x else "-"
-        L.append(f"| {b} | {r['backbone_gflops']:.1f} | {pct(r['backbone_fraction_of_matmul_peak'])} | "
-                 f"{pct(r['backbone_fraction_of_nominal'])} | "
-                 f"{(r['head_gflops'] or 0):.1f} |")
+        L.append(f"| {b} | {r.get('backbone_dtype', 'fp32')} | {r['backbone_gflops']:.1f} | "
+                 f"{pct(r.get('backbone_fraction_of_dtype_peak'))} | {pct(r['backbone_fraction_of_matmul_peak'])} | "
+                 f"{pct(r['backbone_fraction_of_nominal'])} | {(r['head_gflops'] or 0):.1f} |")
     L.append("")
     L.append("Peak RSS: " + report["memory_method"] + ". RSS after loading, before the first run (ONNX Runtime creates its sessions on first use): "
              + "; ".join(f"{n}: " + ", ".join(f"{b} {v:.0f} MB" for b, v in m["idle_rss_mb"].items())
                          + f" (runtime imported torch: {m['torch_imported'].get(RUNTIME)})"
                          for n, m in report["models"].items()) + ".\n")
     return "\n".join(L)
+
+
+def _peers_and_accuracy(report: dict) -> list[str]:
+    L = []
+    main = report["main"]
+    acc = main.get("accuracy") or {}
+    if acc:
+        L.append("\nAccuracy of each configuration's first run against "
+                 f"{next(iter(acc.values()))['against']} (same seeds), and whether it passes "
+                 f"({next(iter(acc.values()))['gate']}):\n")
+        L.append("| backend | latent max abs | latent rel L2 | image PSNR (dB) | finite | passes |")
+        L.append("|---|---:|---:|---:|---|---|")
+        for b, a in acc.items():
+            ps = f"{a['psnr_db']:.1f}" if "psnr_db" in a else "n/a"
+            L.append(f"| {b} | {a['latent_max_abs']:.3g} | {a['latent_rel_l2']:.3g} | {ps} | "
+                     f"{'yes' if a['finite'] else 'NO'} | {'yes' if a['passed'] else 'no'} |")
+    sm = report.get("summary")
+    if sm:
+        def x(v):
+            return f"{v:.2f}x" if v else "n/a"
+        L.append(f"\n**Summary** (K={sm['K']}, O={sm['O']}, batch {sm['batch']}, CFG {sm['cfg']}): best PyTorch "
+                 f"`{sm['best_pytorch']}`, best runtime `{sm['best_runtime']}`: "
+                 f"{x(sm['speedup_vs_best_pytorch'])} the best PyTorch configuration, "
+                 f"{x(sm['speedup_vs_eager_fp32'])} eager fp32 (median latencies).\n")
+    for b, info in report.get("bundles", {}).items():
+        if info["precision"] != "fp32":
+            L.append(f"`{b}` bundle, graph precisions (int8 only where it measured faster, one thread): "
+                     + ", ".join(f"{g} {d['precision']}" + (f" ({d['int8_speedup_one_thread']:.2f}x)"
+                                                         if "int8_speedup_one_thread" in d else "")
+                                 for g, d in info["graphs"].items()) + ".\n")
+    if report.get("peers_not_run"):
+        L.append("Configurations not run: " + "; ".join(f"`{b}`: {why}" for b, why in report["peers_not_run"].items())
+                 + ".\n")
+    return L
+
+
+def _peaks(report: dict) -> list[str]:
+    pk = report.get("peaks")
+    if not pk:
+        return []
+    cpu = pk.get("cpu", {})
+    flags = ", ".join(f for f, v in cpu.items() if f != "model" and v) or "none"
+    L = [f"Matmul peak per dtype ({pk['threads']} threads; CPU {cpu.get('model', '?')}, flags: {flags}); "
+         "GFLOP/s, int8 GOP/s:\n", "| dtype | library | n | GFLOP/s | note |", "|---|---|---:|---:|---|"]
+    for d, libs in pk["libraries"].items():
+        for lib, r in libs.items():
+            note = r.get("reason") or (("kernels: " + ", ".join(r["kernels"])) if r.get("kernels") else "")
+            g = f"{r['gflops']:.1f}" if r.get("gflops") else "-"
+            L.append(f"| {d} | {lib} | {r.get('n', '')} | {g} | {note} |")
+    L.append("")
+    return L
 
 
 def plot(report: dict, path: str) -> None:

@@ -11,8 +11,10 @@ import numpy as np
 from far_runtime.errors import FarError
 
 from ..flops import plan_flops
+from .compare import MIN_PSNR_DB, accuracy, output_path, summary
 from .models import (MAR_VS_FAR_O, TENSORRT, TORCH_CUDA, backbone_digest, bundle_manifest, ensure_bundle,
-                     reference_source, write_preset_models)
+                     precision_bundle, reference_source, write_preset_models)
+from .peers import BY_NAME, choose, parse_peers
 from .report import COMPONENTS, REFERENCE, RUNTIME, write_report
 from .worker import Worker
 
@@ -24,25 +26,53 @@ def labels_for(batch: int, num_classes: int) -> list[int]:
 
 
 def measure_config(workers: list, K: int, O: int, batch: int, cfg: float, runs: int, warmup: int,
-                   seed: int, num_classes: int, say) -> dict:
+                   seed: int, num_classes: int, say, save=None) -> dict:
     """Warm-ups, then ``runs`` measured runs per backend, alternating backends A B B A ...;
-    run r of every backend uses seed ``seed + r``."""
+    run r of every backend uses seed ``seed + r``. A worker whose warm-up fails is dropped
+    from ``workers`` (in place) and listed under ``failed`` with its error. ``save(backend)``
+    names the file its first measured run's outputs go to (for ``compare.accuracy``)."""
     labels = labels_for(batch, num_classes)
     base = {"cmd": "run", "labels": labels, "K": K, "O": O, "cfg": cfg}
-    for w in workers:
-        for i in range(warmup):
-            r = w.ask({**base, "seed": seed + i})
+    failed = {}
+
+    def drop(w, error):
+        if w.backend in (REFERENCE, RUNTIME):
+            raise FarError(error)
+        say(f"  {w.backend} cannot run: {error}")
+        failed[w.backend] = error
+        workers.remove(w)
+        w.close()
+
+    for w in list(workers):
+        # a compiled peer always warms up once: its first run is the compilation
+        for i in range(max(warmup, 1) if BY_NAME.get(w.backend, BY_NAME[REFERENCE]).compile else warmup):
+            try:
+                r = w.ask({**base, "seed": seed + i})
+            except FarError as e:
+                r = {"error": str(e)}
             if "error" in r:
-                raise FarError(r["error"])
+                drop(w, r["error"])
+                break
     reset = all([w.ask({"cmd": "reset_peak"})["reset"] for w in workers])
     results = {w.backend: [] for w in workers}
     tokens = {}
     for r in range(runs):
-        order = workers if r % 2 == 0 else workers[::-1]
+        if r == 1:
+            results = {b: v for b, v in results.items() if b not in failed}
+        order = list(workers) if r % 2 == 0 else workers[::-1]
         for w in order:
-            res = w.ask({**base, "seed": seed + r, "tokens": r == 0})
+            req = {**base, "seed": seed + r, "tokens": r == 0}
+            if r == 0 and save:
+                req["save"] = save(w.backend)
+            try:
+                res = w.ask(req)
+            except FarError as e:
+                res = {"error": str(e)}
             if "error" in res:
-                raise FarError(res["error"])
+                if r > 0:
+                    raise FarError(res["error"])
+                drop(w, res["error"])
+                continue
             if "tokens" in res:
                 tokens[w.backend] = np.asarray(res.pop("tokens"), np.float32)
             results[w.backend].append(res)
@@ -50,7 +80,9 @@ def measure_config(workers: list, K: int, O: int, batch: int, cfg: float, runs: 
             + ", ".join(f"{b} {results[b][-1]['total']:.3f}s" for b in results))
     out = {"K": K, "O": O, "batch": batch, "cfg": cfg, "runs": runs, "warmup": warmup,
            "peak_rss_scope": "this configuration" if reset else "worker lifetime (reset refused)",
-           "labels": labels, "seeds": [seed + r for r in range(runs)], "backends": {}}
+           "labels": labels, "seeds": [seed + r for r in range(runs)], "backends": {}, "failed": failed}
+    if save:
+        out["outputs"] = {w.backend: save(w.backend) for w in workers}
     for w in workers:
         out["backends"][w.backend] = summarize(results[w.backend], batch)
         out["backends"][w.backend]["peak_rss_mb"] = w.ask({"cmd": "peak"})["peak_rss_mb"]
@@ -104,7 +136,7 @@ def add_flops(entry: dict, manifest: dict, batch: int, K: int, cfg: float) -> No
     steps = entry["O"]
     fused = model["head_kind"] == "shortcut" and fused_name(steps) in manifest["graphs"]
     for b, r in entry["backends"].items():
-        mode = "fused" if fused and b != REFERENCE else "step"
+        mode = "fused" if fused and (b not in BY_NAME or BY_NAME[b].engine != "pytorch") else "step"
         fl = plan_flops(manifest["config"], make_plan(model, batch, K, steps, cfg != 1.0, mode, False))
         t = r["breakdown_s"]
         r["flops"] = fl
@@ -145,7 +177,9 @@ def machine_load() -> dict:
 def run_bench(source: str | None, out: str, preset: str | None = None, mar: str | None = None,
               vae: str | None = None, K: int = 16, O: int = 8, batch: int = 1, cfg: float = 3.0,
               threads: int | None = None, runs: int = 5, warmup: int = 1, sweep_K=(16, 64),
-              sweep_O=(1, 2, 4, 8), seed: int = 0, matmul_seconds: float = 1.0, say=None) -> dict:
+              sweep_O=(1, 2, 4, 8), seed: int = 0, matmul_seconds: float = 1.0, say=None,
+              peers: str | None = None, int8_min_speedup: float | None = 1.0, min_psnr: float = MIN_PSNR_DB,
+              calibration=None, skip_mar: bool = False) -> dict:
     """Measure everything, write ``bench.json``, ``bench.md`` and ``bench.png`` into ``out``."""
     say = say or log.info
     from far_runtime.schedule import check_head_steps, check_k
@@ -171,7 +205,8 @@ def run_bench(source: str | None, out: str, preset: str | None = None, mar: str 
     if preset:
         files = write_preset_models(preset, os.path.join(out, "models"), seed)
         models["far"] = {"source": files["far"], "vae": files["vae"]}
-        models["mar"] = {"source": files["mar"], "vae": files["vae"]}
+        if not skip_mar:
+            models["mar"] = {"source": files["mar"], "vae": files["vae"]}
     else:
         models["far"] = {"source": source, "vae": vae}
         if mar:
@@ -190,30 +225,59 @@ def run_bench(source: str | None, out: str, preset: str | None = None, mar: str 
         raise FarError("The model to benchmark must be a FAR model (shortcut head); pass a MAR "
                        "model with --mar next to its FAR twin.")
 
-    say(f"measuring the fp32 matmul peak ({threads} threads, ~{2 * matmul_seconds:.0f}s)")
-    from ..flops import measure_matmul_peak
-    matmul = measure_matmul_peak(threads, matmul_seconds)
+    say(f"measuring the matmul peak per dtype ({threads} threads, ~{8 * matmul_seconds:.0f}s)")
+    from .peaks import measure_peaks
+    peaks = measure_peaks(threads, matmul_seconds)
+    fp32 = peaks["libraries"]["fp32"]
+    from ..flops import nominal_peak
+    matmul = {"n": fp32["torch"]["n"], "threads": threads, "torch_gflops": fp32["torch"]["gflops"],
+              "numpy_gflops": fp32["numpy"]["gflops"], "peak_gflops": peaks["peak"]["fp32"]["gflops"],
+              "numpy_threads": fp32["numpy"]["threads"], "nominal": nominal_peak(threads)}
+    wanted, explicit = parse_peers(peers)
+    chosen, skipped = choose(wanted, peaks, explicit)
 
     report = {"command": None, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t_start)),
               "threads": threads, "runs": runs, "warmup": warmup, "seed": seed, "preset": preset,
               "backends": backend_availability(models["far"]["bundle"]), "matmul_peak": matmul,
+              "peaks": peaks, "peers": {p.name: p.to_dict() for p in chosen}, "peers_not_run": skipped,
               "models": {}, "main": None, "mar_vs_far": None, "sweep": [],
               "memory_method": ("peak resident set (VmHWM) of each backend's own worker process, "
                                 "reset before each configuration via /proc/self/clear_refs")}
+    bundles = {RUNTIME: models["far"]["bundle"]}
+    for p in chosen:
+        if p.engine == "runtime" and p.dtype != "fp32":
+            try:
+                bundles[p.name] = precision_bundle(models["far"]["bundle"], os.path.join(out, "bundles", f"far-{p.dtype}"),
+                                                   precision_options(p.dtype, int8_min_speedup, calibration), say)
+            except FarError as e:
+                skipped[p.name] = f"its {p.dtype} bundle could not be built: {e}"
+    chosen = [p for p in chosen if p.name not in skipped]
+    report["peers"] = {p.name: p.to_dict() for p in chosen}
+    report["bundles"] = {b: {"path": os.path.abspath(f), **bundle_precisions(f)} for b, f in bundles.items()}
     configs_done = {}
 
     def run_model(name: str, configs: list[tuple]):
         m = models[name]
         man = m["manifest"]
         avail = backend_availability(m["bundle"])
-        specs = [{"backend": REFERENCE, "threads": threads, **m["reference"]},
-                 {"backend": RUNTIME, "threads": threads, "bundle": m["bundle"]}]
-        specs += [{"backend": b, "threads": threads, "bundle": m["bundle"]}
+        if name == "far":
+            specs = [{"backend": p.name, "engine": p.engine, "threads": threads, "dtype": p.dtype,
+                      "compile": p.compile, **(m["reference"] if p.engine == "pytorch" else {"bundle": bundles[p.name]})}
+                     for p in chosen]
+        else:                                        # MAR vs FAR: the two fp32 baselines
+            specs = [{"backend": REFERENCE, "engine": "pytorch", "threads": threads, **m["reference"]},
+                     {"backend": RUNTIME, "engine": "runtime", "threads": threads, "bundle": m["bundle"]}]
+        specs += [{"backend": b, "engine": "gpu", "threads": threads, "bundle": m["bundle"]}
                   for b in (TORCH_CUDA, TENSORRT) if avail[b]["available"]]
         workers = []
         try:
             for s in specs:
-                workers.append(Worker(s))
+                try:
+                    workers.append(Worker(s))
+                except FarError as e:
+                    if s["backend"] in (REFERENCE, RUNTIME):
+                        raise
+                    skipped[s["backend"]] = f"its worker could not start: {e}"
             info = {w.backend: w.info for w in workers}
             report["models"][name] = {
                 "source": m["source"], "bundle": os.path.abspath(m["bundle"]),
@@ -225,7 +289,11 @@ def run_bench(source: str | None, out: str, preset: str | None = None, mar: str 
                     continue
                 say(f"{name}: K={k} O={o if man['model']['head_kind'] == 'shortcut' else man['model']['diffusion_steps']}")
                 entry = measure_config(workers, k, o, batch, cfg, runs, warmup, seed,
-                                       man["model"]["num_classes"], say)
+                                       man["model"]["num_classes"], say,
+                                       save=lambda b: output_path(os.path.join(out, "outputs"), name, b, k, o))
+                for b, why in entry["failed"].items():
+                    skipped[b] = f"failed on its first run: {why}"
+                entry["accuracy"] = accuracy(entry.pop("outputs", {}), min_psnr)
                 entry["model"] = name
                 if man["model"]["head_kind"] == "diffusion":
                     entry["O"] = man["model"]["diffusion_steps"]
@@ -249,6 +317,7 @@ def run_bench(source: str | None, out: str, preset: str | None = None, mar: str 
                   [(k, o) for k in sweep_K for o in sweep_O]
     run_model("far", far_configs)
     report["main"] = configs_done[("far", K, O)]
+    report["summary"] = summary(report["main"])
     report["sweep"] = [configs_done[("far", k, o)] for k in sweep_K for o in sweep_O]
     if "mar" in models:
         run_model("mar", [(K, 0)])
@@ -261,10 +330,35 @@ def run_bench(source: str | None, out: str, preset: str | None = None, mar: str 
     return report
 
 
+def precision_options(precision: str, int8_min_speedup: float | None, calibration):
+    """How the bench builds a runtime precision: per graph, int8 only where it measured at
+    least ``int8_min_speedup`` x faster than fp32 here (a CPU bundle choice, in its manifest)."""
+    from ..precision.convert import PrecisionOptions
+    from ..precision.int8 import Int8Settings
+    return PrecisionOptions(precision, calibration=calibration, int8=Int8Settings(min_speedup=int8_min_speedup))
+
+
+def bundle_precisions(path: str) -> dict:
+    """Each graph's precision in a bundle, and the int8 timings that chose it."""
+    man = bundle_manifest(path)
+    graphs = {}
+    for g, e in man["graphs"].items():
+        d = {"precision": e.get("precision", "fp32")}
+        i8 = e.get("int8") or {}
+        if i8.get("timing"):
+            d["int8_speedup_one_thread"] = i8["timing"]["speedup"]
+        if i8.get("reason"):
+            d["why_fp32"] = i8["reason"]
+        if "error" in i8:
+            d["int8_error"] = i8["error"]
+        graphs[g] = d
+    return {"precision": man.get("precision", "fp32"), "graphs": graphs}
+
+
 def mar_vs_far(far: dict, mar: dict, same_backbone: bool | None) -> dict:
     out = {"K": far["K"], "far_O": far["O"], "mar_steps": mar["O"], "same_backbone_weights": same_backbone,
            "far": far, "mar": mar, "backends": {}}
-    for b in far["backends"]:
+    for b in [b for b in far["backends"] if b in mar["backends"]]:
         f, m = far["backends"][b], mar["backends"][b]
         out["backends"][b] = {"far_latency_s": f["latency_median_s"], "mar_latency_s": m["latency_median_s"],
                               "far_speedup_over_mar": m["latency_median_s"] / f["latency_median_s"],
@@ -272,14 +366,29 @@ def mar_vs_far(far: dict, mar: dict, same_backbone: bool | None) -> dict:
     return out
 
 
+def backbone_dtype(report: dict, backend: str) -> str:
+    """What the backend's backbone matrix products run in: a PyTorch peer's dtype, or the
+    precision of the backbone graph in the runtime peer's bundle (fp32 where int8 stayed off)."""
+    if backend in report.get("bundles", {}):
+        return report["bundles"][backend]["graphs"].get("backbone", {}).get("precision", "fp32")
+    return BY_NAME[backend].dtype if backend in BY_NAME else "fp32"
+
+
 def throughput(report: dict) -> dict:
-    """The backbone's achieved FLOP/s in the main configuration against the matmul peak."""
+    """The backbone's achieved FLOP/s in the main configuration against the fp32 matmul peak
+    and against the measured peak of the dtype it runs in (int8: GOP/s)."""
     peak = report["matmul_peak"]["peak_gflops"]
     nominal = (report["matmul_peak"].get("nominal") or {}).get("gflops")
-    out = {"matmul_peak_gflops": peak, "nominal_peak_gflops": nominal, "backends": {}}
+    peaks = report.get("peaks", {}).get("peak", {})
+    out = {"matmul_peak_gflops": peak, "nominal_peak_gflops": nominal,
+           "peak_per_dtype": {d: v["gflops"] for d, v in peaks.items()}, "backends": {}}
     for b, r in report["main"]["backends"].items():
         g = r["achieved_gflops"]["backbone"]
+        d = backbone_dtype(report, b)
+        dp = (peaks.get(d) or {}).get("gflops")
         out["backends"][b] = {"backbone_gflops": g, "backbone_fraction_of_matmul_peak": g / peak if g else None,
                               "backbone_fraction_of_nominal": g / nominal if g and nominal else None,
+                              "backbone_dtype": d, "dtype_peak_gflops": dp,
+                              "backbone_fraction_of_dtype_peak": g / dp if g and dp else None,
                               "head_gflops": r["achieved_gflops"]["head"]}
     return out

@@ -14,8 +14,9 @@ import sys
 
 from far_runtime.errors import FarError
 
+log = logging.getLogger(__name__)
+
 from .engines import GpuEngine, ReferenceEngine, RuntimeEngine, measure_run
-from .report import REFERENCE, RUNTIME
 
 def _status_kb(field: str) -> int | None:
     try:
@@ -50,7 +51,7 @@ def worker_main() -> None:
 
     spec = json.loads(sys.stdin.readline())
     try:
-        engine = {REFERENCE: ReferenceEngine, RUNTIME: RuntimeEngine}.get(spec["backend"], GpuEngine)(spec)
+        engine = {"pytorch": ReferenceEngine, "runtime": RuntimeEngine, "gpu": GpuEngine}[spec["engine"]](spec)
     except FarError as e:
         send({"error": str(e)})
         return
@@ -72,7 +73,14 @@ def worker_main() -> None:
         except FarError as e:
             send({"error": str(e)})
             continue
-        tok = r.pop("tokens")
+        except Exception as e:                   # e.g. torch.compile without a working compiler:
+            log.exception("run failed")          # the peer is reported as unable to run, with why
+            send({"error": f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"})
+            continue
+        tok, images = r.pop("tokens"), r.pop("images")
+        if req.get("save"):                      # the outputs, for the accuracy comparison
+            import numpy as np
+            np.savez(req["save"], tokens=tok, **({} if images is None else {"images": images}))
         if req.get("tokens"):
             r["tokens"] = tok.tolist()
         send(r)

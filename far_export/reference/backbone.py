@@ -121,7 +121,9 @@ class Backbone(nn.Module):
         x = self.decoder_embed(x)
         B, _, D = x.shape
         full = self.mask_token.expand(B, self.cfg.seq_len + self.cfg.buffer_size, D)
-        x = torch.scatter(full, 1, keep.unsqueeze(-1).expand(-1, -1, D), x)
+        # under autocast the Linear above gives bf16 while mask_token stays fp32: scatter needs
+        # one dtype (a no-op in fp32, so the exported graph and fp32 numerics do not change)
+        x = torch.scatter(full, 1, keep.unsqueeze(-1).expand(-1, -1, D), x.to(full.dtype))
         x = x + self.decoder_pos_embed_learned
         for blk in self.decoder_blocks:
             x = blk(x)
