@@ -181,3 +181,35 @@ def test_values_kept_for_range_never_pass_through_fp16(tiny_files, tmp_path):
             assert not (up.op_type == "Cast" and up.attribute[0].i == onnx.TensorProto.FLOAT16), n.name
     pipe = Pipeline.load(str(tmp_path / "mar16"))
     assert np.isfinite(pipe.decode(pipe.generate_tokens([1, 2], K=4, cfg=3.0, seed=2))).all()
+
+
+@pytest.mark.parametrize("threshold", [1.0, 1e6])
+def test_per_graph_int8_choice_follows_measured_speed(lowered, bundles, tmp_path, threshold):
+    """With --int8-min-speedup, a graph is int8 exactly when int8 measured at least that much
+    faster for it (held-out inputs); otherwise it stays fp32 and says so with the figure.
+    (The bench's int8 bundle, copied from an fp32 bundle: bench/models.precision_bundle.)"""
+    from far_export.bench.models import precision_bundle
+    from far_export.precision.int8 import Int8Settings
+    opts = PrecisionOptions("int8", calibration=SETTINGS, cache_dir=lowered["cache"],
+                            int8=Int8Settings(min_speedup=threshold))
+    out = precision_bundle(bundles["far"], str(tmp_path / "int8"), opts, lambda m: None)
+    m = _manifest(out)
+    assert m["derived_from"]["key"]["int8"]["min_speedup"] == threshold
+    timed = 0
+    for name, g in m["graphs"].items():
+        t = g["int8"].get("timing")
+        if t is None:                       # not quantisable, or over the error budget
+            assert g["precision"] == "fp32" and g["int8"]["reason"]
+            continue
+        timed += 1
+        assert (g["precision"] == "int8") == (t["speedup"] >= threshold), name
+        if g["precision"] == "fp32":
+            assert "under --int8-min-speedup" in g["int8"]["reason"] and f"{t['speedup']:.2f}x" in g["int8"]["reason"]
+    assert timed >= 2
+    if threshold == 1e6:
+        assert all(g["precision"] == "fp32" for g in m["graphs"].values())
+    Pipeline.load(out).generate_tokens([1], K=2, O=2, cfg=3.0, seed=0)     # the runtime loads it
+    stamp = os.path.getmtime(os.path.join(out, "manifest.json"))
+    said = []
+    precision_bundle(bundles["far"], out, opts, said.append)               # same options: reused
+    assert os.path.getmtime(os.path.join(out, "manifest.json")) == stamp and "reusing" in said[0]

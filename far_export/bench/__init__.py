@@ -1,4 +1,12 @@
-"""``far-export bench``: the PyTorch eager reference and the runtime, side by side.
+"""``far-export bench``: PyTorch's CPU configurations and the runtime's precisions, side by side.
+
+Peers (``peers.py``): PyTorch eager fp32 (the baseline), eager bf16 (autocast), torch.compile
+fp32 and bf16; the runtime on the fp32 bundle and on the bundles the precision rewriter builds
+from it (int8 per graph only where it measured faster). Every peer runs by default, except
+those whose kernels measured slower than fp32 here (``peaks.py``: the matmul peak per dtype
+and library), which are listed with the figures; a peer that fails says why. Each peer's first
+run is compared with eager fp32's (``compare.py``: latent error, image PSNR, the gate), and
+``summary`` names the fastest passing PyTorch and runtime configurations.
 
 One command, one report. For each model (FAR, and MAR when given) it starts one worker
 process per backend, loads the model once, then for every configuration (K, O, batch, CFG)
@@ -10,7 +18,8 @@ same seeds, so every speed ratio is measured under the same machine load. The re
 - the MAR (diffusion head, its own step count, 100 by default) against FAR (shortcut head,
   O = 8) end to end on the same backbone, with each head's share of time;
 - a K x O sweep of the FAR model;
-- the machine's measured fp32 matmul peak next to the backbone's achieved FLOP/s.
+- the machine's measured matmul peak per dtype next to the backbone's achieved FLOP/s, each
+  backbone against the peak of the dtype it runs in.
 
 How time is split. Reference: forward hooks time ``backbone``, ``head`` and ``vae`` module
 calls (``perf_counter``); the CFG combine and Euler/DDPM updates between head calls are
