@@ -140,8 +140,13 @@ def load_model_checkpoint(path: str, weights: str = "ema", heads: int | None = N
                        "with 'model'/'model_ema'.")
     if not _is_state_dict(sd):
         raise FarError(f"The '{used}' entry of {path} is not a state dict of tensors.")
-    cfg = infer_model_config(sd, args, meta, heads, force_heads)
-    _check_keys(sd, cfg, path)
+    from .causal_checkpoint import expected_causal_keys, infer_causal_config, is_causal_state_dict
+    if is_causal_state_dict(sd):                       # FAR-Causal (config.kind == "causal")
+        cfg = infer_causal_config(sd, args, meta, heads)
+        _compare_keys(sd, expected_causal_keys(cfg), path, ignore=())
+    else:
+        cfg = infer_model_config(sd, args, meta, heads, force_heads)
+        _check_keys(sd, cfg, path)
     digest = sha256_file(path) if with_hash else ""
     return ModelCheckpoint(path, sd, cfg, used, digest, args, extra)
 
@@ -213,6 +218,9 @@ def load_vae_checkpoint(path: str, scale_factor: float | None = None,
 
 def build_model(ckpt: ModelCheckpoint):
     """Backbone and head with the checkpoint's weights, in eval mode."""
+    if getattr(ckpt.config, "kind", "") == "causal":
+        from .causal_checkpoint import build_causal
+        return build_causal(ckpt)
     from .reference import Backbone, SimpleMLPAdaLN
     bb_sd, head_sd = ckpt.split()
     backbone = Backbone(ckpt.config.backbone)
@@ -267,8 +275,12 @@ def param_counts(cfg: ModelConfig, vae_cfg: VAEConfig | None = None) -> dict:
     """Parameters per component, counted on meta tensors (no memory)."""
     from .reference import Backbone, SimpleMLPAdaLN, VAEDecoder
     with torch.device("meta"):
-        out = {"backbone": sum(p.numel() for p in Backbone(cfg.backbone).parameters()),
-               "head": sum(p.numel() for p in SimpleMLPAdaLN(cfg.head).parameters())}
+        if getattr(cfg, "kind", "") == "causal":
+            from .causal_checkpoint import causal_param_counts
+            out = causal_param_counts(cfg)
+        else:
+            out = {"backbone": sum(p.numel() for p in Backbone(cfg.backbone).parameters()),
+                   "head": sum(p.numel() for p in SimpleMLPAdaLN(cfg.head).parameters())}
         if vae_cfg is not None:
             out["vae_decoder"] = sum(p.numel() for p in VAEDecoder(vae_cfg).parameters())
     return out

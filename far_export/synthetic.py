@@ -52,3 +52,35 @@ def write_random_vae(path: str, cfg: VAEConfig = TINY_VAE, seed: int = 0) -> VAE
     vae = random_vae(cfg, seed)
     write_vae_checkpoint(path, vae.state_dict(), cfg.scale_factor)
     return cfg
+
+
+# --- FAR-Causal ------------------------------------------------------------------------
+
+def tiny_causal_config(seq_len: int = 16, class_tokens: int = 2):
+    """The causal twin of the ``tiny`` preset (4-channel tokens, fits ``TINY_VAE``)."""
+    from .demo.train_causal import causal_head_config
+    from .reference.causal import CausalConfig, CausalModelConfig
+    bb = CausalConfig(token_dim=4, seq_len=seq_len, class_tokens=class_tokens, num_classes=10,
+                      width=32, depth=2, heads=2)
+    return CausalModelConfig(bb, causal_head_config(bb, 2, 32))
+
+
+def random_causal_model(cfg, seed: int = 0, std: float = 0.02):
+    """Random causal backbone and shortcut head; ``std`` larger than 0.02 makes attention
+    patterns and conditions far from uniform (a sharper parity test)."""
+    from .reference.causal import CausalBackbone
+    g = torch.Generator().manual_seed(seed)
+    backbone = CausalBackbone(cfg.backbone).init_weights(g, std)
+    head = SimpleMLPAdaLN(cfg.head).init_weights(g)
+    return backbone.eval(), head.eval()
+
+
+def write_random_causal_checkpoint(path: str, cfg=None, seed: int = 0, std: float = 0.2):
+    """A random FAR-Causal model in the trainer layout (model, model_ema, args)."""
+    from .demo.train_causal import causal_args, causal_state_dict
+    cfg = cfg or tiny_causal_config()
+    backbone, head = random_causal_model(cfg, seed, std)
+    sd = causal_state_dict(backbone, head)
+    write_training_checkpoint(path, sd, {k: v + 0.0 for k, v in sd.items()},
+                              causal_args(cfg.backbone), epoch=1)
+    return cfg

@@ -142,6 +142,11 @@ def export_bundle(checkpoint: str, vae: str | None, out_dir: str, components=COM
     ort = import_onnxruntime()
     ck = load_model_checkpoint(checkpoint, weights, heads, force_heads=force_heads)
     vae_ck = load_vae_checkpoint(vae) if vae else None
+    if getattr(ck.config, "kind", "") == "causal":       # FAR-Causal: its own graphs
+        from .causal_bundle import export_causal_bundle
+        return export_causal_bundle(ck, vae_ck, out_dir, components, head_steps, opset, exporter,
+                                    max_batch, external_data, say, validate_batches, precision,
+                                    versions())
     backbone, head = build_model(ck)
     vae_mod = build_vae(vae_ck) if vae_ck else None
     model = model_entry(ck, vae_ck)

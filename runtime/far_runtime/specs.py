@@ -75,6 +75,9 @@ def component_specs(model: dict, max_batch: int = 8, head_steps=(1, 2, 4, 8),
                     tolerance: float = 1e-4) -> dict[str, ComponentSpec]:
     """All graph specs of a model. ``model`` holds seq_len, token_dim, cond_dim, num_classes,
     head_kind, image_size, image_channels (the manifest's ``model`` entry)."""
+    if model.get("kind") == "causal":
+        from .causal_specs import causal_specs
+        return causal_specs(model, max_batch, head_steps, tolerance)
     L, C, D = model["seq_len"], model["token_dim"], model["cond_dim"]
     rows_max = 2 * max_batch                     # CFG doubles the batch
     specs = {}
@@ -145,6 +148,8 @@ def sample_inputs(spec: ComponentSpec, dims: dict, model: dict, rng: np.random.G
             out[t.name] = (0.5 ** rng.integers(0, 8, size=shape)).astype(np.float32)
         elif t.kind == "timestep":
             out[t.name] = rng.integers(0, 1000, size=shape).astype(np.float32)
+        elif t.kind == "position":        # FAR-Causal: a step's sequence position (P..T-1)
+            out[t.name] = np.array([model["class_tokens"] + L // 2 - 1], dtype=np.int64)
         elif t.kind == "scalar":
             out[t.name] = np.full(shape, cfg, dtype=np.float32)
         else:
