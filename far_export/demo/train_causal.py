@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -57,6 +58,7 @@ class CausalRecipe:
     head_depth: int = 3
     seed: int = 0
     checkpoint_every: int = 250
+    minutes: float | None = None      # time budget: cosine over wall time, stop at the budget
 
     def model_config(self, seq_len: int, token_dim: int, num_classes: int) -> CausalModelConfig:
         bb = CausalConfig(token_dim=token_dim, seq_len=seq_len, class_tokens=self.class_tokens,
@@ -80,6 +82,15 @@ def causal_args(cfg: CausalConfig, **extra) -> argparse.Namespace:
     return argparse.Namespace(model="far_causal", num_heads=cfg.heads,
                               class_tokens=cfg.class_tokens, class_num=cfg.num_classes,
                               token_embed_dim=cfg.token_dim, seq_len=cfg.seq_len, **extra)
+
+
+def lr_budget(step: int, r: CausalRecipe, fraction: float) -> float:
+    """``lr_at`` with the cosine driven by the elapsed fraction of the time budget (on a
+    shared machine the step rate is unknown up front; the schedule still ends at 10%)."""
+    if step < r.warmup:
+        return r.lr * (step + 1) / r.warmup
+    p = min(1.0, max(0.0, fraction))
+    return r.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
 
 
 def init_causal(bb: CausalBackbone) -> CausalBackbone:
@@ -123,9 +134,20 @@ def train_causal(token_mean: torch.Tensor, token_std: torch.Tensor, labels: np.n
     t0, running = time.time(), []
     backbone.train()
     head.train()
+    budget = recipe.minutes * 60 if recipe.minutes else None
+    t_warm = None
     for step in range(recipe.steps):
+        if budget is not None:
+            if step == recipe.warmup:
+                t_warm = time.time()
+            frac = 0.0 if t_warm is None else (time.time() - t_warm) / (budget - (t_warm - t0))
+            if frac >= 1.0:
+                break
+            lr = lr_budget(step, recipe, frac)
+        else:
+            lr = lr_at(step, recipe)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, recipe)
+            group["lr"] = lr
         idx = torch.randint(0, N, (recipe.batch,), generator=g)
         tokens = token_mean[idx] + token_std[idx] * torch.randn((recipe.batch, L, C), generator=g)
         lab = labels_t[idx].clone()
@@ -145,14 +167,16 @@ def train_causal(token_mean: torch.Tensor, token_std: torch.Tensor, labels: np.n
         done = step + 1
         if done % progress_every == 0 or done == recipe.steps:
             el = time.time() - t0
-            log.info("causal step %d/%d  loss %.4f  lr %.2e  (%.0fs, %.3f s/step, eta %.0fs)",
-                     done, recipe.steps, float(np.mean(running)), lr_at(step, recipe), el,
-                     el / done, el / done * (recipe.steps - done))
+            log.info("causal step %d/%d  loss %.4f  lr %.2e  (%.0fs, %.3f s/step)", done,
+                     recipe.steps, float(np.mean(running)), lr, el, el / done)
             running = []
-        if out_path and (done % recipe.checkpoint_every == 0 or done == recipe.steps):
+        if out_path and done % recipe.checkpoint_every == 0:
             save_causal(out_path, backbone, head, ema_bb, ema_head, recipe, done,
                         {"train_seconds": time.time() - t0, "loss": float(loss.item())})
-    metrics = {"train_seconds": time.time() - t0, "final_loss": float(loss.item())}
+    metrics = {"train_seconds": time.time() - t0, "final_loss": float(loss.item()),
+               "steps_done": done}
+    if out_path:
+        save_causal(out_path, backbone, head, ema_bb, ema_head, recipe, done, metrics)
     return backbone.eval(), head.eval(), ema_bb, ema_head, metrics
 
 
@@ -182,11 +206,14 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vae", default=os.path.join(ASSETS, "vae_demo.pth"))
     p.add_argument("--checkpoint-every", type=int, default=CausalRecipe.checkpoint_every)
+    p.add_argument("--minutes", type=float,
+                   help="Time budget: train until it is spent (at most --steps), cosine over time.")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(a.threads)
     os.makedirs(a.out, exist_ok=True)
-    recipe = CausalRecipe(steps=a.steps, seed=a.seed, checkpoint_every=a.checkpoint_every)
+    recipe = CausalRecipe(steps=a.steps, seed=a.seed, checkpoint_every=a.checkpoint_every,
+                          minutes=a.minutes)
     t = time.time()
     mean, std, labels = demo_tokens(a.out, a.vae, seed=a.seed)
     log.info("tokens %s in %.0fs", tuple(mean.shape), time.time() - t)

@@ -38,6 +38,9 @@ class Pipeline:
     def load(cls, root: str, providers=("CPUExecutionProvider",), threads: int | None = None,
              check_hashes: bool = True) -> "Pipeline":
         bundle = load_bundle(root, check_hashes)
+        if bundle.model.get("kind") == "causal" and cls is Pipeline:   # FAR-Causal bundle
+            from .causal_pipeline import CausalPipeline
+            cls = CausalPipeline
         return cls(bundle, OrtBackend(bundle, providers, threads))
 
     # --- checks -------------------------------------------------------------------------
