@@ -97,3 +97,15 @@ def causal_param_counts(cfg: CausalModelConfig) -> dict:
     with torch.device("meta"):
         return {"backbone": sum(p.numel() for p in CausalBackbone(cfg.backbone).parameters()),
                 "head": sum(p.numel() for p in SimpleMLPAdaLN(cfg.head).parameters())}
+
+
+def describe_causal(cfg: CausalModelConfig, counts: dict) -> list[str]:
+    """``far-export inspect`` lines of a FAR-Causal model."""
+    bb, hd = cfg.backbone, cfg.head
+    return [f"backbone    {counts['backbone'] / 1e6:.1f}M params: causal transformer (GPT-style, "
+            f"KV cache), width {bb.width}, depth {bb.depth}, heads {bb.heads} ({bb.heads_rule}), "
+            f"tokens {bb.seq_len}x{bb.token_dim} in raster order, {bb.class_tokens} class "
+            f"token(s), context {bb.context}, classes {bb.num_classes}",
+            f"head        {counts['head'] / 1e6:.1f}M params: shortcut (FAR shortcut), width "
+            f"{hd.width}, depth {hd.depth}, out {hd.out_dim}, prefix {hd.prefix}",
+            f"sampling    K = L = {bb.seq_len} steps of one token (not adjustable), O head steps per token"]

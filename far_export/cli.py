@@ -47,6 +47,8 @@ def inspect(checkpoint, vae_path, weights, heads, force_heads, as_json):
     report = {"checkpoint": ck.path, "sha256": ck.sha256, "weights": ck.weights,
               "head_kind": ck.config.head.kind, "heads_rule": ck.config.backbone.heads_rule,
               "config": ck.config.to_dict(), "parameters": counts, **ck.extra}
+    causal = getattr(ck.config, "kind", "") == "causal"
+    report["kind"] = "far-causal" if causal else ("far" if ck.config.head.kind == "shortcut" else "mar")
     if vae:
         from dataclasses import asdict
         report["vae"] = {"path": vae.path, "sha256": vae.sha256, "config": asdict(vae.config)}
@@ -55,8 +57,23 @@ def inspect(checkpoint, vae_path, weights, heads, force_heads, as_json):
         return
     bb, hd = ck.config.backbone, ck.config.head
     click.echo(f"checkpoint  {ck.path}")
+    click.echo(f"kind        {report['kind']}")
     click.echo(f"sha256      {ck.sha256}")
     click.echo(f"weights     {ck.weights}" + (f" (epoch {ck.extra['epoch']})" if "epoch" in ck.extra else ""))
+    if causal:
+        from .causal_checkpoint import describe_causal
+        for line in describe_causal(ck.config, counts):
+            click.echo(line)
+    else:
+        _describe_mar(bb, hd, counts)
+    if vae:
+        v = vae.config
+        click.echo(f"vae decoder {_fmt_m(counts['vae_decoder'])} params: embed {v.embed_dim}, ch {v.ch}, "
+                   f"ch_mult {v.ch_mult}, res blocks {v.num_res_blocks}, scale {v.scale_factor}, "
+                   f"sha256 {vae.sha256[:16]}")
+
+
+def _describe_mar(bb, hd, counts):
     click.echo(f"backbone    {_fmt_m(counts['backbone'])} params: width {bb.encoder_width}/{bb.decoder_width}, "
                f"depth {bb.encoder_depth}+{bb.decoder_depth}, heads {bb.encoder_heads}/{bb.decoder_heads} "
                f"({bb.heads_rule}), tokens {bb.seq_len}x{bb.token_dim}, buffer {bb.buffer_size}, "
@@ -64,11 +81,6 @@ def inspect(checkpoint, vae_path, weights, heads, force_heads, as_json):
     click.echo(f"head        {_fmt_m(counts['head'])} params: {hd.kind} "
                f"({'MAR diffusion, ' + str(hd.diffusion_steps) + ' steps' if hd.kind == 'diffusion' else 'FAR shortcut'}), "
                f"width {hd.width}, depth {hd.depth}, out {hd.out_dim}, prefix {hd.prefix}")
-    if vae:
-        v = vae.config
-        click.echo(f"vae decoder {_fmt_m(counts['vae_decoder'])} params: embed {v.embed_dim}, ch {v.ch}, "
-                   f"ch_mult {v.ch_mult}, res blocks {v.num_res_blocks}, scale {v.scale_factor}, "
-                   f"sha256 {vae.sha256[:16]}")
 
 
 @main.command()
@@ -229,6 +241,8 @@ def verify(bundle, num_iter, head_steps, cfg, batch, seed, checkpoint, vae, out,
 
 from .bench import bench  # noqa: E402
 main.add_command(bench)
+from .bench.causal import bench_causal  # noqa: E402
+main.add_command(bench_causal)
 
 
 from .tensorrt.cli import engines  # noqa: E402

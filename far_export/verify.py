@@ -161,6 +161,10 @@ def verify_bundle(bundle_dir: str, out: str | None = None, K=None, O=None, cfg=N
     check_verify_options(K, O, cfg, batch, seed, quality_per_class)
     report_path = check_writable_file(out or os.path.join(bundle_dir, "verify.json"), "--out")
     pipe = Pipeline.load(bundle_dir)
+    if pipe.model.get("kind") == "causal":                 # FAR-Causal: K = L, its own loop
+        from .causal_verify import verify_causal_bundle
+        return verify_causal_bundle(pipe, bundle_dir, out, K, O, cfg, batch, seed, checkpoint,
+                                    vae, progress)
     ref = reference_for_bundle(pipe, checkpoint, vae)
     precision = precision or pipe.bundle.manifest.get("precision", "fp32")
     tol = TOLERANCES[precision]

@@ -1,0 +1,226 @@
+"""FAR-Causal: checkpoint layout, reference (cache == recompute), export grid, runtime parity,
+inspect, build, bench and one-sentence errors, on tiny random causal checkpoints."""
+import argparse
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from far_export.checkpoint import build_model, load_model_checkpoint
+from far_export.cli import main
+from far_export.reference.causal_sampler import sample_causal
+from far_export.synthetic import (tiny_causal_config, write_random_causal_checkpoint,
+                                  write_random_checkpoint, write_random_vae)
+from far_export.verify import psnr
+from far_runtime.errors import FarError
+from far_runtime.pipeline import Pipeline
+from far_runtime.randomness import draw_randomness
+
+L = 16
+
+
+@pytest.fixture(scope="module")
+def causal_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("causal")
+    files = {"ckpt": str(d / "causal.pth"), "vae": str(d / "vae.pth"), "far": str(d / "far.pth"),
+             "bundle": str(d / "bundle")}
+    write_random_causal_checkpoint(files["ckpt"], tiny_causal_config(L, class_tokens=2), seed=4)
+    write_random_vae(files["vae"], seed=3)
+    write_random_checkpoint(files["far"], "tiny", "shortcut", seed=1)
+    return files
+
+
+@pytest.fixture(scope="module")
+def built(causal_files):
+    """``far-export build`` of the tiny causal checkpoint (export, validation, verify)."""
+    res = CliRunner().invoke(main, ["build", causal_files["ckpt"], "--vae", causal_files["vae"],
+                                    "--out", causal_files["bundle"], "--head-steps", "1,2",
+                                    "--validate-batches", "1,3"])
+    assert res.exit_code == 0, res.output
+    return causal_files["bundle"], res.output
+
+
+@pytest.fixture(scope="module")
+def reference(causal_files):
+    return build_model(load_model_checkpoint(causal_files["ckpt"]))
+
+
+def test_checkpoint_layout_names(causal_files):
+    ck = load_model_checkpoint(causal_files["ckpt"])
+    assert ck.config.kind == "causal" and ck.weights == "model_ema"
+    bb = ck.config.backbone
+    assert (bb.seq_len, bb.class_tokens, bb.width, bb.depth, bb.heads) == (L, 2, 32, 2, 2)
+    assert bb.heads_rule == "args.num_heads"
+    top = {k.split(".")[0] for k in ck.state_dict}
+    assert top == {"tok_embed", "class_emb", "fake_latent", "pos_embed", "blocks", "norm",
+                   "head_pos_embed", "diffloss"}
+    for name in ("blocks.1.attn.qkv.weight", "blocks.1.attn.proj.bias", "blocks.0.mlp.fc1.weight",
+                 "blocks.0.mlp.fc2.weight", "blocks.0.norm1.weight", "norm.weight",
+                 "diffloss.net.step_embed.mlp.0.weight"):
+        assert name in ck.state_dict
+    assert tuple(ck.state_dict["pos_embed"].shape) == (1, 2 + L - 1, 32)
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_reference_cache_equals_recompute(reference, cfg):
+    bb, head = reference
+    rnd = draw_randomness(2, 3, L, 4)
+    a = sample_causal(bb, head, [0, 4, 9], head_steps=2, cfg=cfg, randomness=rnd, temperature=0.9)
+    b = sample_causal(bb, head, [0, 4, 9], head_steps=2, cfg=cfg, randomness=rnd, temperature=0.9,
+                      use_cache=False)
+    assert float((a - b).abs().max()) < 1e-5
+    # The class matters (the prefix is not ignored) and the randomness is used per position.
+    c = sample_causal(bb, head, [1, 4, 9], head_steps=2, cfg=cfg, randomness=rnd, temperature=0.9)
+    assert float((a[0] - c[0]).abs().max()) > 1e-3 and float((a[1:] - c[1:]).abs().max()) == 0.0
+
+
+def test_reference_ignores_orders_uses_noise(reference):
+    bb, head = reference
+    rnd = draw_randomness(5, 2, L, 4)
+    a = sample_causal(bb, head, [1, 2], head_steps=1, randomness=rnd)
+    rnd.orders = rnd.orders[:, ::-1].copy()
+    assert torch.equal(a, sample_causal(bb, head, [1, 2], head_steps=1, randomness=rnd))
+    rnd.noise[:, -1] += 1.0
+    b = sample_causal(bb, head, [1, 2], head_steps=1, randomness=rnd)
+    assert torch.equal(a[:, :-1], b[:, :-1]) and not torch.equal(a[:, -1], b[:, -1])
+
+
+def test_export_validation_grid(built):
+    bundle, output = built
+    rep = json.load(open(os.path.join(bundle, "validation.json")))
+    for name in ("causal_prefill", "causal_step", "causal_recompute"):
+        assert rep[name]["passed"], name
+        assert rep[name]["worst_rel_to_max"] < 1e-4
+    steps = {(p["dims"]["token"], p["dims"]["batch"], p["dims"]["cfg"])
+             for p in rep["causal_step"]["points"]}
+    assert steps == {(t, r * (2 if c else 1), c) for t in (1, L // 2, L - 1)
+                     for r in (1, 3) for c in (False, True)}
+    assert {p["dims"]["token"] for p in rep["causal_prefill"]["points"]} == {0}
+    manifest = json.load(open(os.path.join(bundle, "manifest.json")))
+    assert manifest["model"]["kind"] == "causal" and manifest["model"]["context"] == L + 1
+    cache = manifest["graphs"]["causal_step"]["spec"]["inputs"][2]
+    assert cache["name"] == "cache" and cache["dims"] == [2, 2, "batch", 2, L + 1, 16]
+    assert "backbone" not in manifest["graphs"]
+    verify = json.load(open(os.path.join(bundle, "verify.json")))
+    assert verify["passed"] and {r["mode"] for r in verify["results"]} == {"cache", "recompute"}
+    assert all(len(r["per_iteration_latent_max_abs"]) == L for r in verify["results"])
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+@pytest.mark.parametrize("O", [1, 2])
+def test_runtime_matches_reference(built, reference, causal_files, batch, cfg, O):
+    bb, head = reference
+    from far_export.checkpoint import build_vae, load_vae_checkpoint
+    vae = build_vae(load_vae_checkpoint(causal_files["vae"]))
+    pipe = Pipeline.load(built[0])
+    labels = [(3 * j + 1) % 10 for j in range(batch)]
+    rnd = draw_randomness(7, batch, L, 4)
+    ref = sample_causal(bb, head, labels, head_steps=O, cfg=cfg, randomness=rnd,
+                        temperature=0.8).numpy()
+    modes = ("cache", "recompute") if batch == 3 and O == 2 else ("cache",)
+    for mode in modes:
+        got = pipe.generate_tokens(labels, O=O, cfg=cfg, randomness=rnd, temperature=0.8, mode=mode)
+        assert np.abs(got - ref).max() <= 1e-3, mode
+        with torch.no_grad():
+            assert psnr(vae(torch.from_numpy(ref)).numpy(), pipe.decode(got)) >= 50.0
+
+
+def test_runtime_cache_buffers_do_not_move(built):
+    """The step calls alternate two preallocated bindings; a run leaves the plan's shapes."""
+    pipe = Pipeline.load(built[0])
+    plan = pipe.plan(2, None, 2, 3.0)
+    keys = {c.key for c in plan.distinct()}
+    assert len([k for k in keys if k[0] == "causal_step"]) == 2
+    assert all(dict(c.dims)["batch"] == 4 for c in plan.distinct() if c.graph.startswith("causal"))
+    a = pipe.generate([1, 2], O=2, cfg=3.0, seed=1)
+    b = pipe.generate([1, 2], O=2, cfg=3.0, seed=1)
+    assert a.shape == (2, 8, 8, 3) and np.array_equal(a, b)
+
+
+def test_inspect_tells_kinds_apart(causal_files):
+    r = CliRunner()
+    causal = json.loads(r.invoke(main, ["inspect", causal_files["ckpt"], "--json"]).output)
+    far = json.loads(r.invoke(main, ["inspect", causal_files["far"], "--json"]).output)
+    assert causal["kind"] == "far-causal" and far["kind"] == "far"
+    assert causal["config"]["backbone"]["class_tokens"] == 2
+    text = r.invoke(main, ["inspect", causal_files["ckpt"], "--vae", causal_files["vae"]]).output
+    assert "far-causal" in text and "causal transformer" in text and "vae decoder" in text
+
+
+def test_bench_causal_reports_both_modes(tmp_path):
+    from far_export.bench.causal import causal_markdown, run_causal_bench
+    rep = run_causal_bench(str(tmp_path), lengths=(4,), width=16, depth=1, heads=2,
+                           class_tokens=1, O=1, runs=1, warmup=0, threads=1)
+    row = rep["lengths"]["4"]
+    assert row["cache"]["median_s"] > 0 and row["recompute"]["median_s"] > 0
+    assert row["ratio_recompute_over_cache"] == pytest.approx(
+        row["recompute"]["median_s"] / row["cache"]["median_s"])
+    assert "| 4 |" in causal_markdown(rep)
+
+
+def test_training_writes_a_loadable_checkpoint(tmp_path):
+    from far_export.demo.train_causal import CausalRecipe, train_causal
+    g = torch.Generator().manual_seed(0)
+    mean, std = torch.randn(20, 16, 4, generator=g), torch.full((20, 16, 4), 0.1)
+    recipe = CausalRecipe(steps=3, warmup=1, batch=4, width=16, depth=1, heads=2,
+                          class_tokens=2, head_width=16, head_depth=1, checkpoint_every=2)
+    path = str(tmp_path / "c.pth")
+    *_, metrics = train_causal(mean, std, np.arange(20) % 10, recipe, 10, path)
+    assert metrics["steps_done"] == 3 and np.isfinite(metrics["final_loss"])
+    ck = load_model_checkpoint(path)
+    assert ck.config.kind == "causal" and ck.extra["epoch"] == 3
+    raw = _load(path)
+    assert set(raw) >= {"model", "model_ema", "args", "epoch"}
+    assert ck.args.trained_steps == 3 and ck.args.recipe_class_tokens == 2
+
+
+def _load(path):
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(path, weights_only=True, map_location="cpu")
+
+
+def _one_sentence_exit_2(res):
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_bad_inputs_are_one_sentence(built, causal_files, tmp_path):
+    pipe = Pipeline.load(built[0])
+    with pytest.raises(FarError, match="K is L = 16"):
+        pipe.generate_tokens([1], K=8)
+    with pytest.raises(FarError, match="unknown"):
+        pipe.generate_tokens([10])
+    with pytest.raises(FarError, match="max batch"):
+        pipe.generate_tokens(list(range(9)))
+    with pytest.raises(FarError, match="mode"):
+        pipe.generate_tokens([1], mode="full")
+    with pytest.raises(FarError, match="Randomness"):
+        pipe.generate_tokens([1], randomness=draw_randomness(0, 1, L - 1, 4))
+    with pytest.raises(FarError, match="CFG schedule"):
+        pipe.generate_tokens([1], cfg=2.0, cfg_schedule="cosine")
+    bb, head = build_model(load_model_checkpoint(causal_files["ckpt"]))
+    with pytest.raises(FarError, match="power of two"):
+        sample_causal(bb, head, [1], head_steps=3)
+    # A corrupt checkpoint: positions that do not fit together; a diffusion head.
+    sd = _load(causal_files["ckpt"])
+    sd["model_ema"]["pos_embed"] = sd["model_ema"]["pos_embed"][:, :5]
+    bad = str(tmp_path / "bad.pth")
+    torch.save(sd, bad)
+    r = CliRunner()
+    _one_sentence_exit_2(r.invoke(main, ["inspect", bad]))
+    sd = _load(causal_files["ckpt"])
+    for k in [k for k in sd["model_ema"] if "step_embed" in k]:
+        del sd["model_ema"][k]
+    torch.save(sd, bad)
+    res = r.invoke(main, ["inspect", bad])
+    _one_sentence_exit_2(res)
+    assert "shortcut head" in res.output
+    res = r.invoke(main, ["build", causal_files["ckpt"], "--vae", causal_files["vae"],
+                          "--out", str(tmp_path / "b"), "--precision", "fp16"])
+    _one_sentence_exit_2(res)
+    res = r.invoke(main, ["verify", built[0], "--K", "4"])
+    _one_sentence_exit_2(res)
