@@ -40,11 +40,11 @@ def causal_heads(width: int, args=None, metadata: dict | None = None,
 
 def infer_causal_config(sd: dict, args=None, metadata: dict | None = None,
                         heads: int | None = None) -> CausalModelConfig:
-    E, C = _shape(sd, "tok_embed.weight")
-    _, L, E2 = _shape(sd, "head_pos_embed")
-    _, T, _ = _shape(sd, "pos_embed")
-    ncls, _ = _shape(sd, "class_emb.weight")
-    hidden, _ = _shape(sd, "blocks.0.mlp.fc1.weight")
+    E, C = _shape(sd, "tok_embed.weight", 2, "a FAR-Causal model")
+    _, L, E2 = _shape(sd, "head_pos_embed", 3, "a FAR-Causal model")
+    _, T, _ = _shape(sd, "pos_embed", 3, "a FAR-Causal model")
+    ncls, _ = _shape(sd, "class_emb.weight", 2, "a FAR-Causal model")
+    hidden, _ = _shape(sd, "blocks.0.mlp.fc1.weight", 2, "a FAR-Causal model")
     P = T - L + 1
     if E2 != E or P < 1:
         raise FarError(f"The causal checkpoint's position tables do not fit together: pos_embed "
@@ -59,10 +59,10 @@ def infer_causal_config(sd: dict, args=None, metadata: dict | None = None,
     if f"{prefix}step_embed.mlp.0.weight" not in sd:
         raise FarError("The causal checkpoint's head has no step_embed, so it is a diffusion head; "
                        "FAR-Causal needs the FAR shortcut head.")
-    W, _ = _shape(sd, f"{prefix}input_proj.weight")
-    out, _ = _shape(sd, f"{prefix}final_layer.linear.weight")
-    _, freq = _shape(sd, f"{prefix}time_embed.mlp.0.weight")
-    _, zc = _shape(sd, f"{prefix}cond_embed.weight")
+    W, _ = _shape(sd, f"{prefix}input_proj.weight", 2, "a FAR-Causal model")
+    out, _ = _shape(sd, f"{prefix}final_layer.linear.weight", 2, "a FAR-Causal model")
+    _, freq = _shape(sd, f"{prefix}time_embed.mlp.0.weight", 2, "a FAR-Causal model")
+    _, zc = _shape(sd, f"{prefix}cond_embed.weight", 2, "a FAR-Causal model")
     if zc != E or out != C:
         raise FarError(f"The head takes conditions of width {zc} and outputs {out} channels; the "
                        f"causal backbone has width {E} and tokens of {C}.")
