@@ -224,3 +224,30 @@ def test_bad_inputs_are_one_sentence(built, causal_files, tmp_path):
     _one_sentence_exit_2(res)
     res = r.invoke(main, ["verify", built[0], "--K", "4"])
     _one_sentence_exit_2(res)
+
+
+SHIPPED = os.path.join(os.path.dirname(__file__), "..", "far_export", "demo", "assets",
+                       "far_causal_demo.pth")
+
+
+def test_shipped_causal_demo_loads_and_samples():
+    ck = load_model_checkpoint(SHIPPED)
+    assert ck.config.kind == "causal" and ck.weights == "model_ema"
+    assert (ck.config.backbone.seq_len, ck.config.backbone.token_dim) == (64, 16)
+    assert ck.args.trained_steps > 1000
+    bb, head = build_model(ck)
+    tokens = sample_causal(bb, head, [0, 3], head_steps=2, cfg=5.0, cfg_schedule="constant",
+                           temperature=0.8, seed=1)
+    assert tokens.shape == (2, 64, 16) and torch.isfinite(tokens).all()
+
+
+@pytest.mark.slow
+def test_shipped_causal_demo_draws_its_classes():
+    """At the demo's settings (CFG 5 constant, temperature 0.8, O = 8), 100 images."""
+    from far_export.checkpoint import build_vae, load_vae_checkpoint
+    from far_export.defaults import DEFAULT_VAE
+    from far_export.demo.evaluate_causal import evaluate_causal
+    vae = build_vae(load_vae_checkpoint(DEFAULT_VAE))
+    score = evaluate_causal(*build_model(load_model_checkpoint(SHIPPED)), vae, per_class=10,
+                            head_steps=8, cfg=5.0, cfg_schedule="constant", temperature=0.8, seed=3)
+    assert score["accuracy"] >= 0.7
