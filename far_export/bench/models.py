@@ -135,6 +135,7 @@ def precision_bundle(fp32_bundle: str, folder: str, options, say) -> str:
                                                           sort_keys=True).encode()).hexdigest(),
               "precision": options.precision, "int8": options.int8.to_dict(),
               "calibration": options.calibration.to_dict()}
+    wanted = json.loads(json.dumps(wanted))        # as the manifest stores it (tuples read back as lists)
     path = os.path.join(folder, "manifest.json")
     if os.path.isfile(path):
         with open(path) as f:
