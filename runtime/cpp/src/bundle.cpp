@@ -7,17 +7,20 @@
 
 #include <openssl/evp.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <iterator>
 #include <memory>
 #include <regex>
 #include <sstream>
 
 #include "errors.h"
 #include "json.h"
+#include "specs.h"
 
 namespace far {
 namespace {
@@ -30,22 +33,6 @@ constexpr size_t kMaxManifestBytes = 64u << 20;
 
 bool is_dir(const std::string& p) { struct stat st{}; return stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode); }
 bool is_file(const std::string& p) { struct stat st{}; return stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode); }
-
-std::string realpath_or_empty(const std::string& p) {
-    char buf[PATH_MAX];
-    return ::realpath(p.c_str(), buf) ? std::string(buf) : std::string();
-}
-
-// Python's os.path.realpath also resolves paths that do not exist; here a missing file
-// resolves through its existing parent, which is all containment needs.
-std::string resolve(const std::string& p) {
-    std::string r = realpath_or_empty(p);
-    if (!r.empty()) return r;
-    const size_t slash = p.find_last_of('/');
-    if (slash == std::string::npos) return p;
-    std::string parent = resolve(p.substr(0, slash == 0 ? 1 : slash));
-    return path_join(parent, p.substr(slash + 1));
-}
 
 [[noreturn]] void bad(const std::string& mpath, const std::string& what) {
     throw Error(Code::Bundle, mpath + " is not a usable bundle manifest: " + what + "; rebuild the bundle.");
@@ -107,6 +94,57 @@ std::string path_join(const std::string& a, const std::string& b) {
     return a + "/" + b;
 }
 
+// posixpath.realpath(strict=False): walk the components, following symlinks and taking
+// ".." lexically, so "missing/../../x" resolves (and is judged) exactly as Python does.
+static std::string join_real(std::string path, const std::string& rest, int depth) {
+    if (depth > 40) return path_join(path, rest);       // a symlink loop: Python leaves it unresolved too
+    size_t pos = 0;
+    while (pos <= rest.size()) {
+        size_t end = rest.find('/', pos);
+        if (end == std::string::npos) end = rest.size();
+        const std::string name = rest.substr(pos, end - pos);
+        pos = end + 1;
+        if (name.empty() || name == ".") continue;
+        if (name == "..") {
+            const size_t slash = path.find_last_of('/');
+            path = slash == 0 || slash == std::string::npos ? "/" : path.substr(0, slash);
+            continue;
+        }
+        const std::string next = path_join(path, name);
+        struct stat st{};
+        if (lstat(next.c_str(), &st) != 0 || !S_ISLNK(st.st_mode)) { path = next; continue; }
+        std::vector<char> buf(PATH_MAX + 1);
+        const ssize_t n = readlink(next.c_str(), buf.data(), PATH_MAX);
+        if (n < 0) { path = next; continue; }
+        const std::string target(buf.data(), static_cast<size_t>(n));
+        path = join_real(target[0] == '/' ? "/" : path, target, depth + 1);
+    }
+    return path;
+}
+
+std::string realpath_py(const std::string& p) {
+    std::string start = "/";
+    if (p.empty() || p[0] != '/') {
+        std::vector<char> cwd(PATH_MAX + 1);
+        if (getcwd(cwd.data(), cwd.size())) start = join_real("/", cwd.data(), 0);
+    }
+    return join_real(start, p, 0);
+}
+
+static std::string sha256_hex(const unsigned char* data, size_t size) {
+    std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+    if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1)
+        throw Error(Code::Internal, "OpenSSL could not start a sha256 digest.");
+    EVP_DigestUpdate(ctx.get(), data, size);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+    EVP_DigestFinal_ex(ctx.get(), md, &len);
+    static const char* hex = "0123456789abcdef";
+    std::string out;
+    for (unsigned i = 0; i < len; ++i) { out += hex[md[i] >> 4]; out += hex[md[i] & 15]; }
+    return out;
+}
+
 std::string sha256_file(const std::string& path) {
     std::unique_ptr<FILE, int (*)(FILE*)> f(std::fopen(path.c_str(), "rb"), std::fclose);
     if (!f) throw Error(Code::Bundle, "Graph file " + path + " cannot be read.");
@@ -142,24 +180,41 @@ const GraphInfo& Bundle::graph(const std::string& name) const {
     return it->second;
 }
 
-std::string Bundle::head_steps_repr() const {
-    std::string s = "[";
-    for (size_t i = 0; i < head_steps.size(); ++i) s += (i ? ", " : "") + std::to_string(head_steps[i]);
-    return s + "]";
-}
-
 // root/name with symlinks followed, refused unless it stays inside root (bundle.py's inside()).
 static std::string inside(const std::string& root, const std::string& name) {
     if (name.empty() || name.find('\0') != std::string::npos)
         throw Error(Code::Bundle, "The bundle manifest names a graph file " + py_repr(name) + ", which is not a file name.");
-    const std::string base = resolve(root);
-    const std::string real = resolve(path_join(base, name));
+    const std::string base = realpath_py(root);
+    const std::string real = realpath_py(path_join(base, name));
     const bool within = real.size() > base.size() && real.compare(0, base.size(), base) == 0 &&
                         (base == "/" || real[base.size()] == '/');
     if (name[0] == '/' || !within)
-        throw Error(Code::Bundle, "The bundle manifest names " + py_repr(name) + ", which lies outside the bundle folder " +
+        throw Error(Code::Bundle, "The bundle names " + py_repr(name) + ", which lies outside the bundle folder " +
                                       root + "; refusing to read it.");
     return real;
+}
+
+std::vector<char> Bundle::read_verified(const std::string& graph_name, const std::string& fname) const {
+    const GraphInfo& g = graph(graph_name);
+    const std::string f = fname.empty() ? g.file : fname;
+    auto digest = g.files.find(f);
+    if (digest == g.files.end())
+        throw Error(Code::Bundle, "Graph '" + graph_name + "' of the bundle has no hashed file " + py_repr(f) + "; rebuild the bundle.");
+    const std::string p = inside(root, f);
+    std::ifstream in(p, std::ios::binary);
+    std::vector<char> data;
+    if (in) data.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    if (!in && !in.eof()) throw Error(Code::Bundle, "Graph file " + p + " named in the manifest cannot be read.");
+    if (sha256_hex(reinterpret_cast<const unsigned char*>(data.data()), data.size()) != digest->second)
+        throw Error(Code::Bundle, "Graph file " + p + " does not match the sha256 in the manifest "
+                                      "(modified or corrupt since the bundle was checked); rebuild the bundle.");
+    return data;
+}
+
+std::string Bundle::head_steps_repr() const {
+    std::string s = "[";
+    for (size_t i = 0; i < head_steps.size(); ++i) s += (i ? ", " : "") + std::to_string(head_steps[i]);
+    return s + "]";
 }
 
 Bundle load_bundle(const std::string& root, bool check_hashes) {
@@ -171,18 +226,20 @@ Bundle load_bundle(const std::string& root, bool check_hashes) {
     if (!is_file(mpath))
         throw Error(Code::Bundle, root + " has no " + kManifest +
                                       ", so it is not a far-export bundle (or its export did not finish).");
+    inside(root, kManifest);   // a manifest that is a symlink out of the folder is refused too
     Json m;
     try {
         m = Json::parse(read_manifest(mpath));
     } catch (const JsonError& e) {
         throw Error(Code::Bundle, mpath + " is not valid JSON (" + e.message + ").");
     }
-    if (!m.is_object()) throw Error(Code::Bundle, mpath + " is not a far-export bundle manifest (a JSON value, not an object).");
+    if (!m.is_object())
+        throw Error(Code::Bundle, mpath + " is not a far-export bundle manifest (a JSON " + m.py_type() + ", not an object).");
     const Json* fmt = m.find("format");
     if (!fmt || !fmt->is_string() || fmt->str() != kFormat)
         throw Error(Code::Bundle, mpath + " is not a far-export bundle manifest.");
     const Json* ver = m.find("format_version");
-    if (!ver || !ver->is_integer() || ver->number() != kFormatVersion)
+    if (!ver || !ver->is_number() || ver->number() != kFormatVersion)     // Python's != : 1.0 == 1
         throw Error(Code::Bundle, mpath + " has bundle format version " + (ver ? ver->repr() : "None") +
                                       ", but this runtime reads version " + std::to_string(kFormatVersion) +
                                       "; rebuild the bundle with this toolkit.");
@@ -191,6 +248,9 @@ Bundle load_bundle(const std::string& root, bool check_hashes) {
     const Json* model = m.find("model");
     if (!model || !model->is_object()) bad(mpath, "it has no 'model' object");
     ModelInfo& mi = b.model;
+    const Json* mkind = model->find("kind");
+    if (mkind && mkind->is_string() && mkind->str() == "causal")
+        throw Error(Code::Bundle, root + " is a FAR-Causal bundle, which the C++ runtime does not run yet; use far_runtime.");
     mi.seq_len = get_int(*model, "seq_len", 1, mpath, "model.");
     mi.token_dim = get_int(*model, "token_dim", 1, mpath, "model.");
     mi.cond_dim = get_int(*model, "cond_dim", 1, mpath, "model.");
@@ -203,6 +263,10 @@ Bundle load_bundle(const std::string& root, bool check_hashes) {
         bad(mpath, "model.head_kind is " + (kind ? kind->repr() : std::string("None")) + ", not 'shortcut' or 'diffusion'");
     mi.head_kind = kind->str();
     if (mi.diffusion() && mi.diffusion_steps < 1) bad(mpath, "a diffusion model has no diffusion_steps");
+    if (const Json* rs = model->find("timestep_respacing")) {
+        if (!rs->is_string()) bad(mpath, "model.timestep_respacing is not a string");
+        mi.timestep_respacing = rs->str();
+    }
     const Json* mb = m.find("max_batch");
     if (!mb || !mb->is_integer() || mb->number() < 1 || mb->number() > kMaxBatchLimit)
         bad(mpath, "max_batch is " + (mb ? mb->repr() : std::string("None")) + ", not an integer in 1.." +
@@ -230,23 +294,38 @@ Bundle load_bundle(const std::string& root, bool check_hashes) {
                                           py_repr(name) + ", but that file is not among the graph's hashed files; "
                                           "refusing an unverified graph.");
     }
+    const auto expected = component_specs(mi, b.head_steps);
     for (const auto& [name, g] : graphs->members()) {
+        GraphInfo gi;
+        gi.name = name;
+        gi.file = g.find("file")->str();
         for (const auto& [fname, digest] : g.find("files")->members()) {
             const std::string p = inside(root, fname);
             if (!is_file(p)) throw Error(Code::Bundle, "Graph file " + path_join(root, fname) + " named in the manifest is missing.");
             if (check_hashes && sha256_file(p) != digest.str())
-                throw Error(Code::Bundle, "Graph file " + path_join(root, fname) + " does not match the sha256 in the manifest "
+                throw Error(Code::Bundle, "Graph file " + p + " does not match the sha256 in the manifest "
                                               "(modified or corrupt); rebuild the bundle.");
+            gi.files[fname] = digest.str();
         }
-        GraphInfo gi;
-        gi.name = name;
-        gi.path = inside(root, g.find("file")->str());
-        const Json* spec = g.find("spec");
-        if (!spec || !spec->is_object()) bad(mpath, "graph " + py_repr(name) + " has no 'spec' object");
-        gi.inputs = parse_tensors(spec->find("inputs"), mpath, "the inputs of graph " + py_repr(name));
-        gi.outputs = parse_tensors(spec->find("outputs"), mpath, "the outputs of graph " + py_repr(name));
+        gi.path = inside(root, gi.file);
+        auto want = expected.find(name);
+        if (want != expected.end()) {
+            // The tensors come from the model entry (as Python rebuilds them); a manifest spec,
+            // which no hash covers, may only repeat them.
+            gi.inputs = want->second.inputs;
+            gi.outputs = want->second.outputs;
+            if (const Json* spec = g.find("spec")) {
+                if (!spec->is_object()) bad(mpath, "graph " + py_repr(name) + " has a 'spec' that is not an object");
+                if (parse_tensors(spec->find("inputs"), mpath, "the inputs of graph " + py_repr(name)) != gi.inputs ||
+                    parse_tensors(spec->find("outputs"), mpath, "the outputs of graph " + py_repr(name)) != gi.outputs)
+                    bad(mpath, "the spec of graph " + py_repr(name) + " differs from the one its model entry implies");
+            }
+        }
         b.graphs.emplace(name, std::move(gi));
     }
+    if (b.has("vae_decoder") && mi.image_channels != 3)
+        bad(mpath, "model.image_channels is " + std::to_string(mi.image_channels) +
+                       ", but the vae_decoder's images are written as RGB, which needs 3");
     return b;
 }
 

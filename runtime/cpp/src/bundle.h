@@ -11,17 +11,22 @@ namespace far {
 struct Dim {
     int value = -1;        // static size, or -1 when symbolic
     std::string symbol;    // batch, n_known, n_pred, rows, zrows
+    bool operator==(const Dim& o) const { return value == o.value && symbol == o.symbol; }
 };
 
 struct TensorDesc {
     std::string name;
     std::string dtype;     // numpy dtype name: float32, int64
     std::vector<Dim> dims;
+    bool operator==(const TensorDesc& o) const { return name == o.name && dtype == o.dtype && dims == o.dims; }
+    bool operator!=(const TensorDesc& o) const { return !(*this == o); }
 };
 
 struct GraphInfo {
     std::string name;
-    std::string path;      // root joined with the manifest's "file"
+    std::string path;      // the manifest's "file", resolved inside the bundle folder
+    std::string file;      // the manifest's "file" as written
+    std::map<std::string, std::string> files;   // every hashed file of the graph -> its sha256
     std::vector<TensorDesc> inputs, outputs;
     const TensorDesc& input(const std::string& n) const;
     const TensorDesc& output(const std::string& n) const;
@@ -32,6 +37,7 @@ struct ModelInfo {
     std::string head_kind;           // "shortcut" (FAR) or "diffusion" (MAR)
     int diffusion_steps = 0;
     int image_size = 0, image_channels = 0;
+    std::string timestep_respacing;  // MAR's respacing ("ddim25", "10,15,20"), empty for the plain count
     bool diffusion() const { return head_kind == "diffusion"; }
 };
 
@@ -44,6 +50,9 @@ struct Bundle {
     bool has(const std::string& graph) const { return graphs.count(graph) != 0; }
     const GraphInfo& graph(const std::string& name) const;
     std::string head_steps_repr() const;   // "[1, 2, 8]", as Python prints the list
+    // The bytes of one file of a graph (its "file" when fname is empty), read once and
+    // checked against the manifest's sha256, so what a session runs is what was checked.
+    std::vector<char> read_verified(const std::string& graph, const std::string& fname = "") const;
 };
 
 // Read and check a bundle: format and version, every path inside the bundle folder, every
@@ -52,5 +61,6 @@ Bundle load_bundle(const std::string& root, bool check_hashes = true);
 
 std::string sha256_file(const std::string& path);   // lowercase hex
 std::string path_join(const std::string& a, const std::string& b);   // os.path.join
+std::string realpath_py(const std::string& p);   // os.path.realpath: symlinks followed, ".." lexical, missing tails kept
 
 }  // namespace far

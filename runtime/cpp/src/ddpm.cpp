@@ -1,6 +1,7 @@
 #include "ddpm.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <set>
 #include <string>
@@ -26,23 +27,103 @@ long long py_round(double x) { return static_cast<long long>(std::nearbyint(x));
 
 }  // namespace
 
-std::vector<int> respaced_timesteps(int num_steps, int sampling_steps) {
-    if (sampling_steps < 1 || sampling_steps > num_steps)
-        throw Error(Code::Input, "Diffusion sampling steps must be in 1.." + std::to_string(num_steps) + ", got " +
-                                     std::to_string(sampling_steps) + ".");
-    if (sampling_steps == 1) return {0};
-    const double stride = static_cast<double>(num_steps - 1) / (sampling_steps - 1);
+namespace {
+
+std::string strip(const std::string& s) {
+    const size_t a = s.find_first_not_of(" \t\n\r\f\v");
+    if (a == std::string::npos) return "";
+    return s.substr(a, s.find_last_not_of(" \t\n\r\f\v") - a + 1);
+}
+
+// Python's int() of a str: surrounding whitespace, a sign, digits with single underscores.
+bool py_int(const std::string& text, long long& out) {
+    const std::string t = strip(text);
+    size_t i = 0;
+    bool neg = false;
+    if (i < t.size() && (t[i] == '+' || t[i] == '-')) neg = t[i++] == '-';
+    if (i >= t.size() || !std::isdigit(static_cast<unsigned char>(t[i]))) return false;
+    long long v = 0;
+    for (; i < t.size(); ++i) {
+        if (t[i] == '_' && i + 1 < t.size() && std::isdigit(static_cast<unsigned char>(t[i + 1])) &&
+            std::isdigit(static_cast<unsigned char>(t[i - 1])))
+            continue;
+        if (!std::isdigit(static_cast<unsigned char>(t[i]))) return false;
+        if (v > 1000000000000LL) return false;          // far beyond any step count: refused below
+        v = v * 10 + (t[i] - '0');
+    }
+    out = neg ? -v : v;
+    return true;
+}
+
+}  // namespace
+
+std::vector<int> respaced_timesteps(int num_steps, int sampling_steps, const std::string& respacing) {
+    std::vector<long long> counts;
+    if (respacing.empty()) {
+        if (sampling_steps < 1 || sampling_steps > num_steps)
+            throw Error(Code::Input, "Diffusion sampling steps must be in 1.." + std::to_string(num_steps) + ", got " +
+                                         std::to_string(sampling_steps) + ".");
+        counts = {sampling_steps};
+    } else {
+        const std::string text = strip(respacing);
+        if (text.rfind("ddim", 0) == 0) {
+            long long want = 0;
+            if (!py_int(text.substr(4), want))
+                throw Error(Code::Input, "Diffusion sampling steps " + py_repr(respacing) + " is not 'ddimN' with an integer N.");
+            for (int stride = 1; stride < num_steps; ++stride)
+                if ((num_steps + stride - 1) / stride == want) {
+                    std::vector<int> use;
+                    for (int t = 0; t < num_steps; t += stride) use.push_back(t);
+                    return use;
+                }
+            throw Error(Code::Input, "Diffusion sampling steps " + py_repr(respacing) + ": no integer stride takes exactly " +
+                                         std::to_string(want) + " of the " + std::to_string(num_steps) + " original steps.");
+        }
+        if (text.empty()) {
+            counts = {num_steps};
+        } else {
+            size_t pos = 0;
+            while (true) {
+                const size_t comma = text.find(',', pos);
+                long long c = 0;
+                if (!py_int(text.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos), c))
+                    throw Error(Code::Input, "Diffusion sampling steps " + py_repr(respacing) + " is not a form MAR reads: use a count "
+                                             "such as '100', per-section counts such as '10,15,20', or 'ddimN'.");
+                counts.push_back(c);
+                if (comma == std::string::npos) break;
+                pos = comma + 1;
+            }
+        }
+    }
+    for (long long c : counts)
+        if (c < 1) throw Error(Code::Input, "Diffusion sampling steps must be positive counts, got " + py_repr(respacing) + ".");
+    const int sections = static_cast<int>(counts.size());
+    const int size_per = num_steps / sections, extra = num_steps % sections;
+    int start = 0;
     std::set<int> use;
-    for (int i = 0; i < sampling_steps; ++i) use.insert(static_cast<int>(py_round(i * stride)));
+    for (int i = 0; i < sections; ++i) {
+        const int size = size_per + (i < extra ? 1 : 0);
+        const long long count = counts[i];
+        if (count > size)
+            throw Error(Code::Input, "Diffusion sampling steps " + py_repr(respacing) + ": a section of " + std::to_string(size) +
+                                         " original steps cannot be divided into " + std::to_string(count) + ".");
+        const double stride = count == 1 ? 1.0 : static_cast<double>(size - 1) / static_cast<double>(count - 1);
+        double idx = 0.0;                      // the running index MAR advances (not i * stride)
+        for (long long k = 0; k < count; ++k) {
+            use.insert(start + static_cast<int>(py_round(idx)));
+            idx += stride;
+        }
+        start += size;
+    }
     return {use.begin(), use.end()};
 }
 
-DDPMSchedule ddpm_schedule(int sampling_steps) {
+DDPMSchedule ddpm_schedule(int sampling_steps, const std::string& respacing) {
     const std::vector<double> base_betas = cosine_betas();
     std::vector<double> base_ac(base_betas.size());
     double acc = 1.0;
     for (size_t i = 0; i < base_betas.size(); ++i) base_ac[i] = acc = acc * (1.0 - base_betas[i]);
-    const std::vector<int> use = respaced_timesteps(kTrainSteps, sampling_steps);
+    const std::vector<int> use = respaced_timesteps(kTrainSteps, sampling_steps, respacing);
     DDPMSchedule s;
     double last = 1.0;
     for (int i : use) {

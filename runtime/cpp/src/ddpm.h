@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace far {
@@ -15,7 +16,11 @@ struct DDPMSchedule {
 
 constexpr int kTrainSteps = 1000;
 
-std::vector<int> respaced_timesteps(int num_steps, int sampling_steps);
-DDPMSchedule ddpm_schedule(int sampling_steps);
+// The kept original timesteps, as ddpm.py's respaced_timesteps/space_timesteps pick them:
+// `respacing` is one of MAR's string forms ("100", "10,15,20", "ddim25"); when it is empty,
+// the plain count `sampling_steps` (checked to lie in 1..num_steps).
+std::vector<int> respaced_timesteps(int num_steps, int sampling_steps, const std::string& respacing = "");
+// The schedule for the manifest's model: its timestep_respacing, or else its diffusion_steps.
+DDPMSchedule ddpm_schedule(int sampling_steps, const std::string& respacing = "");
 
 }  // namespace far

@@ -1,5 +1,8 @@
 #include "json.h"
 
+#include "errors.h"
+
+#include <charconv>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -92,11 +95,13 @@ private:
         if (literal("true")) { v.type_ = Json::Type::Bool; v.bool_ = true; return v; }
         if (literal("false")) { v.type_ = Json::Type::Bool; return v; }
         if (literal("null")) return v;
-        if (c == '-' || (c >= '0' && c <= '9')) { v.type_ = Json::Type::Number; v.number_ = number(); return v; }
+        if (c == '-' || (c >= '0' && c <= '9')) { v.type_ = Json::Type::Number; v.number_ = number(v.integral_); return v; }
         fail("unexpected character");
     }
 
-    double number() {
+    // A number without a fraction or exponent is an integer, as json.loads makes an int of
+    // it and not of 16.0 (bundle.py's _is_int); parsed with from_chars, whatever the locale.
+    double number(bool& integral) {
         const size_t start = pos_;
         if (s_[pos_] == '-') ++pos_;
         auto digits = [&] {
@@ -105,14 +110,18 @@ private:
             if (pos_ == d) fail("malformed number");
         };
         if (pos_ < s_.size() && s_[pos_] == '0') ++pos_; else digits();
-        if (pos_ < s_.size() && s_[pos_] == '.') { ++pos_; digits(); }
+        integral = true;
+        if (pos_ < s_.size() && s_[pos_] == '.') { ++pos_; digits(); integral = false; }
         if (pos_ < s_.size() && (s_[pos_] == 'e' || s_[pos_] == 'E')) {
             ++pos_;
+            integral = false;
             if (pos_ < s_.size() && (s_[pos_] == '+' || s_[pos_] == '-')) ++pos_;
             digits();
         }
-        const std::string text = s_.substr(start, pos_ - start);
-        return std::strtod(text.c_str(), nullptr);
+        double value = 0.0;
+        const auto res = std::from_chars(s_.data() + start, s_.data() + pos_, value);
+        if (res.ec == std::errc::result_out_of_range) value = s_[start] == '-' ? -HUGE_VAL : HUGE_VAL;
+        return value;
     }
 
     unsigned hex4() {
@@ -184,7 +193,7 @@ private:
 Json Json::parse(const std::string& text) { return JsonParser(text).document(); }
 
 bool Json::is_integer() const {
-    return type_ == Type::Number && std::isfinite(number_) && std::floor(number_) == number_;
+    return type_ == Type::Number && integral_ && std::isfinite(number_);
 }
 
 const Json* Json::find(const std::string& key) const {
@@ -193,15 +202,25 @@ const Json* Json::find(const std::string& key) const {
     return nullptr;
 }
 
+std::string Json::py_type() const {
+    switch (type_) {
+        case Type::Null: return "NoneType";
+        case Type::Bool: return "bool";
+        case Type::Number: return integral_ ? "int" : "float";
+        case Type::String: return "str";
+        case Type::Array: return "list";
+        case Type::Object: return "dict";
+    }
+    return "";
+}
+
 std::string Json::repr() const {
     switch (type_) {
         case Type::Null: return "None";
         case Type::Bool: return bool_ ? "True" : "False";
         case Type::Number: {
-            std::ostringstream os;
-            if (is_integer() && std::fabs(number_) < 1e15) os << static_cast<long long>(number_);
-            else os << number_;
-            return os.str();
+            if (is_integer() && std::fabs(number_) < 1e15) return std::to_string(static_cast<long long>(number_));
+            return py_float(number_);
         }
         case Type::String: return "'" + string_ + "'";
         case Type::Array: return "[...]";

@@ -21,7 +21,7 @@ public:
     bool is_string() const { return type_ == Type::String; }
     bool is_array() const { return type_ == Type::Array; }
     bool is_object() const { return type_ == Type::Object; }
-    bool is_integer() const;                       // a number with an exact integer value
+    bool is_integer() const;                       // a number written as an integer (16, not 16.0)
 
     double number() const { return number_; }
     bool boolean() const { return bool_; }
@@ -32,11 +32,13 @@ public:
 
     // The value as JSON text, the way Python's repr shows small values in messages.
     std::string repr() const;
+    std::string py_type() const;   // the type json.loads makes of it: dict, list, str, int, float, bool, NoneType
 
 private:
     friend class JsonParser;
     Type type_ = Type::Null;
     bool bool_ = false;
+    bool integral_ = false;   // written without a fraction or exponent
     double number_ = 0.0;
     std::string string_;
     std::vector<Json> array_;

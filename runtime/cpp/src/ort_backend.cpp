@@ -60,7 +60,22 @@ void check_append(OrtStatus* status, const std::string& provider, const std::str
                                     "); refusing to run silently on the CPU.");
 }
 
+template <typename T>
+T* checked(const std::map<std::string, std::pair<T*, size_t>>& m, const std::string& graph, const std::string& name, size_t count) {
+    auto it = m.find(name);
+    if (it == m.end())
+        throw Error(Code::Bundle, "Graph '" + graph + "' of the bundle has no tensor '" + name + "' of the type the loop feeds; rebuild the bundle.");
+    if (it->second.second < count)
+        throw Error(Code::Bundle, "Graph '" + graph + "' of the bundle binds tensor '" + name + "' with " +
+                                      std::to_string(it->second.second) + " elements where the loop needs " + std::to_string(count) +
+                                      "; rebuild the bundle.");
+    return it->second.first;
+}
+
 }  // namespace
+
+float* Entry::fptr(const std::string& name, size_t count) const { return checked(f, graph, name, count); }
+int64_t* Entry::iptr(const std::string& name, size_t count) const { return checked(i, graph, name, count); }
 
 Ort::Env& ort_env() {
     static Ort::Env env(ORT_LOGGING_LEVEL_WARNING, "far_runtime");
@@ -89,6 +104,9 @@ Ort::SessionOptions OrtBackend::session_options(const std::string& graph) const 
     }
     const OrtApi& api = Ort::GetApi();
     const std::string device = std::to_string(options_.device_id);
+    // A GPU session may not quietly place nodes on the CPU (the Python runtime's refusal of a
+    // silent CPU fallback); ONNX Runtime then fails the session, which is refused below.
+    if (options_.provider != "cpu") so.AddConfigEntry("session.disable_cpu_ep_fallback", "1");
     if (options_.provider == "tensorrt") {
         OrtTensorRTProviderOptionsV2* trt = nullptr;
         check_append(api.CreateTensorRTProviderOptions(&trt), provider_, graph);
@@ -123,15 +141,44 @@ Ort::Session& OrtBackend::session(const std::string& graph) {
     if (it != sessions_.end()) return *it->second;
     const GraphInfo& g = bundle_.graph(graph);
     Ort::SessionOptions so = session_options(graph);
+    // The session runs the very bytes that were hashed (backends.py's _create): the graph file
+    // and its external data are read once, checked and handed to ONNX Runtime from memory;
+    // external data resolves only inside the bundle folder.
+    const std::vector<char> model = bundle_.read_verified(graph);
+    std::vector<std::vector<char>> extra;
+    std::vector<std::string> names;
+    for (const auto& [fname, digest] : g.files) {
+        (void)digest;
+        if (fname == g.file) continue;
+        extra.push_back(bundle_.read_verified(graph, fname));
+        names.push_back(fname);
+    }
     std::unique_ptr<Ort::Session> s;
     try {
-        s = std::make_unique<Ort::Session>(ort_env(), g.path.c_str(), so);
+        so.AddConfigEntry("session.model_external_initializers_file_folder_path", realpath_py(bundle_.root).c_str());
+        if (!extra.empty()) {
+            std::vector<char*> buffers;
+            std::vector<size_t> sizes;
+            for (auto& x : extra) { buffers.push_back(x.data()); sizes.push_back(x.size()); }
+            so.AddExternalInitializersFromFilesInMemory(names, buffers, sizes);
+        }
+        s = std::make_unique<Ort::Session>(ort_env(), model.data(), model.size(), so);
     } catch (const Ort::Exception& e) {
         std::string msg = e.what();
         msg = msg.substr(0, msg.find('\n')).substr(0, 200);
+        if (options_.provider != "cpu")
+            throw Error(Code::Provider, provider_ + " was requested but ONNX Runtime could not start it for '" + graph + "' (" +
+                                            msg + "); refusing to run silently on the CPU.");
         throw Error(Code::Bundle, "ONNX Runtime cannot load graph '" + graph + "' of the bundle (" + msg + ").");
     }
     return *(sessions_[graph] = std::move(s));
+}
+
+void OrtBackend::create_all() {
+    for (const auto& [name, g] : bundle_.graphs) {
+        (void)g;
+        session(name);
+    }
 }
 
 float* Workspace::floats(const std::string& key, size_t count) {
@@ -152,6 +199,7 @@ Entry& Workspace::entry(const Call& call) {
     if (found != entries_.end()) return *found->second;
     const GraphInfo& g = bundle_.graph(call.graph);
     auto e = std::make_unique<Entry>();
+    e->graph = call.graph;
     e->session = &backend_.session(call.graph);
     e->binding = std::make_unique<Ort::IoBinding>(*e->session);
     const Ort::MemoryInfo cpu = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
@@ -167,11 +215,11 @@ Entry& Workspace::entry(const Call& call) {
         Ort::Value value{nullptr};
         if (t.dtype == "float32") {
             float* p = floats(r, count);
-            e->f[t.name] = p;
+            e->f[t.name] = {p, count};
             value = Ort::Value::CreateTensor<float>(cpu, p, count, shape.data(), shape.size());
         } else if (t.dtype == "int64") {
             int64_t* p = ints(r, count);
-            e->i[t.name] = p;
+            e->i[t.name] = {p, count};
             value = Ort::Value::CreateTensor<int64_t>(cpu, p, count, shape.data(), shape.size());
         } else {
             throw Error(Code::Bundle, "Graph '" + call.graph + "' of the bundle has tensor '" + t.name + "' of dtype " +

@@ -39,16 +39,20 @@ struct Entry {
     std::unique_ptr<Ort::IoBinding> binding;
     Ort::RunOptions run_options;
     std::vector<Ort::Value> values;                 // keep the bound tensors alive
-    std::map<std::string, float*> f;                // tensor name -> bound float buffer
-    std::map<std::string, int64_t*> i;              // tensor name -> bound int64 buffer
-    float* fptr(const std::string& name) const { return f.at(name); }
-    int64_t* iptr(const std::string& name) const { return i.at(name); }
+    std::string graph;
+    std::map<std::string, std::pair<float*, size_t>> f;     // tensor name -> bound float buffer, elements
+    std::map<std::string, std::pair<int64_t*, size_t>> i;   // tensor name -> bound int64 buffer, elements
+    // The bound buffer of a tensor, refused (a bundle error) unless it holds at least `count`
+    // elements, so a loop that writes by the model's sizes never runs past a binding.
+    float* fptr(const std::string& name, size_t count) const;
+    int64_t* iptr(const std::string& name, size_t count) const;
 };
 
 class OrtBackend {
 public:
     OrtBackend(const Bundle& bundle, const LoadOptions& options);
     Ort::Session& session(const std::string& graph);     // created on first use, thread-safe
+    void create_all();                                   // every graph's session now (GPU providers: at load)
     const std::string& provider_name() const { return provider_; }
 
 private:

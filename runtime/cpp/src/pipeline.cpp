@@ -43,7 +43,11 @@ struct Runtime::Lease {
 
 Runtime::Runtime(const std::string& root, const LoadOptions& options)
     : bundle_(load_bundle(root, options.check_hashes)), backend_(bundle_, options) {
-    if (bundle_.model.diffusion()) ddpm_ = std::make_unique<DDPMSchedule>(ddpm_schedule(bundle_.model.diffusion_steps));
+    if (bundle_.model.diffusion())   // pipeline.py's respacing(): the manifest's respacing, or the plain count
+        ddpm_ = std::make_unique<DDPMSchedule>(ddpm_schedule(bundle_.model.diffusion_steps, bundle_.model.timestep_respacing));
+    // A GPU provider starts every session now, so a missing GPU or a CPU fallback is refused
+    // at load, not halfway through the first image.
+    if (options.provider != "cpu") backend_.create_all();
 }
 
 Runtime::~Runtime() = default;
@@ -148,17 +152,15 @@ void Runtime::generate_tokens(const int64_t* labels, int batch, const SampleOpti
             const int n = it.n_pred(), nk = it.n_known();
             const Call& bcall = ip.calls[0];
             Entry& be = ws.entry(bcall);
-            int64_t* kidx = be.iptr("known_idx");
-            int64_t* pidx = be.iptr("pred_idx");
+            int64_t* kidx = be.iptr("known_idx", static_cast<size_t>(rows) * nk);
+            int64_t* pidx = be.iptr("pred_idx", static_cast<size_t>(rows) * n);
             for (int r = 0; r < reps; ++r) {
                 std::copy(known.begin(), known.end(), kidx + static_cast<size_t>(r) * B * nk);
                 std::copy(pred.begin(), pred.end(), pidx + static_cast<size_t>(r) * B * n);
             }
             st.ort_s += ws.run(bcall);
             ++st.calls;
-            const float* z = be.fptr("z");          // [rows * n, D], bound as the head's z
-            (void)z;
-            (void)D;
+            be.fptr("z", static_cast<size_t>(rows) * n * D);   // [rows * n, D], bound as the head's z
             const double cfg_iter = use_cfg ? cfg_at(it, o.cfg, o.cfg_schedule) : 1.0;
             const float cfg_f = static_cast<float>(cfg_iter);
             const size_t bn = static_cast<size_t>(B) * n;
@@ -172,17 +174,18 @@ void Runtime::generate_tokens(const int64_t* labels, int batch, const SampleOpti
                 }
             if (diffusion) {
                 const DDPMSchedule& sc = *ddpm_;
-                for (int j = 0; j < S; ++j) {
+                const int S_run = std::min<int>(S, static_cast<int>(ip.calls.size()) - 1);   // Python's zip
+                for (int j = 0; j < S_run; ++j) {
                     const int i = S - 1 - j;
                     const Call& call = ip.calls[1 + j];
                     Entry& he = ws.entry(call);
-                    float* xin = he.fptr("x");
-                    float* t = he.fptr("t");
+                    float* xin = he.fptr("x", rows * static_cast<size_t>(n) * C);
+                    float* t = he.fptr("t", rows * static_cast<size_t>(n));
                     for (int r = 0; r < reps; ++r) std::copy(x.begin(), x.end(), xin + r * bn * C);
                     std::fill(t, t + rows * static_cast<size_t>(n), static_cast<float>(static_cast<double>(sc.timestep_map[i])));
                     st.ort_s += ws.run(call);
                     ++st.calls;
-                    const float* out = he.fptr("out");   // [rows * n, 2C]: eps, then the variance range
+                    const float* out = he.fptr("out", rows * static_cast<size_t>(n) * 2 * C);   // [rows * n, 2C]: eps, then the variance range
                     const float a = static_cast<float>(sc.sqrt_recip_ac[i]), bcoef = static_cast<float>(sc.sqrt_recipm1_ac[i]);
                     const float c1 = static_cast<float>(sc.coef1[i]), c2 = static_cast<float>(sc.coef2[i]);
                     const float lmax = static_cast<float>(sc.log_var_max[i]), lmin = static_cast<float>(sc.log_var_min[i]);
@@ -213,12 +216,12 @@ void Runtime::generate_tokens(const int64_t* labels, int batch, const SampleOpti
             } else if (p.head_mode == "fused") {
                 const Call& call = ip.calls[1];
                 Entry& he = ws.entry(call);
-                float* noise = he.fptr("noise");
+                float* noise = he.fptr("noise", bn * C);
                 for (size_t k = 0; k < bn * C; ++k) noise[k] = x[k] * temp;
-                he.fptr("cfg")[0] = cfg_f;
+                he.fptr("cfg", 1)[0] = cfg_f;
                 st.ort_s += ws.run(call);
                 ++st.calls;
-                const float* outp = he.fptr("tokens");
+                const float* outp = he.fptr("tokens", bn * C);
                 std::copy(outp, outp + bn * C, x.begin());
             } else {
                 const int O = p.head_steps;
@@ -228,14 +231,14 @@ void Runtime::generate_tokens(const int64_t* labels, int batch, const SampleOpti
                 for (int i = 0; i < O; ++i) {
                     const Call& call = ip.calls[1 + i];
                     Entry& he = ws.entry(call);
-                    float* xin = he.fptr("x");
-                    for (int r = 0; r < reps; ++r) std::copy(x.begin(), x.end(), xin + r * bn * C);
                     const size_t nrows = static_cast<size_t>(rows) * n;
-                    std::fill(he.fptr("t"), he.fptr("t") + nrows, static_cast<float>(i * d));
-                    std::fill(he.fptr("d"), he.fptr("d") + nrows, df);
+                    float* xin = he.fptr("x", nrows * C);
+                    for (int r = 0; r < reps; ++r) std::copy(x.begin(), x.end(), xin + r * bn * C);
+                    std::fill(he.fptr("t", nrows), he.fptr("t", nrows) + nrows, static_cast<float>(i * d));
+                    std::fill(he.fptr("d", nrows), he.fptr("d", nrows) + nrows, df);
                     st.ort_s += ws.run(call);
                     ++st.calls;
-                    const float* v = he.fptr("v");
+                    const float* v = he.fptr("v", nrows * C);
                     for (size_t k = 0; k < bn * C; ++k) {
                         float vv = v[k];
                         if (use_cfg) {
@@ -278,10 +281,10 @@ void Runtime::decode(const float* tokens, int batch, float* out_images, RunStats
         const int b = std::min(bundle_.max_batch, batch - start);
         const Call call = make_call("vae_decoder", {{"batch", b}});
         Entry& e = lease.ws->entry(call);
-        std::memcpy(e.fptr("tokens"), tokens + start * per_in, sizeof(float) * b * per_in);
+        std::memcpy(e.fptr("tokens", b * per_in), tokens + start * per_in, sizeof(float) * b * per_in);
         st.ort_s += lease.ws->run(call);
         ++st.calls;
-        std::memcpy(out_images + start * per_out, e.fptr("image"), sizeof(float) * b * per_out);
+        std::memcpy(out_images + start * per_out, e.fptr("image", b * per_out), sizeof(float) * b * per_out);
     }
     if (stats) {
         stats->total_s += seconds_since(t0);
@@ -303,17 +306,27 @@ void to_uint8(const float* images, int batch, int channels, int size, uint8_t* o
 
 void Runtime::generate(const int64_t* labels, int batch, const SampleOptions& o, const Randomness* rnd,
                        uint8_t* out_images, RunStats* stats, const std::function<void(int)>& progress) {
+    // The whole generate is timed (allocations, the finite check and to_uint8 included), so the
+    // overhead figure counts everything outside ONNX Runtime.
+    const auto t0 = Clock::now();
     const ModelInfo& m = bundle_.model;
     if (!bundle_.has("vae_decoder"))
         throw Error(Code::Input, "The bundle has no vae_decoder graph; export it with --components ...,vae.");
-    std::vector<float> tokens(static_cast<size_t>(batch > 0 ? batch : 0) * m.seq_len * m.token_dim);
-    generate_tokens(labels, batch, o, rnd, tokens.data(), stats, progress);
+    check(labels, batch, o);
+    RunStats st;
+    std::vector<float> tokens(static_cast<size_t>(batch) * m.seq_len * m.token_dim);
+    generate_tokens(labels, batch, o, rnd, tokens.data(), &st, progress);
     std::vector<float> images(static_cast<size_t>(batch) * m.image_channels * m.image_size * m.image_size);
-    decode(tokens.data(), batch, images.data(), stats);
+    decode(tokens.data(), batch, images.data(), &st);
     for (float v : images)
         if (!std::isfinite(v))
             throw Error(Code::Runtime, "The run produced NaN or infinite values (the graphs or the options overflow), so no image was made.");
     to_uint8(images.data(), batch, m.image_channels, m.image_size, out_images);
+    if (stats) {
+        stats->total_s += seconds_since(t0);
+        stats->ort_s += st.ort_s;
+        stats->calls += st.calls;
+    }
 }
 
 }  // namespace far

@@ -26,8 +26,11 @@ std::string manifest(const std::string& file, const std::string& files_json) {
       "model": {"seq_len": 16, "token_dim": 4, "cond_dim": 32, "num_classes": 10, "head_kind": "shortcut",
                 "diffusion_steps": 0, "image_size": 8, "image_channels": 3},
       "max_batch": 8, "head_steps": [1],
-      "graphs": {"g": {"file": ")" + file + R"(", "files": )" + files_json + R"(,
-                       "spec": {"inputs": [{"name": "x", "dtype": "float32", "dims": ["rows", 4]}],
+      "graphs": {"head_step": {"file": ")" + file + R"(", "files": )" + files_json + R"(,
+                       "spec": {"inputs": [{"name": "x", "dtype": "float32", "dims": ["rows", 4]},
+                                           {"name": "t", "dtype": "float32", "dims": ["rows"]},
+                                           {"name": "d", "dtype": "float32", "dims": ["rows"]},
+                                           {"name": "z", "dtype": "float32", "dims": ["rows", 32]}],
                                 "outputs": [{"name": "v", "dtype": "float32", "dims": ["rows", 4]}]}}}})";
 }
 
@@ -60,8 +63,8 @@ TEST(Bundle, LoadsAGoodBundleAndRefusesTampering) {
     write(d + "/manifest.json", manifest("g.onnx", R"({"g.onnx": ")" + digest + "\"}"));
     const Bundle b = load_bundle(d);
     EXPECT_EQ(b.model.seq_len, 16);
-    EXPECT_EQ(b.graph("g").inputs[0].dims[0].symbol, "rows");
-    EXPECT_EQ(b.graph("g").inputs[0].dims[1].value, 4);
+    EXPECT_EQ(b.graph("head_step").inputs[0].dims[0].symbol, "rows");
+    EXPECT_EQ(b.graph("head_step").inputs[0].dims[1].value, 4);
     write(d + "/g.onnx", "graph bytez");
     EXPECT_EQ(error_of(d), "Graph file " + d + "/g.onnx does not match the sha256 in the manifest (modified or corrupt); rebuild the bundle.");
     unlink((d + "/g.onnx").c_str());
@@ -99,4 +102,31 @@ TEST(Bundle, OneSentenceForMissingAndMalformed) {
     EXPECT_EQ(error_of(d), d + "/manifest.json has bundle format version 2, but this runtime reads version 1; rebuild the bundle with this toolkit.");
     write(d + "/manifest.json", R"({"format": "far-export-bundle", "format_version": 1, "model": {"seq_len": "16"}})");
     EXPECT_NE(error_of(d).find("is not a usable bundle manifest: model.seq_len is '16'"), std::string::npos);
+}
+
+TEST(Bundle, RefusesASpecThatDiffersFromTheModel) {
+    const std::string d = temp_dir();
+    write(d + "/g.onnx", "graph bytes");
+    const std::string digest = sha256_file(d + "/g.onnx");
+    std::string m = manifest("g.onnx", R"({"g.onnx": ")" + digest + "\"}");
+    const std::string x = R"("x", "dtype": "float32", "dims": ["rows", 4])";
+    m.replace(m.find(x), x.size(), R"("x", "dtype": "float32", "dims": ["rows", 4000])");     // a huge x buffer
+    write(d + "/manifest.json", m);
+    EXPECT_EQ(error_of(d), d + "/manifest.json is not a usable bundle manifest: the spec of graph 'head_step' differs from "
+                               "the one its model entry implies; rebuild the bundle.");
+}
+
+TEST(Json, IntegersAreWrittenAsIntegers) {
+    const Json j = Json::parse(R"([16, 16.0, 1e3, -2])");
+    EXPECT_TRUE(j.items()[0].is_integer());
+    EXPECT_FALSE(j.items()[1].is_integer());
+    EXPECT_FALSE(j.items()[2].is_integer());
+    EXPECT_TRUE(j.items()[3].is_integer());
+    EXPECT_EQ(j.items()[1].repr(), "16.0");
+    EXPECT_EQ(j.items()[2].repr(), "1000.0");
+    EXPECT_EQ(py_float(1e-5), "1e-05");
+    EXPECT_EQ(py_float(1e16), "1e+16");
+    EXPECT_EQ(py_float(123456.0), "123456.0");
+    EXPECT_EQ(py_float(-0.25), "-0.25");
+    EXPECT_EQ(py_float(0.1), "0.1");
 }

@@ -83,3 +83,16 @@ TEST(DDPM, RespacedScheduleIsConsistent) {
     EXPECT_EQ(ddpm_schedule(1).steps(), 1);
     EXPECT_THROW(ddpm_schedule(0), Error);
 }
+
+TEST(DDPM, RespacingAsMarPicksIt) {
+    std::vector<int> ddim;
+    for (int t = 0; t < 1000; t += 40) ddim.push_back(t);
+    EXPECT_EQ(respaced_timesteps(1000, 25, "ddim25"), ddim);
+    EXPECT_EQ(ddpm_schedule(25, "ddim25").steps(), 25);
+    // 21 steps over 1000: the running index idx += 999/20 rounds differently from i * stride.
+    const std::vector<int> s21 = respaced_timesteps(1000, 21);
+    EXPECT_EQ(s21, (std::vector<int>{0, 50, 100, 150, 200, 250, 300, 350, 400, 450, 499, 549, 599, 649, 699, 749, 799, 849, 899, 949, 999}));
+    EXPECT_EQ(respaced_timesteps(1000, 45, "10,15,20").size(), 45u);
+    EXPECT_THROW(respaced_timesteps(1000, 0, "ddimx"), Error);
+    EXPECT_THROW(respaced_timesteps(1000, 0, "10,a"), Error);
+}
