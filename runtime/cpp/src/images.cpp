@@ -40,13 +40,50 @@ struct PngBuffer {
     std::string data;
 };
 
+// libpng's callbacks are called from C frames: no C++ exception may pass through them. An
+// error is recorded and libpng longjmps back to encode_rows' setjmp; the throw comes after.
+struct PngError {
+    char message[200] = {0};
+};
+
 void png_append(png_structp png, png_bytep bytes, png_size_t n) {
-    static_cast<PngBuffer*>(png_get_io_ptr(png))->data.append(reinterpret_cast<const char*>(bytes), n);
+    bool failed = false;
+    try {
+        static_cast<PngBuffer*>(png_get_io_ptr(png))->data.append(reinterpret_cast<const char*>(bytes), n);
+    } catch (...) {
+        failed = true;
+    }
+    if (failed) png_error(png, "out of memory");
 }
 
 void png_flush(png_structp) {}
 
-[[noreturn]] void png_fail(png_structp, png_const_charp msg) { throw Error(Code::Io, std::string("libpng failed: ") + msg + "."); }
+[[noreturn]] void png_fail(png_structp png, png_const_charp msg) {
+    auto* e = static_cast<PngError*>(png_get_error_ptr(png));
+    std::snprintf(e->message, sizeof e->message, "%s", msg ? msg : "unknown error");
+    png_longjmp(png, 1);
+}
+
+// Every libpng call of one PNG, under its setjmp; only trivially destructible locals here.
+bool encode_rows(png_structp png, png_infop info, const Image& image, size_t raw) {
+    if (setjmp(png_jmpbuf(png))) return false;
+    // The same stream as Python's zlib.compress(raw, 9): filter byte 0 on every row,
+    // default strategy, 32 KiB window, memLevel 8, and the whole stream in one IDAT.
+    png_set_filter(png, PNG_FILTER_TYPE_BASE, PNG_FILTER_NONE);
+    png_set_compression_level(png, 9);
+    png_set_compression_strategy(png, 0 /* Z_DEFAULT_STRATEGY */);
+    png_set_compression_window_bits(png, 15);
+    png_set_compression_mem_level(png, 8);
+    png_set_compression_buffer_size(png, raw + raw / 1000 + 1024);   // larger than the stream: one IDAT
+    const int color = image.channels == 3 ? PNG_COLOR_TYPE_RGB : image.channels == 1 ? PNG_COLOR_TYPE_GRAY : PNG_COLOR_TYPE_RGBA;
+    png_set_IHDR(png, info, image.width, image.height, 8, color, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_BASE,
+                 PNG_FILTER_TYPE_BASE);
+    png_write_info(png, info);
+    for (int y = 0; y < image.height; ++y)
+        png_write_row(png, const_cast<png_bytep>(&image.pixels[static_cast<size_t>(y) * image.width * image.channels]));
+    png_write_end(png, nullptr);
+    return true;
+}
 
 void png_warn(png_structp, png_const_charp) {}
 
@@ -73,7 +110,8 @@ void normalize_zlib_window(std::string& png) {
 
 std::string encode_png(const Image& image) {
     PngBuffer buf;
-    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, png_fail, png_warn);
+    PngError err;
+    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &err, png_fail, png_warn);
     if (!png) throw Error(Code::Internal, "libpng could not start a PNG.");
     png_infop info = png_create_info_struct(png);
     struct Guard {
@@ -81,23 +119,10 @@ std::string encode_png(const Image& image) {
         png_infop* i;
         ~Guard() { png_destroy_write_struct(p, i); }
     } guard{&png, &info};
+    if (!info) throw Error(Code::Internal, "libpng could not start a PNG.");
     png_set_write_fn(png, &buf, png_append, png_flush);
-    // The same stream as Python's zlib.compress(raw, 9): filter byte 0 on every row,
-    // default strategy, 32 KiB window, memLevel 8, and the whole stream in one IDAT.
-    png_set_filter(png, PNG_FILTER_TYPE_BASE, PNG_FILTER_NONE);
-    png_set_compression_level(png, 9);
-    png_set_compression_strategy(png, 0 /* Z_DEFAULT_STRATEGY */);
-    png_set_compression_window_bits(png, 15);
-    png_set_compression_mem_level(png, 8);
     const size_t raw = (static_cast<size_t>(image.width) * image.channels + 1) * image.height;
-    png_set_compression_buffer_size(png, raw + raw / 1000 + 1024);   // larger than the stream: one IDAT
-    const int color = image.channels == 3 ? PNG_COLOR_TYPE_RGB : image.channels == 1 ? PNG_COLOR_TYPE_GRAY : PNG_COLOR_TYPE_RGBA;
-    png_set_IHDR(png, info, image.width, image.height, 8, color, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_BASE,
-                 PNG_FILTER_TYPE_BASE);
-    png_write_info(png, info);
-    for (int y = 0; y < image.height; ++y)
-        png_write_row(png, const_cast<png_bytep>(&image.pixels[static_cast<size_t>(y) * image.width * image.channels]));
-    png_write_end(png, nullptr);
+    if (!encode_rows(png, info, image, raw)) throw Error(Code::Io, std::string("libpng failed: ") + err.message + ".");
     normalize_zlib_window(buf.data);
     return buf.data;
 }

@@ -3,9 +3,11 @@
 #include <png.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 
+#include "errors.h"
 #include "images.h"
 #include "npz.h"
 
@@ -54,4 +56,20 @@ TEST(Npz, HoldsNpyMembersWithPaddedHeaders) {
     const size_t hlen = static_cast<uint8_t>(z[npy + 8]) | (static_cast<uint8_t>(z[npy + 9]) << 8);
     EXPECT_EQ((10 + hlen) % 64, 0u);
     EXPECT_NE(z.find("'shape': (3,)"), std::string::npos);
+}
+
+TEST(Images, ALibpngErrorIsOneSentenceAndNothingIsWritten) {
+    char tmpl[] = "/tmp/far-png-test-XXXXXX";
+    const std::string dir = mkdtemp(tmpl);
+    Image empty;                                   // width 0: libpng refuses the IHDR
+    empty.height = 4;
+    try {
+        write_png(dir + "/x.png", empty);
+        FAIL() << "a zero-width PNG was written";
+    } catch (const Error& e) {
+        EXPECT_EQ(e.code(), Code::Io);
+        EXPECT_EQ(std::string(e.what()).rfind("libpng failed: ", 0), 0u) << e.what();
+    }
+    std::ifstream f(dir + "/x.png");
+    EXPECT_FALSE(f.good());
 }
