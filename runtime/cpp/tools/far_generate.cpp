@@ -1,6 +1,10 @@
 // far-generate: the C++ twin of `far-runtime generate` (same options, same defaults, same
 // PNG). Every error a user can cause is one sentence on stderr and exit status 2.
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cerrno>
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -52,6 +56,12 @@ long long parse_int(const std::string& opt, const std::string& v) {
     return x;
 }
 
+// strtoll, saturated at the long long range (the range checks then refuse it).
+long long parse_int_clamped(const std::string& v) {
+    errno = 0;
+    return std::strtoll(v.c_str(), nullptr, 10);
+}
+
 // An integer click would accept (any size); the seed range is checked later, as Python does.
 void parse_int_or_big(const std::string& opt, const std::string& v) {
     size_t i = (!v.empty() && (v[0] == '-' || v[0] == '+')) ? 1 : 0;
@@ -89,8 +99,11 @@ std::string trim(const std::string& s) {
 }
 
 // cli.py's parse_labels.
-std::vector<int64_t> parse_labels(const std::string& classes, long long num) {
-    if (num < 1) throw far::Error(far::Code::Input, "--num must be at least 1, got " + std::to_string(num) + ".");
+constexpr long long kMaxNum = 1024;   // options.py's MAX_NUM: no batch is allocated before this check
+
+std::vector<int64_t> parse_labels(const std::string& classes, long long num, const std::string& num_text) {
+    if (num < 1 || num > kMaxNum)
+        throw far::Error(far::Code::Input, "--num must be in 1.." + std::to_string(kMaxNum) + ", got " + num_text + ".");
     std::vector<int64_t> base;
     size_t start = 0;
     for (;;) {
@@ -113,12 +126,65 @@ std::vector<int64_t> parse_labels(const std::string& classes, long long num) {
     return labels;
 }
 
+// os.path.abspath: joined with the working folder and normalised lexically.
+std::string abspath(const std::string& path) {
+    std::string full = path;
+    if (path.empty() || path[0] != '/') {
+        std::vector<char> cwd(4096);
+        full = std::string(getcwd(cwd.data(), cwd.size()) ? cwd.data() : ".") + "/" + path;
+    }
+    std::vector<std::string> parts;
+    size_t pos = 0;
+    while (pos <= full.size()) {
+        size_t end = full.find('/', pos);
+        if (end == std::string::npos) end = full.size();
+        const std::string name = full.substr(pos, end - pos);
+        pos = end + 1;
+        if (name.empty() || name == ".") continue;
+        if (name == "..") { if (!parts.empty()) parts.pop_back(); continue; }
+        parts.push_back(name);
+    }
+    std::string out;
+    for (const auto& p : parts) out += "/" + p;
+    return out.empty() ? "/" : out;
+}
+
+std::string dirname(const std::string& p) {
+    const size_t slash = p.find_last_of('/');
+    return slash == 0 || slash == std::string::npos ? "/" : p.substr(0, slash);
+}
+
+bool exists(const std::string& p) { struct stat st{}; return stat(p.c_str(), &st) == 0; }
+bool is_dir(const std::string& p) { struct stat st{}; return stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode); }
+
+// files.py's check_writable_file: refuse, before any work, a path that cannot be written (a
+// folder, a path under a file, a folder where no file can be created). Creates nothing.
+void check_writable_file(const std::string& path, const std::string& option) {
+    if (trim(path).empty()) throw far::Error(far::Code::Input, option + " needs a file path, got " + far::py_repr(path) + ".");
+    const std::string full = abspath(path);
+    if (is_dir(full))
+        throw far::Error(far::Code::Input, option + " " + path + " is a folder; pass a file path such as " +
+                                               (path.back() == '/' ? path + "out.png" : path + "/out.png") + ".");
+    std::string parent = dirname(full);
+    while (!exists(parent)) parent = dirname(parent);
+    if (!is_dir(parent))
+        throw far::Error(far::Code::Input, option + " " + path + " lies under " + parent + ", which is a file, not a folder.");
+    std::string probe = parent + (parent == "/" ? "" : "/") + ".tmp-probe-XXXXXX";
+    const int fd = mkstemp(&probe[0]);
+    if (fd < 0)
+        throw far::Error(far::Code::Input, option + " " + path + " cannot be written: no files can be created in " + parent +
+                                               " (" + std::strerror(errno) + ").");
+    ::close(fd);
+    ::unlink(probe.c_str());
+}
+
 int run(int argc, char** argv) {
     std::string bundle, classes = "0", cfg_schedule = "linear", head = "auto", save_randomness, out = "out/grid.png";
     std::string provider = "cpu";
     long long num = 8, K = 16, O = 8, threads = 0, device_id = 0;
     long long repeat = 0;
-    std::string seed_text = "0";
+    bool threads_given = false;
+    std::string seed_text = "0", num_text = "8";
     double cfg = 3.0, temperature = 1.0;
     bool stats = false;
     for (int i = 1; i < argc; ++i) {
@@ -142,7 +208,12 @@ int run(int argc, char** argv) {
             value = argv[++i];
         }
         if (a == "--class") classes = value;
-        else if (a == "--num") num = parse_int(a, value);
+        else if (a == "--num") {
+            parse_int_or_big(a, value);
+            num_text = std::to_string(parse_int_clamped(value));
+            num = parse_int_clamped(value);
+            if (num == LLONG_MAX || num == LLONG_MIN) num_text = value;   // Python prints the whole integer
+        }
         else if (a == "--K") K = parse_int(a, value);
         else if (a == "--O") O = parse_int(a, value);
         else if (a == "--cfg") cfg = parse_float(a, value);
@@ -150,7 +221,7 @@ int run(int argc, char** argv) {
         else if (a == "--temperature") temperature = parse_float(a, value);
         else if (a == "--seed") { parse_int_or_big(a, value); seed_text = value; }
         else if (a == "--head") head = choice(a, value, {"auto", "fused", "step"});
-        else if (a == "--threads") threads = parse_int(a, value);
+        else if (a == "--threads") { threads = parse_int(a, value); threads_given = true; }
         else if (a == "--save-randomness") save_randomness = value;
         else if (a == "--out") out = value;
         else if (a == "--provider") provider = choice(a, value, {"cpu", "cuda", "tensorrt"});
@@ -159,19 +230,28 @@ int run(int argc, char** argv) {
         else throw UsageError{"No such option: " + a};
     }
     if (bundle.empty()) throw UsageError{"Missing argument 'BUNDLE'."};
+    // cli.py's order: every option checked before any work, and before anything is written,
+    // so a refused run leaves nothing behind; then load, labels and plan, generate, save.
+    const std::vector<int64_t> labels = parse_labels(classes, num, num_text);
+    if (K < 1 || K > far::kMaxK) far::check_k(K);
+    if (!std::isfinite(cfg)) throw far::Error(far::Code::Input, "The CFG scale must be a finite number, got " + far::py_float(cfg) + ".");
+    if (!std::isfinite(temperature))
+        throw far::Error(far::Code::Input, "The temperature must be a finite number, got " + far::py_float(temperature) + ".");
+    if (temperature < 0) throw far::Error(far::Code::Input, "The temperature must be >= 0, got " + far::py_float(temperature) + ".");
+    const uint64_t seed = parse_seed(seed_text);
+    if (threads_given && threads < 1) throw far::Error(far::Code::Input, "--threads must be at least 1, got " + std::to_string(threads) + ".");
+    check_writable_file(out, "--out");
+    if (!save_randomness.empty()) check_writable_file(save_randomness, "--save-randomness");
     far::LoadOptions lo;
     lo.provider = provider;
     lo.device_id = static_cast<int>(device_id);
-    lo.threads = static_cast<int>(threads);
+    lo.threads = static_cast<int>(std::min(threads, 4096LL));
     far::Runtime rt(bundle, lo);
-    const std::vector<int64_t> labels = parse_labels(classes, num);
     const int max_batch = rt.bundle().max_batch;
     if (num > max_batch)
         throw far::Error(far::Code::Input, "--num " + std::to_string(num) + " is larger than the bundle's max batch " +
                                                std::to_string(max_batch) + "; re-export with --max-batch " + std::to_string(num) +
                                                " or generate fewer.");
-    const uint64_t seed = parse_seed(seed_text);
-    if (K < 1 || K > far::kMaxK) far::check_k(K);
     far::SampleOptions o;
     o.K = static_cast<int>(K);
     o.O = static_cast<int>(std::max(std::min(O, 1LL << 30), -(1LL << 30)));
@@ -181,11 +261,10 @@ int run(int argc, char** argv) {
     o.temperature = temperature;
     o.seed = seed;
     o.head = head;
-    const far::ModelInfo& m = rt.model();
     const int B = static_cast<int>(num);
+    rt.check(labels.data(), B, o);                      // labels, plan (O, head, batch), schedule
+    const far::ModelInfo& m = rt.model();
     const far::Randomness rnd = far::draw_randomness(o.seed, B, m.seq_len, m.token_dim, rt.diffusion_steps());
-    if (!save_randomness.empty()) far::save_randomness(save_randomness, rnd);
-    rt.check(labels.data(), B, o);                      // all option errors before any work
     std::vector<uint8_t> images(static_cast<size_t>(B) * m.image_size * m.image_size * 3);
     far::RunStats st;
     rt.generate(labels.data(), B, o, &rnd, images.data(), &st);
@@ -193,6 +272,7 @@ int run(int argc, char** argv) {
         st = far::RunStats{};
         for (long long i = 0; i < repeat; ++i) rt.generate(labels.data(), B, o, &rnd, images.data(), &st);
     }
+    if (!save_randomness.empty()) far::save_randomness(save_randomness, rnd);
     far::write_png(out, far::grid(images.data(), B, m.image_size, m.image_size, 3));
     std::set<int64_t> distinct(labels.begin(), labels.end());
     std::string cls = "[";
