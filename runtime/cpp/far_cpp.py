@@ -75,18 +75,18 @@ class CRuntime:
         out = np.zeros((len(lab), self.info.seq_len, self.info.token_dim), np.float32)
         rc = self.lib.far_generate_tokens(self.handle, lab.ctypes.data_as(ctypes.c_void_p), len(lab),
                                           ctypes.byref(self.options(**kw)), out.ctypes.data_as(ctypes.c_void_p),
-                                          ctypes.c_size_t(out.size), ctypes.byref(stats) if stats else None)
+                                          ctypes.c_size_t(out.size), ctypes.byref(stats) if stats is not None else None)
         if rc:
             raise CError(rc, self.lib.far_last_error().decode())
         return out
 
-    def images(self, labels, **kw) -> np.ndarray:
+    def images(self, labels, stats=None, **kw) -> np.ndarray:
         lab = np.ascontiguousarray(labels, dtype=np.int64)
         s = self.info.image_size
         out = np.zeros((len(lab), s, s, 3), np.uint8)
         rc = self.lib.far_generate(self.handle, lab.ctypes.data_as(ctypes.c_void_p), len(lab),
                                    ctypes.byref(self.options(**kw)), out.ctypes.data_as(ctypes.c_void_p),
-                                   ctypes.c_size_t(out.size), None)
+                                   ctypes.c_size_t(out.size), ctypes.byref(stats) if stats is not None else None)
         if rc:
             raise CError(rc, self.lib.far_last_error().decode())
         return out

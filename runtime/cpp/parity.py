@@ -4,7 +4,7 @@
 
 Per bundle and setting: the max abs difference of the final latents (same seed), whether the
 randomness arrays are byte-identical, and, alternating the two runtimes on warm sessions, the
-wall time of a generate_tokens in each and the C++ loop's time outside ONNX Runtime.
+wall time of a whole generate in each (VAE decode included when the bundle has one) and the C++ loop's time outside ONNX Runtime.
 """
 import argparse
 import os
@@ -55,17 +55,24 @@ def main():
                         o, n, s = c_draw(lib, a.seed, B, m["seq_len"], m["token_dim"], S)
                         same = (o.tobytes() == r.orders.tobytes() and n.tobytes() == r.noise.tobytes()
                                 and (S == 0 or s.tobytes() == r.step_noise.tobytes()))
-                        cc.tokens(labels, **kw)                  # warm both
-                        py.generate_tokens(labels, **kw)
+                        ref = py.generate_tokens(labels, **kw)  # the latents compared
+                        got = cc.tokens(labels, **kw)
+                        diff = float(np.abs(ref - got).max())
+                        # Timed: the whole generate (VAE decode, finite check, uint8 included)
+                        # when the bundle has a decoder, warm, alternating the two runtimes.
+                        full = py.bundle.has("vae_decoder")
+                        run_py = py.generate if full else py.generate_tokens
+                        run_cc = cc.images if full else cc.tokens
+                        run_py(labels, **kw)
+                        run_cc(labels, **kw)
                         tp, tc, st = [], [], RunStats()
                         for _ in range(a.reps):                  # alternate the two runtimes
                             t0 = time.perf_counter()
-                            ref = py.generate_tokens(labels, **kw)
+                            run_py(labels, **kw)
                             tp.append(time.perf_counter() - t0)
                             t0 = time.perf_counter()
-                            got = cc.tokens(labels, stats=st, **kw)
+                            run_cc(labels, stats=st, **kw)
                             tc.append(time.perf_counter() - t0)
-                        diff = float(np.abs(ref - got).max())
                         outside = (st.total_seconds - st.ort_seconds) / st.total_seconds
                         head = "diffusion" if diffusion else ("fused" if py.head_mode(O) == "fused" else "step")
                         print(f"| {os.path.basename(root.rstrip('/'))} | {head} | {K} | {O} | {cfg:g} | {B} | {diff:.1e} | "

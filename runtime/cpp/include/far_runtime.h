@@ -58,8 +58,9 @@ typedef struct far_model_info {
     int diffusion_steps;              /* S of the step noise (0 for FAR) */
 } far_model_info;
 
+/* Added to by every call that takes one (zero it first), so several runs sum up. */
 typedef struct far_run_stats {
-    double total_seconds;    /* the whole call */
+    double total_seconds;    /* the whole call (for far_generate: decode, checks, uint8 included) */
     double ort_seconds;      /* inside ONNX Runtime */
     int graph_calls;
 } far_run_stats;
@@ -69,7 +70,7 @@ void far_sample_options_default(far_sample_options* options);
 
 /* Load and check a bundle; *out is NULL on failure. options may be NULL. */
 int far_load(const char* bundle_dir, const far_load_options* options, far_runtime** out);
-void far_free(far_runtime* runtime);
+void far_free(far_runtime* runtime);   /* NULL does nothing */
 int far_model(const far_runtime* runtime, far_model_info* out);
 
 /* uint8 images [batch, image_size, image_size, 3] into out (out_bytes must hold them).

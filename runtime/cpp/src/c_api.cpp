@@ -54,9 +54,9 @@ void require(bool ok, const char* what) {
 
 void fill_stats(far_run_stats* out, const far::RunStats& st) {
     if (!out) return;
-    out->total_seconds = st.total_s;
-    out->ort_seconds = st.ort_s;
-    out->graph_calls = st.calls;
+    out->total_seconds += st.total_s;     // added to, as the C++ API's RunStats are
+    out->ort_seconds += st.ort_s;
+    out->graph_calls += st.calls;
 }
 
 }  // namespace
