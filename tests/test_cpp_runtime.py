@@ -112,7 +112,49 @@ def test_parity_mar(c_mar, py_mar, K, cfg, B):
     kw = dict(K=K, cfg=cfg, seed=2 * K + B, temperature=0.95)
     a = py_mar.generate_tokens(labels, **kw)
     b = c_mar.tokens(labels, **kw)
-    assert np.abs(a - b).max() <= 1e-5 * max(1.0, float(np.abs(a).max()))
+    assert_mar_close(a, b)
+
+
+def assert_mar_close(a, b):
+    """Max abs 1e-5 where the latents lie within [-1, 1]; the tiny random MAR's latents reach
+    ~30 (and ~3e4 at K >= 16), where one float32 step is 2e-6 (2e-3), so beyond 1 the bound
+    scales with the largest latent."""
+    scale = float(np.abs(a).max())
+    assert np.abs(a - b).max() <= 1e-5 * max(1.0, scale)
+
+@pytest.fixture(scope="module")
+def respaced_mar(tiny_files, tmp_path_factory):
+    """MAR bundles trained with --num_sampling_steps ddim25 and 21 (a plain count whose
+    running index idx += 999/20 rounds differently from i * stride)."""
+    import torch
+    from far_export.export.bundle import export_bundle
+    d = tmp_path_factory.mktemp("respaced")
+    out = {}
+    for steps in ("ddim25", "21"):
+        obj = torch.load(tiny_files["mar"], weights_only=False)        # our own test file
+        obj["args"].num_sampling_steps = steps
+        ck = str(d / f"mar_{steps}.pth")
+        torch.save(obj, ck)
+        out[steps] = str(d / steps)
+        export_bundle(ck, None, out[steps], components=["backbone", "head"], validate_batches=[1])
+    return out
+
+
+@pytest.mark.parametrize("steps", ["ddim25", "21"])
+def test_parity_mar_respaced(cpp_build, respaced_mar, steps):
+    m = json.load(open(os.path.join(respaced_mar[steps], "manifest.json")))["model"]
+    assert m["diffusion_steps"] == (25 if steps == "ddim25" else 21)
+    py = Pipeline.load(respaced_mar[steps], threads=1)
+    cc = CRuntime(cpp_build["lib"], respaced_mar[steps])
+    try:
+        assert cc.info.diffusion_steps == m["diffusion_steps"]
+        for cfg, B in [(1.0, 1), (3.0, 2)]:
+            kw = dict(K=4, cfg=cfg, seed=7, temperature=0.9)
+            a = py.generate_tokens(list(range(B)), **kw)
+            b = cc.tokens(list(range(B)), **kw)
+            assert_mar_close(a, b)
+    finally:
+        cc.close()
 
 
 def test_constant_schedule_and_images(c_far, py_far):
@@ -165,18 +207,58 @@ def tampered_copy(src, dst):
     return str(dst)
 
 
-@pytest.mark.parametrize("case", ["missing", "tampered", "not_json", "class", "K0", "K300", "O3", "num", "nofused"])
+def edited_copy(src, dst, edit):
+    """A copy of a bundle whose manifest.json went through edit(manifest) (no hash covers it)."""
+    shutil.copytree(src, dst)
+    m = json.loads((dst / "manifest.json").read_text())
+    edit(m)
+    (dst / "manifest.json").write_text(json.dumps(m))
+    return str(dst)
+
+
+def _rename_file(m, name):
+    g = m["graphs"]["backbone"]
+    g["files"] = {name: g["files"][g["file"]]}
+    g["file"] = name
+
+
+def _manifest_symlink(b, d):
+    shutil.copytree(b, d / "b")
+    shutil.move(d / "b" / "manifest.json", d / "elsewhere.json")
+    os.symlink(d / "elsewhere.json", d / "b" / "manifest.json")
+    return str(d / "b")
+
+
+EDITS = {
+    "traversal": lambda m: _rename_file(m, "missing/../../x.onnx"),
+    "dotdot": lambda m: _rename_file(m, "../backbone.onnx"),
+    "absolute": lambda m: _rename_file(m, "/etc/passwd"),
+    "float_int": lambda m: m.update(max_batch=8.0),
+    "respacing_type": lambda m: m["model"].update(timestep_respacing=25),
+}
+
+
+@pytest.mark.parametrize("case", ["missing", "tampered", "not_json", "class", "K0", "K300", "O3", "num", "nofused",
+                                  "not_object", "manifest_symlink", *EDITS])
 def test_same_error_sentences(cpp_build, bundles, tmp_path, case):
     b = bundles["far"]
     args = {"missing": [tmp_path / "nope"], "tampered": [None], "not_json": [None],
             "class": [b, "--class", "1,99"], "K0": [b, "--K", 0], "K300": [b, "--K", 300],
-            "O3": [b, "--O", 3], "num": [b, "--num", 9], "nofused": [b, "--O", 4, "--head", "fused"]}[case]
+            "O3": [b, "--O", 3], "num": [b, "--num", 9], "nofused": [b, "--O", 4, "--head", "fused"]}.get(case)
     if case == "tampered":
         args = [tampered_copy(b, tmp_path / "t")]
     if case == "not_json":
         shutil.copytree(b, tmp_path / "j")
         (tmp_path / "j" / "manifest.json").write_text('{"format": ')
         args = [tmp_path / "j"]
+    if case == "not_object":
+        shutil.copytree(b, tmp_path / "j")
+        (tmp_path / "j" / "manifest.json").write_text('[1, 2]')
+        args = [tmp_path / "j"]
+    if case == "manifest_symlink":
+        args = [_manifest_symlink(b, tmp_path)]
+    if case in EDITS:
+        args = [edited_copy(b, tmp_path / "e", EDITS[case])]
     out = ["--out", tmp_path / "x.png"]
     py = python_generate(*args, *out)
     cc = far_generate(cpp_build, *args, *out)
@@ -187,6 +269,128 @@ def test_same_error_sentences(cpp_build, bundles, tmp_path, case):
         py_line, cc_line = py_line.split(" (")[0], cc_line.split(" (")[0]
     assert cc_line == py_line
     assert not (tmp_path / "x.png").exists()
+
+
+def test_sentences_name_what_python_names(cpp_build, bundles, tmp_path):
+    """Spot checks that the compared lines above say what they should (not only the same thing)."""
+    r = far_generate(cpp_build, edited_copy(bundles["far"], tmp_path / "e", EDITS["traversal"]), "--out", tmp_path / "x.png")
+    assert "The bundle names 'missing/../../x.onnx', which lies outside the bundle folder" in r.stderr
+    r = far_generate(cpp_build, _manifest_symlink(bundles["far"], tmp_path), "--out", tmp_path / "x.png")
+    assert "The bundle names 'manifest.json', which lies outside" in r.stderr
+
+
+# --- a manifest is untrusted: its specs, its model entry ------------------------------------
+
+def _spec_edit(fn):
+    def edit(m):
+        fn(m["graphs"]["head_step"]["spec"])
+    return edit
+
+
+@pytest.mark.parametrize("case,edit", [
+    ("huge_dim", _spec_edit(lambda s: s["inputs"][0].update(dims=["rows", 4000]))),     # overflow a bound buffer
+    ("small_dim", _spec_edit(lambda s: s["outputs"][0].update(dims=["rows", 1]))),
+    ("no_tensor", _spec_edit(lambda s: s["inputs"].pop())),
+    ("renamed", _spec_edit(lambda s: s["outputs"][0].update(name="w"))),
+])
+def test_manifest_spec_must_match_the_model(cpp_build, bundles, tmp_path, case, edit):
+    """The runtime binds buffers from the model entry (as Python's component_specs); a manifest
+    spec that says otherwise is refused in one sentence, never run past a buffer."""
+    d = edited_copy(bundles["far"], tmp_path / "e", edit)
+    r = far_generate(cpp_build, d, "--out", tmp_path / "x.png", "--head", "step", "--O", 2)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"error: {d}/manifest.json is not a usable bundle manifest: the spec of graph 'head_step' differs from the one "
+        "its model entry implies; rebuild the bundle."]
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_a_bundle_without_spec_entries_still_runs(cpp_build, bundles, tmp_path, py_far):
+    def drop(m):
+        for g in m["graphs"].values():
+            g.pop("spec", None)
+    d = edited_copy(bundles["far"], tmp_path / "e", drop)
+    cc = CRuntime(cpp_build["lib"], d)
+    try:
+        assert np.abs(cc.tokens([1, 2], K=4, O=2) - py_far.generate_tokens([1, 2], K=4, O=2)).max() <= 1e-5
+    finally:
+        cc.close()
+
+
+def test_non_rgb_decoder_and_causal_bundles_are_refused(cpp_build, bundles, tmp_path):
+    d = edited_copy(bundles["far"], tmp_path / "c1", lambda m: m["model"].update(image_channels=1))
+    with pytest.raises(CError) as e:
+        CRuntime(cpp_build["lib"], d)
+    assert e.value.code == 2 and e.value.message == (
+        f"{d}/manifest.json is not a usable bundle manifest: model.image_channels is 1, but the vae_decoder's images "
+        "are written as RGB, which needs 3; rebuild the bundle.")
+    d = edited_copy(bundles["far"], tmp_path / "c2", lambda m: m["model"].update(kind="causal"))
+    with pytest.raises(CError) as e:
+        CRuntime(cpp_build["lib"], d)
+    assert e.value.code == 2 and e.value.message == (
+        f"{d} is a FAR-Causal bundle, which the C++ runtime does not run yet; use far_runtime.")
+
+
+def test_sessions_run_the_bytes_that_were_hashed(cpp_build, bundles, tmp_path):
+    """A graph replaced after load is refused when its session is made, as in Python, and
+    check_hashes=0 skips only the load-time pass, not that check."""
+    d = shutil.copytree(bundles["far"], tmp_path / "b")
+    py = Pipeline.load(str(d), threads=1)
+    cc = CRuntime(cpp_build["lib"], str(d))
+    lib = cpp_build["lib"]
+    try:
+        tampered_copy(bundles["far"], tmp_path / "t")
+        shutil.copy(tmp_path / "t" / "backbone.onnx", d / "backbone.onnx")
+        with pytest.raises(FarError) as pe:
+            py.generate_tokens([1], K=2)
+        with pytest.raises(CError) as ce:
+            cc.tokens([1], K=2)
+        assert ce.value.code == 2 and ce.value.message == str(pe.value)
+    finally:
+        cc.close()
+    from far_cpp import LoadOptions
+    import ctypes
+    opts = LoadOptions()
+    lib.far_load_options_default(ctypes.byref(opts))
+    opts.check_hashes = 0
+    h = ctypes.c_void_p()
+    assert lib.far_load(str(tmp_path / "t").encode(), ctypes.byref(opts), ctypes.byref(h)) == 0
+    try:
+        rt = CRuntime.__new__(CRuntime)
+        rt.lib, rt.handle = lib, h
+        from far_cpp import ModelInfo
+        rt.info = ModelInfo()
+        assert lib.far_model(h, ctypes.byref(rt.info)) == 0
+        with pytest.raises(CError) as ce:
+            rt.tokens([1], K=2)
+        assert "does not match the sha256 in the manifest" in ce.value.message
+    finally:
+        lib.far_free(h)
+
+
+# --- far-generate: options first, nothing left behind ----------------------------------------
+
+@pytest.mark.parametrize("args", [
+    ["--num", 0], ["--num", 10 ** 30], ["--threads", 0], ["--temperature", -1], ["--cfg", "nan"], ["--seed", -3],
+    ["--K", 0], ["--out", "/"], ["--out", "/etc/passwd/x.png"], ["--save-randomness", "/etc/passwd/r.npz"],
+])
+def test_options_are_checked_before_the_bundle_is_read(cpp_build, tmp_path, args):
+    """cli.py's order: a bad option is the error even when the bundle does not exist."""
+    full = [tmp_path / "nope", *args] + ([] if "--out" in args else ["--out", tmp_path / "x.png"])
+    py = python_generate(*full)
+    cc = far_generate(cpp_build, *full)
+    assert py.exit_code == 2 and cc.returncode == 2, (py.output, cc.stderr)
+    assert cc.stderr.strip().splitlines()[-1] == py.output.strip().splitlines()[-1]
+    assert "Bundle folder" not in cc.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_refused_run_writes_neither_file(cpp_build, bundles, tmp_path):
+    out, rnd = tmp_path / "sub" / "x.png", tmp_path / "sub" / "r.npz"
+    for bad in (["--class", "99"], ["--O", 3], ["--num", 9]):
+        r = far_generate(cpp_build, bundles["far"], *bad, "--out", out, "--save-randomness", rnd)
+        assert r.returncode == 2, r.stderr
+        assert not out.exists() and not rnd.exists() and not (tmp_path / "sub").exists()
 
 
 def test_c_api_error_codes(cpp_build, bundles, c_far, tmp_path):

@@ -294,6 +294,9 @@ Bundle load_bundle(const std::string& root, bool check_hashes) {
                                           py_repr(name) + ", but that file is not among the graph's hashed files; "
                                           "refusing an unverified graph.");
     }
+    if (graphs->find("vae_decoder") && mi.image_channels != 3)
+        bad(mpath, "model.image_channels is " + std::to_string(mi.image_channels) +
+                       ", but the vae_decoder's images are written as RGB, which needs 3");
     const auto expected = component_specs(mi, b.head_steps);
     for (const auto& [name, g] : graphs->members()) {
         GraphInfo gi;
@@ -323,9 +326,6 @@ Bundle load_bundle(const std::string& root, bool check_hashes) {
         }
         b.graphs.emplace(name, std::move(gi));
     }
-    if (b.has("vae_decoder") && mi.image_channels != 3)
-        bad(mpath, "model.image_channels is " + std::to_string(mi.image_channels) +
-                       ", but the vae_decoder's images are written as RGB, which needs 3");
     return b;
 }
 
