@@ -411,6 +411,18 @@ def test_c_api_error_codes(cpp_build, bundles, c_far, tmp_path):
     assert lib.far_last_error() == b""
 
 
+def test_c_api_stats_add_up_over_calls(c_far):
+    """far_run_stats is added to, like the C++ RunStats; a whole generate (decode, finite check,
+    uint8) counts in total_seconds, which is never below the time inside ONNX Runtime."""
+    from far_cpp import RunStats
+    one, two = RunStats(), RunStats()
+    c_far.images([1, 2], stats=one, K=4, O=2)
+    c_far.images([1, 2], stats=two, K=4, O=2)
+    c_far.images([1, 2], stats=two, K=4, O=2)
+    assert one.graph_calls > 0 and two.graph_calls == 2 * one.graph_calls
+    assert two.total_seconds >= two.ort_seconds > one.ort_seconds > 0
+
+
 def test_gpu_provider_is_refused_without_fallback(cpp_build, bundles):
     """On a CPU-only onnxruntime the C++ runtime refuses CUDA with the Python runtime's sentence."""
     with pytest.raises(FarError) as py:
