@@ -118,6 +118,28 @@ std::vector<int> respaced_timesteps(int num_steps, int sampling_steps, const std
     return {use.begin(), use.end()};
 }
 
+float numpy_expf(float x) {
+    if (std::isnan(x)) return x;
+    if (x >= 88.72283935546875f) return HUGE_VALF;
+    if (x <= -103.97208404541015625f) return 0.0f;
+    // numpy's constants (npy_simd_data.h): log2(e), ln 2 split high/low, P0..P5 over Q0..Q2.
+    const float log2e = 1.44269504088896341f, ln2_hi = -6.93145752e-1f, ln2_lo = -1.42860677e-6f;
+    const float p0 = 9.999999999980870924916e-01f, p1 = 7.257664613233124478488e-01f, p2 = 2.473615434895520810817e-01f,
+                p3 = 5.114512081637298353406e-02f, p4 = 6.757896990527504603057e-03f, p5 = 5.082762527590693718096e-04f;
+    const float q0 = 1.0f, q1 = -2.742335390411667452936e-01f, q2 = 2.159509375685829852307e-02f;
+    const float k = std::nearbyint(x * log2e);
+    float y = std::fma(k, ln2_hi, x);
+    y = std::fma(k, ln2_lo, y);
+    float num = std::fma(p5, y, p4);
+    num = std::fma(num, y, p3);
+    num = std::fma(num, y, p2);
+    num = std::fma(num, y, p1);
+    num = std::fma(num, y, p0);
+    float den = std::fma(q2, y, q1);
+    den = std::fma(den, y, q0);
+    return std::ldexp(num / den, static_cast<int>(k));
+}
+
 DDPMSchedule ddpm_schedule(int sampling_steps, const std::string& respacing) {
     const std::vector<double> base_betas = cosine_betas();
     std::vector<double> base_ac(base_betas.size());

@@ -206,7 +206,7 @@ void Runtime::generate_tokens(const int64_t* labels, int batch, const SampleOpti
                             if (i > 0) {
                                 const float frac = (var + 1.0f) / 2.0f;
                                 const float log_var = frac * lmax + (1.0f - frac) * lmin;
-                                xv = mean + std::exp(0.5f * log_var) * sn[c] * temp;
+                                xv = mean + numpy_expf(0.5f * log_var) * sn[c] * temp;
                             } else {
                                 xv = mean;
                             }
