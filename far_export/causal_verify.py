@@ -75,7 +75,7 @@ def verify_causal_one(pipe, ref, labels, O: int, cfg: float, seed: int, mode: st
 def verify_causal_bundle(pipe, bundle_dir: str, out: str | None = None, K=None, O=None,
                          cfg=None, batch=None, seed: int = 0, checkpoint: str | None = None,
                          vae: str | None = None, progress=None) -> dict:
-    from .verify import TOLERANCES, summary
+    from .verify import TOLERANCES, judged, summary
     pipe.check_k(K)
     precision = pipe.bundle.manifest.get("precision", "fp32")
     tol = TOLERANCES[precision]
@@ -95,7 +95,8 @@ def verify_causal_bundle(pipe, bundle_dir: str, out: str | None = None, K=None, 
         results.append(r)
         if progress:
             progress(i + 1, len(configs), r)
-    report = {"bundle": os.path.abspath(bundle_dir), "precision": precision, "kind": "causal",
+    report = {"bundle": os.path.abspath(bundle_dir), "judged": judged(pipe.bundle),
+              "precision": precision, "kind": "causal",
               "tolerances": tol, "results": results, "passed": all(r["passed"] for r in results)}
     report["summary"] = summary(report) + "\n  (K = L: one token per step; last row: recompute mode)"
     write_json(out or os.path.join(bundle_dir, "verify.json"), report)

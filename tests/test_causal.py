@@ -251,3 +251,28 @@ def test_shipped_causal_demo_draws_its_classes():
     score = evaluate_causal(*build_model(load_model_checkpoint(SHIPPED)), vae, per_class=10,
                             head_steps=8, cfg=5.0, cfg_schedule="constant", temperature=0.8, seed=3)
     assert score["accuracy"] >= 0.7
+
+
+def test_verify_status_accepts_a_fresh_causal_report(built, tmp_path):
+    """verify writes ``judged`` like the FAR report, so ``verify --status`` reads it back."""
+    r = CliRunner()
+    out = str(tmp_path / "v.json")
+    res = r.invoke(main, ["verify", built[0], "--O", "1", "--cfg", "1.0", "--out", out])
+    assert res.exit_code == 0, res.output
+    res = r.invoke(main, ["verify", built[0], "--status", "--out", out])
+    assert res.exit_code == 0, res.output
+    assert "PASSED" in res.output
+    assert r.invoke(main, ["verify", built[0], "--status"]).exit_code == 0   # build's own report
+    rep = json.load(open(out))
+    rep["judged"]["checkpoint_sha256"] = "0" * 64                            # another checkpoint
+    json.dump(rep, open(out, "w"))
+    _one_sentence_exit_2(r.invoke(main, ["verify", built[0], "--status", "--out", out]))
+
+
+def test_generate_checks_options_like_pipeline(built):
+    pipe = Pipeline.load(built[0])
+    for kw, match in ((dict(cfg=float("nan")), "finite"), (dict(temperature=-0.5), "temperature"),
+                      (dict(seed=-1), "seed"), (dict(O="2"), "integer")):
+        with pytest.raises(FarError, match=match):
+            pipe.generate([1], **kw)
+    assert pipe.generate([1], K=np.int64(L), O=1, seed=np.int64(2)).shape == (1, 8, 8, 3)
