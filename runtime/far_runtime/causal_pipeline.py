@@ -27,6 +27,7 @@ import numpy as np
 
 from .causal_schedule import causal_cfg_at, step_position
 from .errors import FarError
+from .options import check_sampling
 from .pipeline import Pipeline
 from .plan import Call, make_call
 from .randomness import Randomness, draw_randomness
@@ -106,8 +107,11 @@ class CausalPipeline(Pipeline):
                         randomness: Randomness | None = None, head: str = "auto",
                         trace: list | None = None, progress=None, mode: str = "cache") -> np.ndarray:
         """Token latents [B, L, C] after L steps (``K`` is L; see the module docstring)."""
+        L = self.model["seq_len"]
+        self.check_k(K)
+        _, O, cfg, temperature, seed = check_sampling(L if K is None else K, O, cfg, temperature, seed)
         lab = self.check_labels(labels)
-        B, L, C = len(lab), self.model["seq_len"], self.model["token_dim"]
+        B, C = len(lab), self.model["token_dim"]
         P = self.model["class_tokens"]
         causal_cfg_at(0, L, cfg, cfg_schedule)              # validates the schedule name
         plan = self.plan(B, K, O, cfg, head, decode=False, mode=mode)
