@@ -10,7 +10,8 @@ import sys
 
 import click
 
-from far_runtime.cli import FarGroup, generate, option_group, parse_int_list, parse_labels, sampling_options
+from far_runtime.cli import (DEFAULT_K, FarGroup, generate, option_group, parse_int_list, parse_labels,
+                             resolve_k, sampling_options)
 from far_runtime.errors import FarError
 
 log = logging.getLogger("far_export")
@@ -100,9 +101,12 @@ def sample(checkpoint, vae_path, classes, num, num_iter, head_steps, cfg, cfg_sc
     if not vae_path:
         raise FarError("sample needs a VAE to decode images; pass --vae FILE.")
     labels = parse_labels(classes, num)
-    check_sampling(num_iter, head_steps, cfg, temperature, seed, check_o=False)
+    check_sampling(DEFAULT_K if num_iter is None else num_iter, head_steps, cfg, temperature, seed,
+                   check_o=False)
     check_writable_file(out, "--out")
     pipe = ReferencePipeline.load(checkpoint, vae_path)
+    pipe.check_k(num_iter)
+    num_iter = resolve_k(num_iter, pipe.model_info())
     with click.progressbar(length=num_iter, label="sampling", file=sys.stderr) as bar:
         images = pipe.generate(labels, num_iter=num_iter, head_steps=head_steps, cfg=cfg,
                                cfg_schedule=cfg_schedule, temperature=temperature, seed=seed,
@@ -213,7 +217,7 @@ def _run_verify(bundle, out, num_iter, head_steps, batch, seed, cfg, checkpoint,
 
 @main.command()
 @click.argument("bundle")
-@click.option("--K", "num_iter", type=int, help="Only this K (1..256; default 16).")
+@click.option("--K", "num_iter", type=int, help="Only this K (1..256; default 16; L for FAR-Causal).")
 @click.option("--O", "head_steps", type=int, help="Only this O (default: every fused O).")
 @click.option("--cfg", type=float, help="Only this CFG (default 1.0 and 3.0).")
 @click.option("--batch", default=2, show_default=True)

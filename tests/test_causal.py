@@ -276,3 +276,28 @@ def test_generate_checks_options_like_pipeline(built):
         with pytest.raises(FarError, match=match):
             pipe.generate([1], **kw)
     assert pipe.generate([1], K=np.int64(L), O=1, seed=np.int64(2)).shape == (1, 8, 8, 3)
+
+
+def test_generate_cli_defaults_k_to_l(built, tmp_path):
+    """--K left out means L for a causal bundle (16 for FAR/MAR); another K is one sentence."""
+    from far_runtime.cli import main as runtime_main
+    r = CliRunner()
+    for cli in (runtime_main, main):
+        png = str(tmp_path / f"{cli.name}.png")
+        res = r.invoke(cli, ["generate", built[0], "--num", "2", "--O", "1", "--out", png])
+        assert res.exit_code == 0, res.output
+        assert os.path.getsize(png) > 0
+    res = r.invoke(runtime_main, ["generate", built[0], "--num", "1", "--K", "8", "--out", png])
+    _one_sentence_exit_2(res)
+    assert "K is L = 16" in res.output
+
+
+def test_sample_cli_runs_the_causal_reference(causal_files, tmp_path):
+    r = CliRunner()
+    png = str(tmp_path / "ref.png")
+    res = r.invoke(main, ["sample", causal_files["ckpt"], "--vae", causal_files["vae"], "--num", "2",
+                          "--O", "2", "--cfg", "2.0", "--out", png])
+    assert res.exit_code == 0, res.output
+    assert os.path.getsize(png) > 0
+    _one_sentence_exit_2(r.invoke(main, ["sample", causal_files["ckpt"], "--vae", causal_files["vae"],
+                                         "--K", "4", "--out", png]))

@@ -41,8 +41,9 @@ def sampling_options(num: int, cfg: float):
         click.option("--class", "classes", default="0", show_default=True,
                      help="Class label(s), comma-separated; repeated to fill --num."),
         click.option("--num", default=num, show_default=True, help="Images to generate."),
-        click.option("--K", "num_iter", default=16, show_default=True,
-                     help="Autoregressive iterations (1..256)."),
+        click.option("--K", "num_iter", type=int, default=None,
+                     help="Autoregressive iterations (1..256); default 16 for FAR/MAR, and L "
+                          "(the only valid K: one token per step) for FAR-Causal."),
         click.option("--O", "head_steps", default=8, show_default=True, help="Shortcut head steps."),
         click.option("--cfg", default=cfg, show_default=True, help="Classifier-free guidance scale."),
         click.option("--cfg-schedule", type=click.Choice(["linear", "constant"]), default="linear"),
@@ -50,6 +51,16 @@ def sampling_options(num: int, cfg: float):
         click.option("--seed", default=0, show_default=True),
     ]
     return option_group(opts)
+
+
+DEFAULT_K = 16     # FAR/MAR's default K; FAR-Causal's K is its L
+
+
+def resolve_k(num_iter, model: dict) -> int:
+    """``--K`` left out: 16 for FAR/MAR, L for a FAR-Causal model (``kind`` ``causal``)."""
+    if num_iter is not None:
+        return num_iter
+    return model["seq_len"] if model.get("kind") == "causal" else DEFAULT_K
 
 
 def parse_int_list(text: str, option: str) -> list[int]:
@@ -97,8 +108,9 @@ def generate(bundle, classes, num, num_iter, head_steps, cfg, cfg_schedule, temp
     from .randomness import draw_randomness
     # Every check before any work, and before anything is written: a failed run leaves nothing.
     labels = parse_labels(classes, num)
-    num_iter, head_steps, cfg, temperature, seed = check_sampling(num_iter, head_steps, cfg, temperature,
-                                                                  seed, check_o=False)
+    given_k = num_iter
+    num_iter, head_steps, cfg, temperature, seed = check_sampling(
+        DEFAULT_K if num_iter is None else num_iter, head_steps, cfg, temperature, seed, check_o=False)
     if threads is not None and threads < 1:
         raise FarError(f"--threads must be at least 1, got {threads}.")
     check_writable_file(out, "--out")
@@ -110,6 +122,7 @@ def generate(bundle, classes, num, num_iter, head_steps, cfg, cfg_schedule, temp
         raise FarError(f"--num {num} is larger than the bundle's max batch {max_batch}; "
                        f"re-export with --max-batch {num} or generate fewer.")
     pipe.check_labels(labels)
+    num_iter = resolve_k(None if given_k is None else num_iter, pipe.model)
     pipe.plan(num, num_iter, head_steps, cfg, head)
     m = pipe.model
     rnd = draw_randomness(seed, num, m["seq_len"], m["token_dim"], m["diffusion_steps"])
