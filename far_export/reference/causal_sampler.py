@@ -6,7 +6,7 @@ i starts from ``temperature * noise[:, i]``, its CFG twin shares it). Its ``orde
 and ignored; ``draw_randomness`` still draws them so one seed gives the same noise here and
 in the runtime. ``use_cache=False`` recomputes the whole prefix every step (``forward``), the
 no-cache path the cache is checked and benchmarked against. ``trace`` receives the token
-latent after every step.
+latent after every step, ``progress`` the step index.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def check_labels(labels, num_classes: int) -> np.ndarray:
 def sample_causal(backbone: CausalBackbone, head: SimpleMLPAdaLN, labels, head_steps: int = 8,
                   cfg: float = 1.0, cfg_schedule: str = "linear", temperature: float = 1.0,
                   seed: int = 0, randomness: Randomness | None = None, use_cache: bool = True,
-                  trace: list | None = None) -> torch.Tensor:
+                  trace: list | None = None, progress=None) -> torch.Tensor:
     """Token latents [B, L, C] of FAR-Causal sampling."""
     c = backbone.cfg
     L, C, P = c.seq_len, c.token_dim, c.class_tokens
@@ -68,4 +68,6 @@ def sample_causal(backbone: CausalBackbone, head: SimpleMLPAdaLN, labels, head_s
         tokens[:, i] = shortcut_sample(head, noise[:, i] * temperature, z, head_steps, cfg_i)
         if trace is not None:
             trace.append(tokens.clone())
+        if progress is not None:
+            progress(i)
     return tokens

@@ -27,7 +27,23 @@ class ReferencePipeline:
         backbone, head = build_model(ck)
         return cls(ck, vk, backbone, head, build_vae(vk) if vk else None)
 
+    def model_info(self) -> dict:
+        """``kind`` and ``seq_len`` as a bundle manifest's model records them."""
+        return {"kind": getattr(self.ckpt.config, "kind", "far"), "seq_len": self.backbone.cfg.seq_len}
+
+    def check_k(self, K) -> None:
+        """FAR-Causal: K is L or left out (None); FAR/MAR's K is checked by the sampler."""
+        L = self.backbone.cfg.seq_len
+        if self.model_info()["kind"] == "causal" and K is not None and K != L:
+            from far_runtime.errors import FarError
+            raise FarError(f"FAR-Causal predicts one token per step, so K is L = {L} by "
+                           f"construction; got K={K!r} (leave --K out).")
+
     def tokens(self, labels, **kw) -> torch.Tensor:
+        if self.model_info()["kind"] == "causal":          # FAR-Causal: its own loop, K is L
+            from .causal_sampler import sample_causal
+            self.check_k(kw.pop("num_iter", None))
+            return sample_causal(self.backbone, self.head, labels, **kw)
         return sample_tokens(self.backbone, self.head, labels, **kw)
 
     @torch.no_grad()
