@@ -301,3 +301,37 @@ def test_sample_cli_runs_the_causal_reference(causal_files, tmp_path):
     assert os.path.getsize(png) > 0
     _one_sentence_exit_2(r.invoke(main, ["sample", causal_files["ckpt"], "--vae", causal_files["vae"],
                                          "--K", "4", "--out", png]))
+
+
+def _set(**kv):
+    def fn(m):
+        m["model"].update(kv)
+        return m
+    return fn
+
+
+CAUSAL_MANIFESTS = {
+    "unknown-kind": (_set(kind="gpt"), "model.kind is 'gpt'"),
+    "class-tokens-str": (_set(class_tokens="2"), "model.class_tokens"),
+    "context-zero": (_set(context=0), "model.context is 0"),
+    "depth-negative": (_set(depth=-1), "model.depth"),
+    "heads-float": (_set(heads=1.5), "model.heads is 1.5"),
+    "head-dim-missing": (_set(head_dim=None), "model.head_dim"),
+    "context-mismatch": (_set(context=L + 5), "class_tokens + seq_len - 1"),
+    "heads-x-dim": (_set(heads=4), "model.cond_dim"),
+    "head-kind": (_set(head_kind="diffusion", diffusion_steps=10), "not 'shortcut'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CAUSAL_MANIFESTS))
+def test_tampered_causal_manifest_is_one_sentence(built, tmp_path, case):
+    from bad_input_helpers import assert_one_sentence, copy_bundle, edit_manifest, run_cli
+    fn, expect = CAUSAL_MANIFESTS[case]
+    b = copy_bundle(built[0], str(tmp_path / "b"))
+    assert run_cli(["info", b], runtime=True).exit_code == 0
+    edit_manifest(b, fn)
+    for args, runtime in ((["info", b], True), (["generate", b, "--num", "1", "--O", "1",
+                                                 "--out", str(tmp_path / "g.png")], False)):
+        res = run_cli(args, runtime=runtime)
+        assert_one_sentence(res.exit_code, res.stderr, expect)
+    assert not os.path.exists(tmp_path / "g.png")
