@@ -139,6 +139,14 @@ def test_runtime_cache_buffers_do_not_move(built):
     a = pipe.generate([1, 2], O=2, cfg=3.0, seed=1)
     b = pipe.generate([1, 2], O=2, cfg=3.0, seed=1)
     assert a.shape == (2, 8, 8, 3) and np.array_equal(a, b)
+    # What the docs claim for ONNX Runtime on CPU: each slot writes its cache into one
+    # preallocated array, the same on every step (no copy); the two slots are distinct.
+    cache = pipe.backend.run(plan.prefill, {"labels": np.array([1, 2, 10, 10])})["cache"]
+    feeds = {"token": np.zeros((4, 4), np.float32), "pos": np.array([2])}
+    s0 = pipe.backend.run(plan.steps[0], {**feeds, "cache": cache})["cache_out"]
+    s1 = pipe.backend.run(plan.steps[1], {**feeds, "cache": s0})["cache_out"]
+    again = pipe.backend.run(plan.steps[0], {**feeds, "cache": s1})["cache_out"]
+    assert again is s0 and not np.shares_memory(s0, s1)
 
 
 def test_inspect_tells_kinds_apart(causal_files):

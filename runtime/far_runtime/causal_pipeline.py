@@ -13,7 +13,11 @@ unconditional twins, which share the token and the noise).
 The cache never moves: the prefill writes it into a buffer of its full size T, and the steps
 alternate between two bindings of ``causal_step`` (``slot`` 0 and 1, each with its own
 preallocated output), each reading the other's output. So every step has the same shapes
-(one engine profile, one CUDA graph per slot) and no cache is copied on the host.
+(one engine profile). With ONNX Runtime on CPU (IOBinding, outputs preallocated, inputs bound
+in place) no cache is copied. The GPU backends (``device_slots.py``: TensorRT, torch CUDA)
+have not been run on causal bundles, and their ``run`` copies every output to the host today,
+so there the cache makes a host round trip per step; keeping it on the device (one CUDA graph
+per slot) is what the static shapes allow, not what this loop does yet.
 ``mode="recompute"`` runs ``causal_recompute`` on the whole prefix instead (no cache): the
 baseline of ``bench`` and verify's cross-check.
 

@@ -6,7 +6,8 @@ Graphs (besides the shared ``head_step``, ``head_fused_o{O}`` and ``vae_decoder`
 - ``causal_step``: ``token`` [batch, C] (token i - 1), ``pos`` [1] int64 (its sequence
   position P + i - 1) and ``cache`` -> ``z`` [batch, D] of token i and ``cache_out``. The
   cache has its full static size T = P + L - 1 on every step (preallocated), so all L - 1
-  steps share one shape (one CUDA graph).
+  steps share one shape (one engine profile; a GPU backend could capture one CUDA graph per
+  slot, which the GPU backends do not do for causal bundles yet).
 - ``causal_recompute``: ``tokens`` [batch, n_known, C] (the whole prefix), labels -> ``z`` of
   token n_known. No cache: what every step costs without one (bench, verify's cross-check).
 
