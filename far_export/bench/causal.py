@@ -3,7 +3,9 @@ whole prefix every step, at several sequence lengths L.
 
 For each L a random FAR-Causal model of the given size (token_dim 16, the demo's backbone
 and head sizes by default) is written, exported to a bundle (``causal_*`` graphs and the
-fused head for O; validated as ``build`` does), and ``CausalPipeline.generate_tokens`` is
+fused head for O; validated as ``build`` does; reused from ``OUT/models`` only when its name's
+key, the configuration and the sha256 of the far_export and far_runtime sources, matches, or
+exported again with ``--rebuild``), and ``CausalPipeline.generate_tokens`` is
 timed in both modes, alternated run by run (cache, recompute, recompute, cache, ...) with
 the same seed, so the ratio is measured under the same machine load. The report gives per
 L and mode the median and p90 seconds per image batch, the ratio recompute / cache, and the
@@ -11,6 +13,7 @@ load average before and after.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -31,16 +34,36 @@ def _loadavg() -> str:
         return "n/a"
 
 
+def source_hash(roots=None) -> str:
+    """sha256 of every ``.py`` file of the packages that write and run the graphs (far_export,
+    far_runtime), by relative path: a cached bench bundle is reused only by the same code."""
+    import far_runtime
+    roots = roots or (os.path.dirname(os.path.dirname(__file__)), os.path.dirname(far_runtime.__file__))
+    h = hashlib.sha256()
+    for root in roots:
+        for d, dirs, files in os.walk(root):
+            dirs[:] = sorted(x for x in dirs if x != "__pycache__")
+            for name in sorted(f for f in files if f.endswith(".py")):
+                p = os.path.join(d, name)
+                h.update(os.path.relpath(p, root).encode() + b"\0")
+                with open(p, "rb") as f:
+                    h.update(hashlib.sha256(f.read()).digest())
+    return h.hexdigest()
+
+
 def causal_bench_bundle(folder: str, seq_len: int, width: int, depth: int, heads: int,
-                        class_tokens: int, head_steps: int, seed: int = 0) -> str:
-    """A random FAR-Causal checkpoint of the given size and its bundle (reused when present)."""
+                        class_tokens: int, head_steps: int, seed: int = 0, max_batch: int = 2,
+                        rebuild: bool = False) -> str:
+    """A random FAR-Causal checkpoint of the given size and its bundle, reused when one of the
+    same configuration was exported by the same source code (its key is in the name)."""
     from ..demo.train_causal import causal_head_config
     from ..export.bundle import export_bundle
     from ..reference.causal import CausalConfig, CausalModelConfig
     from ..synthetic import write_random_causal_checkpoint
-    name = f"causal_L{seq_len}_w{width}_d{depth}_h{heads}_p{class_tokens}_o{head_steps}_s{seed}"
+    name = f"causal_L{seq_len}_w{width}_d{depth}_h{heads}_p{class_tokens}_o{head_steps}_s{seed}_b{max_batch}"
+    name += "_" + hashlib.sha256(f"{name}:{source_hash()}".encode()).hexdigest()[:12]
     ckpt, bundle = os.path.join(folder, name + ".pth"), os.path.join(folder, name)
-    if os.path.isfile(os.path.join(bundle, "manifest.json")):
+    if not rebuild and os.path.isfile(os.path.join(bundle, "manifest.json")):
         return bundle
     os.makedirs(folder, exist_ok=True)
     bb = CausalConfig(token_dim=16, seq_len=seq_len, class_tokens=class_tokens, num_classes=10,
@@ -48,28 +71,31 @@ def causal_bench_bundle(folder: str, seq_len: int, width: int, depth: int, heads
     cfg = CausalModelConfig(bb, causal_head_config(bb, 3, width))
     write_random_causal_checkpoint(ckpt, cfg, seed, std=0.02)
     export_bundle(ckpt, None, bundle, components=("backbone", "head"), head_steps=(head_steps,),
-                  validate_batches=(1,), max_batch=2)
+                  validate_batches=(1,), max_batch=max_batch)
     return bundle
 
 
 def run_causal_bench(out: str, lengths=(64, 256), width: int = 96, depth: int = 4, heads: int = 4,
                      class_tokens: int = 4, O: int = 8, batch: int = 1, cfg: float = 3.0,
                      runs: int = 3, warmup: int = 1, threads: int | None = None, seed: int = 0,
-                     say=log.info) -> dict:
+                     say=log.info, rebuild: bool = False) -> dict:
     from far_runtime.pipeline import Pipeline
     if runs < 1 or warmup < 0:
         raise FarError(f"--runs must be >= 1 and --warmup >= 0, got {runs} and {warmup}.")
+    if not 1 <= batch <= 1024:
+        raise FarError(f"--batch must be in 1..1024, got {batch}.")
     bad = [n for n in lengths if n < 4 or int(round(n ** 0.5)) ** 2 != n]
     if bad or not lengths:
         raise FarError(f"--lengths takes square token counts of at least 4 (16, 64, 256), got {list(lengths)}.")
     report = {"width": width, "depth": depth, "heads": heads, "class_tokens": class_tokens,
               "O": O, "batch": batch, "cfg": cfg, "runs": runs, "warmup": warmup,
               "threads": threads, "loadavg_before": _loadavg(), "lengths": {}}
-    labels = list(range(batch))
+    labels = [i % 10 for i in range(batch)]                 # the bench models have 10 classes
     for L in lengths:
         say(f"L={L}: exporting a random FAR-Causal (width {width}, depth {depth})")
         pipe = Pipeline.load(causal_bench_bundle(os.path.join(out, "models"), L, width, depth,
-                                                 heads, class_tokens, O, seed), threads=threads)
+                                                 heads, class_tokens, O, seed, max(2, batch),
+                                                 rebuild), threads=threads)
         times = {"cache": [], "recompute": []}
         order = ["cache", "recompute", "recompute", "cache"]
         for i in range(warmup + runs):
@@ -119,15 +145,18 @@ def _command():
     @click.option("--warmup", default=1, show_default=True)
     @click.option("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores).")
     @click.option("--out", default="out/bench_causal", show_default=True)
+    @click.option("--rebuild", is_flag=True, help="Export the models again even when OUT/models "
+                  "has bundles of the same configuration and source code.")
     def bench_causal(lengths, width, depth, heads, class_tokens, head_steps, batch, cfg, runs,
-                     warmup, threads, out):
+                     warmup, threads, out, rebuild):
         """Time FAR-Causal with the KV cache against recomputing the prefix every step."""
         try:
             ls = [int(x) for x in lengths.split(",") if x.strip()]
         except ValueError:
             raise FarError(f"--lengths takes comma-separated integers, got {lengths!r}.") from None
         report = run_causal_bench(out, ls, width, depth, heads, class_tokens, head_steps, batch,
-                                  cfg, runs, warmup, threads, say=lambda m: click.echo(m, err=True))
+                                  cfg, runs, warmup, threads, say=lambda m: click.echo(m, err=True),
+                                  rebuild=rebuild)
         write_json(os.path.join(out, "bench_causal.json"), report)
         md = causal_markdown(report)
         write_text(os.path.join(out, "bench_causal.md"), md)
