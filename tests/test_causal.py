@@ -209,6 +209,28 @@ def test_training_writes_a_loadable_checkpoint(tmp_path):
     assert ck.args.trained_steps == 3 and ck.args.recipe_class_tokens == 2
 
 
+def test_training_budget_schedule_edges():
+    from far_export.demo.train_causal import budget_fraction
+    assert budget_fraction(5.0, 0.0, None, 60.0) == 0.0                   # in warm-up
+    assert budget_fraction(30.0, 0.0, 10.0, 60.0) == pytest.approx(0.4)   # 20 of the 50 s left
+    assert budget_fraction(61.0, 0.0, None, 60.0) == 1.0                  # spent during warm-up
+    assert budget_fraction(70.0, 0.0, 65.0, 60.0) == 1.0                  # warm-up past the budget
+    assert budget_fraction(59.0, 0.0, 60.0, 60.0) == 1.0                  # nothing left after it
+
+
+@pytest.mark.parametrize("steps,warmup,minutes", [(0, 1, None), (5, 100, 1e-6)])
+def test_training_with_no_step_writes_the_initial_model(tmp_path, steps, warmup, minutes):
+    """steps=0, or a budget spent before the warm-up ends: no step, still a loadable file."""
+    from far_export.demo.train_causal import CausalRecipe, train_causal
+    mean, std = torch.zeros(4, 16, 4), torch.full((4, 16, 4), 0.1)
+    recipe = CausalRecipe(steps=steps, warmup=warmup, batch=2, width=16, depth=1, heads=2,
+                          class_tokens=1, head_width=16, head_depth=1, minutes=minutes)
+    path = str(tmp_path / "c.pth")
+    *_, metrics = train_causal(mean, std, np.arange(4), recipe, 10, path)
+    assert metrics["steps_done"] == 0 and np.isnan(metrics["final_loss"])
+    assert load_model_checkpoint(path).extra["epoch"] == 0
+
+
 def _load(path):
     with torch.serialization.safe_globals([argparse.Namespace]):
         return torch.load(path, weights_only=True, map_location="cpu")

@@ -93,6 +93,18 @@ def lr_budget(step: int, r: CausalRecipe, fraction: float) -> float:
     return r.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
 
 
+def budget_fraction(now: float, t0: float, t_warm: float | None, budget: float) -> float:
+    """The elapsed fraction of a time budget that drives the cosine: 0 during warm-up, then
+    the share of what the warm-up left; 1 (stop) once the whole budget is spent, including
+    a warm-up that took longer than the budget (no remaining time, never a negative share)."""
+    if now - t0 >= budget:
+        return 1.0
+    if t_warm is None:
+        return 0.0
+    remaining = budget - (t_warm - t0)
+    return 1.0 if remaining <= 0 else min(1.0, max(0.0, (now - t_warm) / remaining))
+
+
 def init_causal(bb: CausalBackbone) -> CausalBackbone:
     """PyTorch's default initialisation, N(0, 0.02) position embeddings (as train_far)."""
     with torch.no_grad():
@@ -136,11 +148,12 @@ def train_causal(token_mean: torch.Tensor, token_std: torch.Tensor, labels: np.n
     head.train()
     budget = recipe.minutes * 60 if recipe.minutes else None
     t_warm = None
+    done, last_loss = 0, None                 # steps=0 (or a budget spent at once): no step ran
     for step in range(recipe.steps):
         if budget is not None:
             if step == recipe.warmup:
                 t_warm = time.time()
-            frac = 0.0 if t_warm is None else (time.time() - t_warm) / (budget - (t_warm - t0))
+            frac = budget_fraction(time.time(), t0, t_warm, budget)
             if frac >= 1.0:
                 break
             lr = lr_budget(step, recipe, frac)
@@ -163,7 +176,8 @@ def train_causal(token_mean: torch.Tensor, token_std: torch.Tensor, labels: np.n
         d = min(recipe.ema_decay, (1 + step) / (10 + step))
         ema_update(ema_bb, backbone, d)
         ema_update(ema_head, head, d)
-        running.append(loss.item())
+        last_loss = float(loss.item())
+        running.append(last_loss)
         done = step + 1
         if done % progress_every == 0 or done == recipe.steps:
             el = time.time() - t0
@@ -172,9 +186,9 @@ def train_causal(token_mean: torch.Tensor, token_std: torch.Tensor, labels: np.n
             running = []
         if out_path and done % recipe.checkpoint_every == 0:
             save_causal(out_path, backbone, head, ema_bb, ema_head, recipe, done,
-                        {"train_seconds": time.time() - t0, "loss": float(loss.item())})
-    metrics = {"train_seconds": time.time() - t0, "final_loss": float(loss.item()),
-               "steps_done": done}
+                        {"train_seconds": time.time() - t0, "loss": last_loss})
+    metrics = {"train_seconds": time.time() - t0, "steps_done": done,
+               "final_loss": float("nan") if last_loss is None else last_loss}
     if out_path:
         save_causal(out_path, backbone, head, ema_bb, ema_head, recipe, done, metrics)
     return backbone.eval(), head.eval(), ema_bb, ema_head, metrics
@@ -209,6 +223,8 @@ def main(argv=None) -> None:
     p.add_argument("--minutes", type=float,
                    help="Time budget: train until it is spent (at most --steps), cosine over time.")
     a = p.parse_args(argv)
+    if a.steps < 0 or a.threads < 1 or a.checkpoint_every < 1 or (a.minutes is not None and a.minutes <= 0):
+        p.error("--steps must be >= 0, --threads and --checkpoint-every >= 1, --minutes > 0.")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(a.threads)
     os.makedirs(a.out, exist_ok=True)
