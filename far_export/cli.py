@@ -149,8 +149,9 @@ def _run_export(checkpoint, vae_path, out, components, head_steps, opset, export
                              validate_batches=parse_int_list(validate_batches, '--validate-batches'),
                              precision=precision, precision_options=precision_options,
                              force_heads=force_heads)
-    click.echo(f"wrote {len(manifest['graphs'])} graphs, validation.json, trt_readiness.json and "
-               f"manifest.json to {out}")
+    reports = "validation.json" if manifest["model"].get("kind") == "causal" else \
+        "validation.json, trt_readiness.json"               # no readiness report for FAR-Causal
+    click.echo(f"wrote {len(manifest['graphs'])} graphs, {reports} and manifest.json to {out}")
     return manifest
 
 

@@ -388,3 +388,24 @@ def test_tampered_causal_manifest_is_one_sentence(built, tmp_path, case):
         res = run_cli(args, runtime=runtime)
         assert_one_sentence(res.exit_code, res.stderr, expect)
     assert not os.path.exists(tmp_path / "g.png")
+
+
+def test_causal_build_replaces_a_far_bundle_whole(causal_files, tmp_path):
+    """A causal build over a FAR bundle (the default --out) leaves none of the FAR files, and
+    says only what it wrote."""
+    r = CliRunner()
+    out = str(tmp_path / "default")
+    res = r.invoke(main, ["export", causal_files["far"], "--vae", causal_files["vae"], "--out", out,
+                          "--head-steps", "1", "--validate-batches", "1"])
+    assert res.exit_code == 0, res.output
+    assert {"backbone.onnx", "trt_readiness.json"} <= set(os.listdir(out))
+    res = r.invoke(main, ["build", causal_files["ckpt"], "--vae", causal_files["vae"], "--out", out,
+                          "--head-steps", "1", "--validate-batches", "1", "--skip-verify"])
+    assert res.exit_code == 0, res.output
+    assert "trt_readiness.json" not in res.output and "validation.json" in res.output
+    manifest = json.load(open(os.path.join(out, "manifest.json")))
+    assert manifest["model"]["kind"] == "causal"
+    files = {f for g in manifest["graphs"].values() for f in g["files"]}
+    assert set(os.listdir(out)) == files | {"manifest.json", "validation.json"}
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]     # no staging, no lock
+

@@ -23,6 +23,7 @@ from far_runtime.specs import component_specs, fused_name
 from ..checkpoint import build_model, build_vae, sha256_file
 from .causal_modules import causal_graph_module
 from .causal_validate import validate_causal
+from .staging import staged_bundle
 from .onnx_export import export_onnx
 from .validate import validate_graph
 
@@ -70,15 +71,26 @@ def export_causal_bundle(ck, vae_ck, out_dir: str, components, head_steps, opset
                        f"tokens have {model['token_dim']}; they do not belong together.")
     specs = component_specs(model, max_batch, head_steps, tolerance)
     wanted = wanted_graphs(components, head_steps)
-    os.makedirs(out_dir, exist_ok=True)
-    if os.path.exists(os.path.join(out_dir, rt_bundle.MANIFEST)):
-        os.unlink(os.path.join(out_dir, rt_bundle.MANIFEST))   # a half-updated bundle is no bundle
+    # Staged like every bundle (staging.py): written beside out_dir and swapped in whole, so a
+    # failed export leaves the old bundle as it was, and a FAR bundle replaced by a causal one
+    # leaves none of its files (backbone.onnx, trt_readiness.json) behind.
+    with staged_bundle(out_dir) as stage:
+        manifest = _export_into(stage, out_dir, ck, vae_ck, backbone, head, vae_mod, model, specs,
+                                wanted, opset, exporter, max_batch, external_data, say,
+                                validate_batches, head_steps, versions, tolerance, ort)
+    return manifest
+
+
+def _export_into(stage, out_dir, ck, vae_ck, backbone, head, vae_mod, model, specs, wanted, opset,
+                 exporter, max_batch, external_data, say, validate_batches, head_steps, versions,
+                 tolerance, ort) -> dict:
+    """Every graph exported into ``stage``, validated, hashed; the manifest last."""
     graphs, reports, sessions, facts_by = {}, {}, {}, {}
     for i, name in enumerate(wanted):
         spec = specs[name]
         say(f"[{i + 1}/{len(wanted)}] {name}: exporting")
         module = causal_graph_module(name, backbone, head, vae_mod, spec.head_steps)
-        path = os.path.join(out_dir, f"{name}.onnx")
+        path = os.path.join(stage, f"{name}.onnx")
         facts_by[name] = facts = export_onnx(module, spec, model, path, opset, exporter, external_data)
         sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         if name in CAUSAL_GRAPHS:
@@ -96,13 +108,13 @@ def export_causal_bundle(ck, vae_ck, out_dir: str, components, head_steps, opset
         facts, rep = facts_by[name], reports[name]
         say(f"{name}: worst error {rep['worst_rel_to_max']:.2e} of max |output| over "
             f"{len(rep['points'])} points ({'ok' if rep['passed'] else 'OVER TOLERANCE'})")
-        graphs[name] = {"file": facts["files"][0], "files": {f: sha256_file(os.path.join(out_dir, f))
+        graphs[name] = {"file": facts["files"][0], "files": {f: sha256_file(os.path.join(stage, f))
                                                              for f in facts["files"]},
                         "precision": "fp32", "opset": facts["opset"], "nodes": facts["nodes"],
                         "bytes": facts["bytes"], "exporter": exporter,
                         "export_seconds": facts["export_seconds"], "spec": specs[name].to_dict(),
                         "tolerance_achieved": rep["worst_rel_to_max"], "validated": rep["passed"]}
-    write_json(os.path.join(out_dir, "validation.json"), reports)
+    write_json(os.path.join(stage, "validation.json"), reports)
     manifest = {
         "format": rt_bundle.FORMAT, "format_version": rt_bundle.FORMAT_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -115,7 +127,8 @@ def export_causal_bundle(ck, vae_ck, out_dir: str, components, head_steps, opset
     }
     failed = [n for n, r in reports.items() if not r["passed"]]
     if failed:
-        raise FarError(f"Validation failed for {', '.join(failed)}: see "
-                       f"{os.path.join(out_dir, 'validation.json')}; no manifest was written.")
-    write_json(os.path.join(out_dir, rt_bundle.MANIFEST), manifest)
+        worst = ", ".join(f"{n} {reports[n]['worst_rel_to_max']:.2e}" for n in failed)
+        raise FarError(f"Validation failed for {', '.join(failed)} (worst error of max |output|: "
+                       f"{worst}); nothing was written and {out_dir} is unchanged.")
+    write_json(os.path.join(stage, rt_bundle.MANIFEST), manifest)
     return manifest
