@@ -409,3 +409,29 @@ def test_causal_build_replaces_a_far_bundle_whole(causal_files, tmp_path):
     assert set(os.listdir(out)) == files | {"manifest.json", "validation.json"}
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]     # no staging, no lock
 
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--O", "3"], "power of two"), (["--O", "a,b"], "--O takes"), (["--cfg", "nan"], "finite"),
+    (["--temperature", "-1"], "--temperature must be >= 0"), (["--seed", "-1"], "seed"),
+    (["--per-class", "0"], "--per-class"), (["--schedule", "cosine"], "invalid choice"),
+    (["--checkpoint", "/nonexistent.pth"], "is not a file"),
+])
+def test_evaluate_causal_options_are_one_sentence(args, expect, capsys, tmp_path):
+    from far_export.demo.evaluate_causal import main as evaluate_main
+    with pytest.raises(SystemExit) as e:
+        evaluate_main(args + ["--out", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err and expect in err
+    assert err.strip().splitlines()[-1].count("error:") == 1
+    assert not os.path.exists(tmp_path / "r.json")
+
+
+def test_evaluate_causal_refuses_a_bad_checkpoint_in_one_sentence(capsys, tmp_path):
+    from far_export.demo.evaluate_causal import main as evaluate_main
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit) as e:
+        evaluate_main(["--checkpoint", str(bad), "--per-class", "1"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
