@@ -334,3 +334,39 @@ def test_serve_refuses_bad_options_before_starting_ray(fused_only):
         r = subprocess.run([sys.executable, "-m", "far_runtime.cli", "serve", fused_only, *args],
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr
+
+
+# --- reviewer's defects ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("obj, msg", [
+    ({"class": 3, "cfg": 10 ** 400}, "'cfg' must be a finite number"),
+    ({"class": 3, "temperature": -10 ** 400}, "'temperature' must be a finite number"),
+    (parse_body(b'{"class": 3, "cfg": 1e308}') | {"cfg": 1e308 * 10}, "'cfg' must be a finite number"),
+])
+def test_numbers_beyond_float_range_are_400s(pipe, obj, msg):
+    """ints past float range used to raise OverflowError in math.isfinite (HTTP 500)."""
+    with pytest.raises(RequestError) as e:
+        RequestChecker(pipe).check(obj)
+    assert msg in str(e.value) and str(e.value).endswith(".")
+
+
+def test_huge_integers_are_400s(pipe):
+    """Over 4300 digits json.loads raises a plain ValueError (not JSONDecodeError): a 500 before."""
+    for digits in (41, 5000, 60000):
+        body = b'{"class": 3, "seed": ' + b"9" * digits + b'}'
+        with pytest.raises(RequestError) as e:
+            RequestChecker(pipe).check(parse_body(body))
+        assert "integer of" in str(e.value) and str(e.value).endswith(".")
+
+
+def test_server_refuses_exactly_what_generate_refuses(pipe, fused_only):
+    """The checker runs check_sampling, the `far-runtime generate` command's own check."""
+    from click.testing import CliRunner
+    from far_runtime.cli import main
+    for key, flag, text, value in (("temperature", "--temperature", "-0.5", -0.5), ("K", "--K", "0", 0),
+                                   ("O", "--O", "3", 3), ("cfg", "--cfg", "1" + "0" * 400, 10 ** 400),
+                                   ("seed", "--seed", "-1", -1)):
+        cli = CliRunner().invoke(main, ["generate", fused_only, "--num", "1", flag, text, "--out", os.devnull])
+        assert cli.exit_code == 2, (flag, cli.output)
+        with pytest.raises(RequestError):
+            RequestChecker(pipe).check({"class": 1, key: value})

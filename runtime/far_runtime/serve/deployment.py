@@ -107,6 +107,9 @@ class FarServer:
             req = self.checker.check(parse_body(await self._body(request)), parse_output(dict(request.query_params)))
         except RequestError as e:
             return error(400, str(e))
+        except Exception as e:      # noqa: BLE001 - backstop: whatever a request makes fail is its 400
+            log.warning("request refused by an unexpected %s: %s", type(e).__name__, e)
+            return error(400, f"The request could not be read ({type(e).__name__}).")
         out = await self.generate_batch(req)
         if out.error:
             return error(500, out.error)

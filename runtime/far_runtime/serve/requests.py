@@ -12,7 +12,9 @@ import math
 from dataclasses import dataclass
 
 from ..errors import FarError
-from ..schedule import check_head_steps, check_k
+from ..options import check_sampling
+
+MAX_INT_DIGITS = 40              # 2**64-1 has 20 digits; no setting needs more than 40
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_SEED = 2 ** 64 - 1
@@ -67,9 +69,22 @@ def _int(body: dict, key: str) -> int:
 
 def _float(body: dict, key: str) -> float:
     v = body[key]
-    if type(v) not in (int, float) or not math.isfinite(v):
-        raise RequestError(f"'{key}' must be a finite number, got {json.dumps(v)}.")
+    try:
+        ok = type(v) in (int, float) and math.isfinite(float(v))
+    except OverflowError:                       # an int beyond float range, e.g. 10**400
+        ok = False
+    if not ok:
+        shown = json.dumps(v) if type(v) is not int else f"an integer of {len(str(abs(v)))} digits"
+        raise RequestError(f"'{key}' must be a finite number, got {shown}.")
     return float(v)
+
+
+def _parse_int(text: str) -> int:
+    """JSON integers, refused past ``MAX_INT_DIGITS`` digits before Python converts them."""
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise RequestError(f"The request body holds an integer of {len(text.lstrip('-'))} digits; "
+                           f"no setting takes more than {MAX_INT_DIGITS}.")
+    return int(text)
 
 
 def parse_body(body: bytes) -> dict:
@@ -77,13 +92,15 @@ def parse_body(body: bytes) -> dict:
     if len(body) > MAX_BODY_BYTES:
         raise RequestError(f"The request body is larger than {MAX_BODY_BYTES} bytes.")
     try:
-        obj = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+        obj = json.loads(body.decode("utf-8"), parse_constant=_reject_constant, parse_int=_parse_int)
     except UnicodeDecodeError:
         raise RequestError("The request body is not UTF-8 text.") from None
     except json.JSONDecodeError as e:
         raise RequestError(f"The request body is not valid JSON ({e.msg} at position {e.pos}).") from None
     except RecursionError:
         raise RequestError("The request body nests too deeply to be a generate request.") from None
+    except (ValueError, OverflowError) as e:    # e.g. Python's int-digit limit: not JSONDecodeError
+        raise RequestError(f"The request body holds a value Python cannot read ({str(e)[:80]}).") from None
     if not isinstance(obj, dict):
         raise RequestError("The request body must be a JSON object such as {\"class\": 3}.")
     return obj
@@ -135,9 +152,8 @@ class RequestChecker:
             raise RequestError(f"'temperature' must be at least 0, got {temperature}.")
         try:
             self.pipe.check_labels([label])
-            check_k(K)
-            if self.pipe.model["head_kind"] == "shortcut":
-                check_head_steps(O)
+            # ``far-runtime generate``'s own check: the server refuses exactly what it refuses.
+            check_sampling(K, O, cfg, temperature, seed, check_o=self.pipe.model["head_kind"] == "shortcut")
             self.pipe.head_mode(O)
         except RequestError:
             raise
