@@ -370,3 +370,16 @@ def test_server_refuses_exactly_what_generate_refuses(pipe, fused_only):
         assert cli.exit_code == 2, (flag, cli.output)
         with pytest.raises(RequestError):
             RequestChecker(pipe).check({"class": 1, key: value})
+
+
+def test_replica_sessions_do_not_spin(fused_only):
+    """no_spinning reaches the SessionOptions the backend builds for every session."""
+    pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip install far-runtime[serve])")
+    from far_runtime.serve.deployment import NO_SPINNING, no_spinning
+    p = Pipeline.load(fused_only, threads=1)
+    no_spinning(p)
+    options = p.backend._session_options()
+    for key, value in NO_SPINNING.items():
+        assert options.get_session_config_entry(key) == value
+    tokens = p.generate_tokens([1], K=2, O=1, seed=0)     # sessions made with them still run
+    assert tokens.shape == (1, 16, 4)

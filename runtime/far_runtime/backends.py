@@ -73,7 +73,8 @@ class OrtBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, bundle: Bundle, providers=("CPUExecutionProvider",), threads: int | None = None):
+    def __init__(self, bundle: Bundle, providers=("CPUExecutionProvider",), threads: int | None = None,
+                 session_config: dict[str, str] | None = None):
         self.ort = import_onnxruntime()
         self.bundle = bundle
         self.providers = list(providers)
@@ -83,6 +84,9 @@ class OrtBackend:
             raise FarError(f"Execution provider {missing[0]} is not available in this onnxruntime "
                            f"(available: {', '.join(available)}).")
         self.threads = threads
+        # ONNX Runtime session config entries for every session made from now on
+        # (e.g. {"session.intra_op.allow_spinning": "0"}); sessions are created on first use.
+        self.session_config = dict(session_config or {})
         self.specs = bundle.specs()
         self._sessions = {}
         self._lock = threading.Lock()
@@ -95,6 +99,8 @@ class OrtBackend:
         if self.threads:
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
+        for key, value in self.session_config.items():
+            options.add_session_config_entry(key, value)
         return options
 
     def _create(self, graph: str):

@@ -53,14 +53,15 @@ def rss_megabytes() -> float | None:
     return None
 
 
+NO_SPINNING = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
+
+
 def no_spinning(pipe) -> None:
     """ONNX Runtime's intra-op threads spin while they wait for work; beside other replicas
-    (and other programs) on a few cores that steals the CPU the work needs (measured 3-5x
-    slower at 2 threads on the loaded 2-core machine, LOADTEST.md). Sessions are created on
-    first use, so setting it on the backend's options right after loading covers all of them."""
-    options = getattr(pipe.backend, "options", None)
-    if options is not None:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    (and other programs) on a few cores that steals the CPU the work needs (LOADTEST.md).
+    Sessions are created on first use, so setting the backend's session config right after
+    loading covers all of them."""
+    pipe.backend.session_config.update(NO_SPINNING)
 
 
 def error(status: int, sentence: str) -> JSONResponse:
