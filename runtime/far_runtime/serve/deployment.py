@@ -153,7 +153,13 @@ def build_app(bundle: str, max_batch: int | None = None, batch_wait_ms: float = 
     """The Ray Serve application for ``bundle``; every option is checked here, before Ray starts."""
     from ..bundle import load_bundle
     bundle = os.path.abspath(bundle)
-    bundle_max = load_bundle(bundle).manifest["max_batch"]
+    loaded = load_bundle(bundle)
+    if loaded.model.get("kind") == "causal":
+        # The batcher draws MAR-order randomness and checks K against 1..256; FAR-Causal runs
+        # K = L in raster order with its own KV-cache loop, which this server does not batch.
+        raise FarError("far-runtime serve does not serve FAR-Causal bundles yet; "
+                       "use far-runtime generate for them.")
+    bundle_max = loaded.manifest["max_batch"]
     max_batch = bundle_max if max_batch is None else max_batch
     if type(max_batch) is not int or not 1 <= max_batch <= bundle_max:
         raise FarError(f"--max-batch must be in 1..{bundle_max} (the bundle's max batch), got {max_batch}.")
