@@ -392,3 +392,16 @@ def test_replica_sessions_do_not_spin(fused_only):
         assert options.get_session_config_entry(key) == value
     tokens = p.generate_tokens([1], K=2, O=1, seed=0)     # sessions made with them still run
     assert tokens.shape == (1, 16, 4)
+
+
+def test_threads_zero_is_refused_not_the_default(fused_only):
+    pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip install far-runtime[serve])")
+    import ray
+    from far_runtime.errors import FarError
+    from far_runtime.serve.server import start
+    for bad in (0, -1):
+        with pytest.raises(FarError, match=r"--threads must be at least 1, got -?\d\.$"):
+            start(fused_only, port=free_port(), threads=bad)
+    assert not ray.is_initialized()
+    with pytest.raises(FarError, match="thread count must be at least 1"):
+        Pipeline.load(fused_only, threads=0)          # the backend used to read 0 as "default"

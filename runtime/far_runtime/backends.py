@@ -9,6 +9,7 @@ the same two methods and the loop does not change.
 """
 from __future__ import annotations
 
+import numbers
 import os
 import threading
 import time
@@ -83,7 +84,9 @@ class OrtBackend:
         if missing:
             raise FarError(f"Execution provider {missing[0]} is not available in this onnxruntime "
                            f"(available: {', '.join(available)}).")
-        self.threads = threads
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1):
+            raise FarError(f"The ONNX Runtime thread count must be at least 1, got {threads!r}.")
+        self.threads = None if threads is None else int(threads)
         # ONNX Runtime session config entries for every session made from now on
         # (e.g. {"session.intra_op.allow_spinning": "0"}); sessions are created on first use.
         self.session_config = dict(session_config or {})

@@ -49,9 +49,12 @@ def start(bundle: str, host: str = "127.0.0.1", port: int = 8000, replicas: int 
           max_queued: int | None = None, address: str | None = None):
     """Deploy and return once the replicas serve; the caller then waits and calls ``stop``."""
     require_ray()
+    if threads is not None and (type(threads) is not int or threads < 1):
+        raise FarError(f"--threads must be at least 1, got {threads}.")    # 0 must not mean "default"
     from .deployment import build_app
     local = address is None
-    threads = threads or (default_threads(replicas) if local else None)
+    if threads is None and local:
+        threads = default_threads(replicas)
     cpus = float(threads or 1)
     app = build_app(bundle, max_batch, batch_wait_ms, replicas, threads, max_queued, cpus)
     check_port_free(host, port)
