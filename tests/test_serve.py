@@ -280,6 +280,7 @@ def test_png_defaults_equal_the_generate_command(server, fused_only, tmp_path):
     ("", b'{"class": false}', "'class' must be an integer"),
     ("", b'{"class": 3, "k": 4}', "Unknown key 'k'"),
     ("?format=gif", b'{"class": 3}', "format must be"),
+    ("", b'{"class": 3, "cfg": 1e300}', "NaN or infinite"),           # finite, accepted, overflows
     ("", b'{"class": 3, "pad": "' + b"x" * 70000 + b'"}', "larger than"),
 ])
 def test_bad_requests_get_400_with_a_sentence(server, query, body, msg):
@@ -405,3 +406,15 @@ def test_threads_zero_is_refused_not_the_default(fused_only):
     assert not ray.is_initialized()
     with pytest.raises(FarError, match="thread count must be at least 1"):
         Pipeline.load(fused_only, threads=0)          # the backend used to read 0 as "default"
+
+
+def test_an_overflowing_request_is_its_own_400(pipe):
+    """cfg=1e300 is finite (accepted) but overflows: that request gets a 400 sentence, not a
+    black PNG; its batch-mates (here with other settings) are unharmed."""
+    good = [req(seed=1, output="npy"), req(seed=2, output="latents")]
+    extreme = [req(seed=3, cfg=1e300, output="png"), req(seed=4, cfg=1e300, output="latents")]
+    out = run_batch(pipe, [good[0], extreme[0], good[1], extreme[1]])
+    for o in (out[1], out[3]):
+        assert o.body is None and o.status == 400 and "NaN or infinite" in o.error and o.error.endswith(".")
+    assert np.array_equal(np.load(io.BytesIO(out[0].body)), pipe.generate([1], K=4, O=2, cfg=3.0, seed=1)[0])
+    assert np.array_equal(np.load(io.BytesIO(out[2].body)), pipe.generate_tokens([1], K=4, O=2, cfg=3.0, seed=2)[0])

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..images import encode_png, to_uint8
+from ..errors import FarError
+from ..images import check_finite, encode_png, to_uint8
 from ..randomness import Randomness, draw_randomness
 from .requests import GenerateRequest
 
@@ -28,10 +29,11 @@ MEDIA_TYPES = {"png": "image/png", "npy": "application/x-npy", "latents": "appli
 
 @dataclass(frozen=True)
 class Outcome:
-    """One request's answer from a batch: its body, or the sentence of an error."""
+    """One request's answer from a batch: its body, or the sentence of an error and its HTTP status."""
     body: bytes | None = None
     media_type: str | None = None
     error: str | None = None
+    status: int = 500
 
 
 def group_by_settings(requests: list[GenerateRequest]) -> list[list[int]]:
@@ -70,19 +72,37 @@ def encode(output: str, image: np.ndarray | None, tokens: np.ndarray) -> bytes:
     return encode_png(image) if output == "png" else npy_bytes(image)
 
 
-def run_group(pipe, requests: list[GenerateRequest]) -> list[bytes]:
-    """One ``generate_tokens`` call for requests sharing settings; the bodies in their order."""
+def finite_rows(array: np.ndarray) -> np.ndarray:
+    """Which rows of a batch hold only finite values."""
+    return np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+
+
+def run_group(pipe, requests: list[GenerateRequest]) -> list[Outcome]:
+    """One ``generate_tokens`` call for requests sharing settings; the outcomes in their order.
+
+    Every request's latents and image are checked on their own (``check_finite``): a row
+    that overflowed to NaN or infinity (e.g. cfg=1e300) is that request's HTTP 400, never
+    a black PNG, and its batch-mates are answered as if it had not been there."""
     s = requests[0]
     rnd = stack_randomness([request_randomness(r.seed, pipe.model) for r in requests])
     tokens = pipe.generate_tokens([r.label for r in requests], K=s.K, O=s.O, cfg=s.cfg,
                                   cfg_schedule=s.cfg_schedule, temperature=s.temperature,
                                   randomness=rnd)
-    want = [i for i, r in enumerate(requests) if r.output != "latents"]
-    images = {}
-    if want:
-        decoded = to_uint8(pipe.decode(tokens[want]))
-        images = dict(zip(want, decoded))
-    return [encode(r.output, images.get(i), tokens[i]) for i, r in enumerate(requests)]
+    ok = finite_rows(tokens)
+    want = [i for i, r in enumerate(requests) if r.output != "latents" and ok[i]]
+    decoded = dict(zip(want, pipe.decode(tokens[want]))) if want else {}
+    out = []
+    for i, r in enumerate(requests):
+        try:
+            check_finite(tokens[i])
+            if i in decoded:
+                check_finite(decoded[i])
+        except FarError as e:
+            out.append(Outcome(error=str(e), status=400))
+            continue
+        image = to_uint8(decoded[i][None])[0] if i in decoded else None
+        out.append(Outcome(encode(r.output, image, tokens[i]), MEDIA_TYPES[r.output]))
+    return out
 
 
 def run_batch(pipe, requests: list[GenerateRequest]) -> list[Outcome]:
@@ -91,13 +111,13 @@ def run_batch(pipe, requests: list[GenerateRequest]) -> list[Outcome]:
     for idx in group_by_settings(requests):
         group = [requests[i] for i in idx]
         try:
-            bodies = run_group(pipe, group)
+            outcomes = run_group(pipe, group)
         except Exception as e:     # noqa: BLE001 - reported to this group's requests only
             log.exception("a batch of %d requests failed", len(group))
             msg = str(e) if str(e).endswith(".") else f"Generation failed ({type(e).__name__}: {e})."
             for i in idx:
                 out[i] = Outcome(error=msg)
             continue
-        for i, body in zip(idx, bodies):
-            out[i] = Outcome(body, MEDIA_TYPES[requests[i].output])
+        for i, outcome in zip(idx, outcomes):
+            out[i] = outcome
     return out

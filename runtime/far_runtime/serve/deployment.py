@@ -113,7 +113,7 @@ class FarServer:
             return error(400, f"The request could not be read ({type(e).__name__}).")
         out = await self.generate_batch(req)
         if out.error:
-            return error(500, out.error)
+            return error(out.status, out.error)
         return Response(out.body, media_type=out.media_type)
 
     @staticmethod
