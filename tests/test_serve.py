@@ -319,6 +319,23 @@ def test_full_queue_gets_503_then_serves_again(server):
     assert server.client.generate(1, seed=1, K=2, output="latents").shape == (16, 4)
 
 
+def test_loadtest_reports_speedup_and_whole_test_rss(server):
+    from far_runtime.errors import FarError
+    from far_runtime.serve.loadtest import format_report, load_test
+    for bad in ({"seed": 1}, {"class": 2}, {"steps": 8}):
+        with pytest.raises(FarError, match=f"--settings .*'{list(bad)[0]}'"):
+            load_test(server.url, 2, 2, settings=bad)
+    report = load_test(server.url, clients=3, requests=2, settings={"K": 2, "O": 1})
+    pid = str(server.client.info()["serve"]["pid"])
+    start, end = report["replica_rss_mb"][pid]              # one replica: RSS from one process
+    assert start > 0 and end > 0
+    batched, single = report["phases"]
+    assert report["speedup"] == pytest.approx(batched["images_per_s"] / single["images_per_s"])
+    assert report["requests_sent"] == 2 * 6 + 4 and report["identical_across_phases"]["mismatched"] == 0
+    text = format_report(report)
+    assert "batched / one-at-a-time throughput" in text and f"replica pid {pid} RSS MB" in text
+
+
 def test_shutdown_is_clean(server):
     rc, log, left = server.stop()
     assert rc == 0, log
