@@ -131,6 +131,20 @@ def test_request_defaults_are_the_generate_commands(pipe):
             parse_output(q)
 
 
+def test_mar_batches_equal_direct_runs(bundles):
+    """A MAR (diffusion head) bundle: per-request step noise stacked into a batch gives each
+    request the latents and image of `generate --num 1 --seed s`, bitwise on ORT CPU."""
+    mar = Pipeline.load(bundles["mar"], threads=1)
+    rs = [req(label=c, seed=s, K=4, O=8, cfg=2.0, output=o) for c, s, o in ((1, 5, "latents"), (4, 9, "npy"), (1, 3, "npy"))]
+    out = run_batch(mar, rs)
+    for r, o in zip(rs, out):
+        got = np.load(io.BytesIO(o.body))
+        if r.output == "latents":
+            assert np.array_equal(got, mar.generate_tokens([r.label], K=4, O=8, cfg=2.0, seed=r.seed)[0])
+        else:
+            assert np.array_equal(got, mar.generate([r.label], K=4, O=8, cfg=2.0, seed=r.seed)[0])
+
+
 def test_a_failing_group_fails_only_itself(pipe):
     good = [req(seed=1, output="latents"), req(seed=2, output="latents")]
     bad = req(seed=3, K=4, O=4)                    # not checked: O=4 has no graph in this bundle
@@ -248,15 +262,12 @@ def test_concurrent_requests_equal_direct_runs(server, pipe):
     after = server.client.info()["serve"]
     assert after["largest_batch"] >= 2, "no two requests were batched together"
     assert after["batches"] - before["batches"] < 2 * len(jobs)
-    bitwise = True
     for (c, kw), latents, image in zip(jobs, lat, imgs):
         alone = pipe.generate_tokens([c], **kw)[0]      # seed s alone = draw_randomness(s, 1, ...)
-        assert latents.shape == alone.shape and np.abs(latents - alone).max() <= 1e-5
-        bitwise &= np.array_equal(latents, alone)
+        # ONNX Runtime CPU computes each row the same whatever the batch: bitwise (README says so)
+        assert latents.shape == alone.shape and np.array_equal(latents, alone)
         direct = pipe.generate([c], **kw)[0]
-        assert image.dtype == np.uint8 and image.shape == direct.shape
-        assert np.abs(image.astype(int) - direct).max() <= 1
-    print(f"batched latents bitwise equal to single runs: {bitwise}")
+        assert image.dtype == np.uint8 and np.array_equal(image, direct)
 
 
 def test_png_defaults_equal_the_generate_command(server, fused_only, tmp_path):
