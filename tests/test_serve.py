@@ -446,3 +446,14 @@ def test_an_overflowing_request_is_its_own_400(pipe):
         assert o.body is None and o.status == 400 and "NaN or infinite" in o.error and o.error.endswith(".")
     assert np.array_equal(np.load(io.BytesIO(out[0].body)), pipe.generate([1], K=4, O=2, cfg=3.0, seed=1)[0])
     assert np.array_equal(np.load(io.BytesIO(out[2].body)), pipe.generate_tokens([1], K=4, O=2, cfg=3.0, seed=2)[0])
+
+
+def test_backend_workspace_is_bounded(fused_only, pipe):
+    """Client-chosen K and batch sizes must not grow the per-thread buffers without bound."""
+    from far_runtime.backends import OrtBackend
+    small = Pipeline(pipe.bundle, OrtBackend(pipe.bundle, threads=1, max_shapes=6))
+    assert pipe.backend.max_shapes >= 4 * pipe.model["seq_len"]          # the default fits 4 plans
+    for K, labels in ((2, [1]), (4, [1, 2]), (3, [3, 4, 5]), (2, [1])):
+        got = small.generate_tokens(labels, K=K, O=1, seed=K)
+        assert np.array_equal(got, pipe.generate_tokens(labels, K=K, O=1, seed=K))
+        assert len(small.backend._workspace()) <= 6

@@ -13,7 +13,7 @@ import numbers
 import os
 import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from typing import Protocol
 
 import numpy as np
@@ -75,7 +75,7 @@ class OrtBackend:
     name = "onnxruntime"
 
     def __init__(self, bundle: Bundle, providers=("CPUExecutionProvider",), threads: int | None = None,
-                 session_config: dict[str, str] | None = None):
+                 session_config: dict[str, str] | None = None, max_shapes: int | None = None):
         self.ort = import_onnxruntime()
         self.bundle = bundle
         self.providers = list(providers)
@@ -90,6 +90,10 @@ class OrtBackend:
         # ONNX Runtime session config entries for every session made from now on
         # (e.g. {"session.intra_op.allow_spinning": "0"}); sessions are created on first use.
         self.session_config = dict(session_config or {})
+        # Per-thread bindings and buffers are kept for the ``max_shapes`` most recently used
+        # shapes: a server's clients choose K, batch sizes and CFG, so the distinct shapes are
+        # unbounded over time. One plan needs about seq_len + 2 of them; four plans fit.
+        self.max_shapes = max_shapes or 4 * (int(bundle.model.get("seq_len", 256)) + 8)
         self.specs = bundle.specs()
         self._sessions = {}
         self._lock = threading.Lock()
@@ -144,16 +148,20 @@ class OrtBackend:
                 self._sessions[graph] = sess
             return self._sessions[graph]
 
-    def _workspace(self) -> dict:
+    def _workspace(self) -> OrderedDict:
         ws = getattr(self._local, "ws", None)
         if ws is None:
-            ws = self._local.ws = {}
+            ws = self._local.ws = OrderedDict()
         return ws
 
     def _entry(self, call: Call):
         ws = self._workspace()
         entry = ws.get(call.key)
-        if entry is None:
+        if entry is not None:
+            ws.move_to_end(call.key)
+        else:
+            while len(ws) >= self.max_shapes:
+                ws.popitem(last=False)          # least recently used; its arrays stay valid
             sess = self.session(call.graph)
             spec = self.specs[call.graph]
             dims = dict(call.dims)
