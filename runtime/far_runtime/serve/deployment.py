@@ -58,7 +58,7 @@ NO_SPINNING = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_s
 
 def no_spinning(pipe) -> None:
     """ONNX Runtime's intra-op threads spin while they wait for work; beside other replicas
-    (and other programs) on a few cores that steals the CPU the work needs (LOADTEST.md).
+    (and other programs) on a few cores that steals the CPU the work needs.
     Sessions are created on first use, so setting the backend's session config right after
     loading covers all of them."""
     pipe.backend.session_config.update(NO_SPINNING)
