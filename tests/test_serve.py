@@ -338,8 +338,8 @@ def test_loadtest_reports_speedup_and_whole_test_rss(server):
             load_test(server.url, 2, 2, settings=bad)
     report = load_test(server.url, clients=3, requests=2, settings={"K": 2, "O": 1})
     pid = str(server.client.info()["serve"]["pid"])
-    start, end = report["replica_rss_mb"][pid]              # one replica: RSS from one process
-    assert start > 0 and end > 0
+    start, warm, end = report["replica_rss_mb"][pid]        # one replica: RSS from one process
+    assert start > 0 and warm > 0 and end > 0
     batched, single = report["phases"]
     assert report["speedup"] == pytest.approx(batched["images_per_s"] / single["images_per_s"])
     assert report["requests_sent"] == 2 * 6 + 4 and report["identical_across_phases"]["mismatched"] == 0

@@ -120,6 +120,7 @@ def load_test(url: str, clients: int = 8, requests: int = 32, rounds: int = 1, s
     warm = [[total + c] for c in range(clients)]
     run_phase(client, "warm-up", clients, warm, settings, num_classes, max_seconds)
     run_phase(client, "warm-up", 1, [[total + clients]], settings, num_classes, max_seconds)
+    rss_warm = replica_rss(client, polls)
     phases = []
     for r in range(rounds):
         phases.append(run_phase(client, f"{clients} clients", clients, per_client, settings,
@@ -140,7 +141,7 @@ def load_test(url: str, clients: int = 8, requests: int = 32, rounds: int = 1, s
     return {"url": url, "requests_per_phase": total, "settings": settings, "server": info.get("serve"),
             "phases": summaries, "speedup": speedup(summaries),
             "requests_sent": sum(p["ok"] + sum(p["errors"].values()) for p in summaries) + clients + 1,
-            "replica_rss_mb": {pid: [rss_start.get(pid), rss_end.get(pid)]
+            "replica_rss_mb": {pid: [rss_start.get(pid), rss_warm.get(pid), rss_end.get(pid)]
                                for pid in sorted(set(rss_start) | set(rss_end))},
             "identical_across_phases": {"compared": compared, "mismatched": mismatched}}
 
@@ -168,7 +169,7 @@ def format_report(report: dict) -> str:
         rows.append(f"batched / one-at-a-time throughput: {report['speedup']:.2f}x (all rounds)")
     rss = report.get("replica_rss_mb", {})
     fmt = (lambda v: "n/a" if v is None else f"{v:.0f}")
-    for pid, (a, b) in rss.items():
+    for pid, (a, w, b) in rss.items():
         rows.append(f"replica pid {pid} RSS MB over the whole test ({report.get('requests_sent', '?')} "
-                    f"requests): {fmt(a)} -> {fmt(b)}")
+                    f"requests): {fmt(a)} at start, {fmt(w)} after warm-up, {fmt(b)} at end")
     return "\n".join(rows)
