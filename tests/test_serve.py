@@ -120,11 +120,13 @@ def test_request_checks(pipe, body, msg):
 
 
 def test_request_defaults_are_the_generate_commands(pipe):
-    from far_runtime.cli import generate
+    from far_runtime.cli import generate, resolve_k
     d = {p.name: p.default for p in generate.params}
     r = RequestChecker(pipe).check({"class": 2}, parse_output({}))
+    assert d["num_iter"] is None            # --K left out: the model's default (16 for FAR/MAR)
     assert (r.seed, r.K, r.O, r.cfg, r.cfg_schedule, r.temperature) == (
-        d["seed"], d["num_iter"], d["head_steps"], d["cfg"], d["cfg_schedule"], d["temperature"])
+        d["seed"], resolve_k(None, pipe.model), d["head_steps"], d["cfg"], d["cfg_schedule"],
+        d["temperature"]) and r.K == 16
     assert parse_output({"format": "npy"}) == "npy" and parse_output({"latents": "1"}) == "latents"
     for q in ({"format": "jpg"}, {"latents": "yes"}, {"fmt": "png"}, {"latents": "1", "format": "png"}):
         with pytest.raises(RequestError):

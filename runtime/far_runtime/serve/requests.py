@@ -129,7 +129,10 @@ class RequestChecker:
 
     def __init__(self, pipe, defaults: dict | None = None):
         self.pipe = pipe
-        self.defaults = defaults or cli_defaults()
+        self.defaults = dict(defaults or cli_defaults())
+        if self.defaults.get("K") is None:        # generate's --K left out: the model's own default
+            from ..cli import resolve_k
+            self.defaults["K"] = resolve_k(None, pipe.model)
 
     def check(self, obj: dict, output: str = "png") -> GenerateRequest:
         unknown = sorted(set(obj) - set(KEYS))
