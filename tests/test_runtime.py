@@ -116,6 +116,26 @@ def test_gpu_provider_is_never_a_silent_cpu_fallback(bundles):
         Pipeline.load(bundles["far"], providers=("CUDAExecutionProvider",))
 
 
+def test_spinning_is_off_when_every_core_is_a_worker(bundles):
+    """Intra-op workers on every core: none spins (it would take the calling thread's core);
+    one thread, or an explicit entry, is left as asked. Results do not depend on it."""
+    from far_runtime.backends import SPIN_KEYS, usable_cores
+    cores = usable_cores()
+    every = Pipeline.load(bundles["far"], threads=max(cores, 2))
+    one = Pipeline.load(bundles["far"], threads=1)
+    for key in SPIN_KEYS:
+        assert every.backend._session_options().get_session_config_entry(key) == "0"
+        with pytest.raises(RuntimeError, match="does not have configuration"):   # left unset
+            one.backend._session_options().get_session_config_entry(key)
+    asked = {k: "1" for k in SPIN_KEYS}
+    from far_runtime.backends import OrtBackend
+    keep = OrtBackend(every.bundle, threads=max(cores, 2), session_config=asked)
+    assert all(keep._session_options().get_session_config_entry(k) == "1" for k in SPIN_KEYS)
+    a = every.generate_tokens([1, 2], K=3, O=2, cfg=3.0, seed=4)
+    b = one.generate_tokens([1, 2], K=3, O=2, cfg=3.0, seed=4)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 def test_thread_safety(far):
     pipe, _ = far
     jobs = [([i % 10, (i + 3) % 10], 100 + i) for i in range(6)]

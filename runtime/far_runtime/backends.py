@@ -65,6 +65,17 @@ class GraphTimer:
             self.calls.clear()
 
 
+SPIN_KEYS = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:                  # not Linux
+        return os.cpu_count() or 1
+
+
 class OrtBackend:
     """ONNX Runtime with IOBinding: inputs bound in place, outputs into preallocated arrays.
 
@@ -106,7 +117,14 @@ class OrtBackend:
         if self.threads:
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
-        for key, value in self.session_config.items():
+        config = dict(self.session_config)
+        if (self.threads or usable_cores()) >= usable_cores() > 1:
+            # Every core is an intra-op worker: a spinning worker then takes the core the
+            # calling thread needs. Measured on the 2-core CI VM (demo, K=16, O=8, 2 threads):
+            # 191 ms per image spinning, 118 ms not (batch 8: 804 ms vs 414 ms).
+            for key in SPIN_KEYS:
+                config.setdefault(key, "0")
+        for key, value in config.items():
             options.add_session_config_entry(key, value)
         return options
 
