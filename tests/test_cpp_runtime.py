@@ -36,6 +36,8 @@ def cpp_build():
         pytest.skip(f"the C++ runtime needs {' and '.join(missing)}, which this machine lacks")
     env = dict(os.environ, PYTHON=sys.executable)
     res = subprocess.run(["bash", os.path.join(CPP, "build.sh")], env=env, capture_output=True, text=True)
+    if res.returncode == 3:                 # fetch_onnxruntime.sh: no npm, or its registry unreachable
+        pytest.skip("the ONNX Runtime C/C++ headers cannot be fetched here: " + res.stderr.strip().splitlines()[-1])
     assert res.returncode == 0, res.stderr[-4000:]
     exe = res.stdout.strip().splitlines()[-1]
     assert os.path.isfile(exe), exe

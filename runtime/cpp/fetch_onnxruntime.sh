@@ -19,11 +19,13 @@ headers_in_tgz="package/Plugins/iOS~/onnxruntime.xcframework/ios-arm64_x86_64-si
 cache=${FAR_EXPORT_CACHE:-$HOME/.cache/far-export}/ort-headers/$ver
 
 if [ ! -f "$cache/include/onnxruntime_cxx_api.h" ]; then
-  command -v npm >/dev/null || { echo "error: npm is needed once to fetch the ONNX Runtime headers ($pkg@$ver); or set ONNXRUNTIME_ROOT." >&2; exit 2; }
+  # exit 3: the headers cannot be had here (no npm, or the registry unreachable), as opposed to
+  # a broken download (exit 2); tests/test_cpp_runtime.py skips on 3 and fails on anything else.
+  command -v npm >/dev/null || { echo "error: npm is needed once to fetch the ONNX Runtime headers ($pkg@$ver); or set ONNXRUNTIME_ROOT." >&2; exit 3; }
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
   echo "fetching the ONNX Runtime headers from npm ($pkg@$ver, about 150 MB, once per machine)" >&2
-  (cd "$tmp" && npm pack "$pkg@$ver" --silent >/dev/null)
+  (cd "$tmp" && npm pack "$pkg@$ver" --silent >/dev/null) || { echo "error: npm could not fetch $pkg@$ver (is the npm registry reachable?); or set ONNXRUNTIME_ROOT." >&2; exit 3; }
   tgz="$tmp/$pkg-$ver.tgz"
   echo "$tgz_sha256  $tgz" | sha256sum -c --quiet - || { echo "error: $pkg-$ver.tgz does not match its pinned sha256." >&2; exit 2; }
   tar -xzf "$tgz" -C "$tmp" "$headers_in_tgz"
