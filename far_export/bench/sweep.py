@@ -16,7 +16,6 @@ from .models import (MAR_VS_FAR_O, TENSORRT, TORCH_CUDA, backbone_digest, bundle
                      precision_bundle, reference_source, write_preset_models)
 from .peers import BY_NAME, choose, parse_peers
 from .report import COMPONENTS, REFERENCE, RUNTIME, write_report
-from .worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -269,6 +268,9 @@ def run_bench(source: str | None, out: str, preset: str | None = None, mar: str 
                      {"backend": RUNTIME, "engine": "runtime", "threads": threads, "bundle": m["bundle"]}]
         specs += [{"backend": b, "engine": "gpu", "threads": threads, "bundle": m["bundle"]}
                   for b in (TORCH_CUDA, TENSORRT) if avail[b]["available"]]
+        # imported here, not at the top: ``python -m far_export.bench.worker`` imports this
+        # package first, and a worker module already in sys.modules makes runpy warn
+        from .worker import Worker
         workers = []
         try:
             for s in specs:
