@@ -8,7 +8,6 @@ the largest O with CFG, so both ways of running the backbone answer to the refer
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 
@@ -75,7 +74,7 @@ def verify_causal_one(pipe, ref, labels, O: int, cfg: float, seed: int, mode: st
 def verify_causal_bundle(pipe, bundle_dir: str, out: str | None = None, K=None, O=None,
                          cfg=None, batch=None, seed: int = 0, checkpoint: str | None = None,
                          vae: str | None = None, progress=None) -> dict:
-    from .verify import TOLERANCES, judged, summary
+    from .verify import TOLERANCES, judged, passes, summary
     pipe.check_k(K)
     precision = pipe.bundle.manifest.get("precision", "fp32")
     tol = TOLERANCES[precision]
@@ -89,9 +88,7 @@ def verify_causal_bundle(pipe, bundle_dir: str, out: str | None = None, K=None, 
     for i, (o, c, mode) in enumerate(configs):
         labels = [(seed + j * 3) % pipe.model["num_classes"] for j in range(b)]
         r = verify_causal_one(pipe, ref, labels, o, c, seed, mode)
-        limit = (tol["latent_max_abs"] or math.inf) * max(1.0, r["latent_scale"])
-        r["passed"] = bool(r["finite"] and r["latent_max_abs"] <= limit
-                           and r.get("psnr_db", 1e9) >= (tol["psnr_db"] or -math.inf))
+        r["passed"] = passes(r, tol)
         results.append(r)
         if progress:
             progress(i + 1, len(configs), r)

@@ -15,7 +15,6 @@ run leaves a usable model.
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import math
 import os
@@ -31,7 +30,7 @@ from ..config import HeadConfig
 from ..reference.causal import CausalBackbone, CausalConfig, CausalModelConfig
 from ..reference.heads import SimpleMLPAdaLN
 from .objectives import make_objective
-from .train_far import ema_update, lr_at
+from .train_far import lr_at, optimisation, optimiser_step
 
 log = logging.getLogger(__name__)
 
@@ -133,14 +132,7 @@ def train_causal(token_mean: torch.Tensor, token_std: torch.Tensor, labels: np.n
     cfg = recipe.model_config(L, C, num_classes)
     backbone = init_causal(CausalBackbone(cfg.backbone))
     head = SimpleMLPAdaLN(cfg.head)
-    ema_bb, ema_head = copy.deepcopy(backbone).eval(), copy.deepcopy(head).eval()
-    for p in list(ema_bb.parameters()) + list(ema_head.parameters()):
-        p.requires_grad_(False)
-    params = list(backbone.parameters()) + list(head.parameters())
-    decay, no_decay = [p for p in params if p.dim() > 1], [p for p in params if p.dim() <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=recipe.lr, betas=(0.9, 0.95))
+    ema_bb, ema_head, params, opt = optimisation(backbone, head, recipe)
     objective = make_objective(recipe.objective)
     labels_t = torch.from_numpy(np.asarray(labels, np.int64))
     t0, running = time.time(), []
@@ -169,13 +161,7 @@ def train_causal(token_mean: torch.Tensor, token_std: torch.Tensor, labels: np.n
         z = z.reshape(-1, z.shape[-1]).repeat(recipe.head_batch_mul, 1)
         x1 = tokens.reshape(-1, C).repeat(recipe.head_batch_mul, 1)
         loss = objective(head, ema_head, z, x1, g)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(params, recipe.grad_clip)
-        opt.step()
-        d = min(recipe.ema_decay, (1 + step) / (10 + step))
-        ema_update(ema_bb, backbone, d)
-        ema_update(ema_head, head, d)
+        optimiser_step(loss, opt, params, recipe, step, ((ema_bb, backbone), (ema_head, head)))
         last_loss = float(loss.item())
         running.append(last_loss)
         done = step + 1

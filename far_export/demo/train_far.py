@@ -114,6 +114,31 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         pe.lerp_(p, 1.0 - decay)
 
 
+def optimisation(backbone: nn.Module, head: nn.Module, recipe):
+    """Frozen EMA copies, the trained parameters and AdamW (no weight decay on vectors), as
+    MAR trains; for every demo trainer."""
+    ema_bb, ema_head = copy.deepcopy(backbone).eval(), copy.deepcopy(head).eval()
+    for p in list(ema_bb.parameters()) + list(ema_head.parameters()):
+        p.requires_grad_(False)
+    params = list(backbone.parameters()) + list(head.parameters())
+    decay, no_decay = [p for p in params if p.dim() > 1], [p for p in params if p.dim() <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=recipe.lr, betas=(0.9, 0.95))
+    return ema_bb, ema_head, params, opt
+
+
+def optimiser_step(loss, opt, params, recipe, step: int, pairs) -> None:
+    """Backward, clip, step, then every (ema, model) pair's EMA with MAR's warm-up decay."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(params, recipe.grad_clip)
+    opt.step()
+    d = min(recipe.ema_decay, (1 + step) / (10 + step))
+    for ema, model in pairs:
+        ema_update(ema, model, d)
+
+
 def train_far(token_mean: torch.Tensor, token_std: torch.Tensor, labels: np.ndarray,
               recipe: FarRecipe, num_classes: int, progress_every: int = 100):
     """Train on scaled token posteriors [N, L, C]; returns (backbone, head, ema backbone,
@@ -125,14 +150,7 @@ def train_far(token_mean: torch.Tensor, token_std: torch.Tensor, labels: np.ndar
     cfg = recipe.model_config(L, C, num_classes)
     backbone = init_backbone(Backbone(cfg.backbone))
     head = SimpleMLPAdaLN(cfg.head)
-    ema_bb, ema_head = copy.deepcopy(backbone).eval(), copy.deepcopy(head).eval()
-    for p in list(ema_bb.parameters()) + list(ema_head.parameters()):
-        p.requires_grad_(False)
-    params = list(backbone.parameters()) + list(head.parameters())
-    decay, no_decay = [p for p in params if p.dim() > 1], [p for p in params if p.dim() <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=recipe.lr, betas=(0.9, 0.95))
+    ema_bb, ema_head, params, opt = optimisation(backbone, head, recipe)
     objective = make_objective(recipe.objective)
     labels_t = torch.from_numpy(np.asarray(labels, np.int64))
     t0, running = time.time(), []
@@ -151,13 +169,7 @@ def train_far(token_mean: torch.Tensor, token_std: torch.Tensor, labels: np.ndar
         z = z.reshape(-1, z.shape[-1]).repeat(recipe.head_batch_mul, 1)
         x1 = x1.reshape(-1, C).repeat(recipe.head_batch_mul, 1)
         loss = objective(head, ema_head, z, x1, g)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(params, recipe.grad_clip)
-        opt.step()
-        d = min(recipe.ema_decay, (1 + step) / (10 + step))
-        ema_update(ema_bb, backbone, d)
-        ema_update(ema_head, head, d)
+        optimiser_step(loss, opt, params, recipe, step, ((ema_bb, backbone), (ema_head, head)))
         running.append(loss.item())
         if (step + 1) % progress_every == 0 or step + 1 == recipe.steps:
             el = time.time() - t0

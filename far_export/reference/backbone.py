@@ -60,6 +60,22 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def random_init_(model: nn.Module, generator: torch.Generator | None = None, std: float = 0.02):
+    """In place: N(0, std) for every matrix, LayerNorm 1/0, Linear biases 0 (MAR-like scale;
+    the backbones' random weights for tests and for training from scratch)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=generator) * std)
+        for m in model.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.fill_(1.0)
+                m.bias.zero_()
+            elif isinstance(m, nn.Linear) and m.bias is not None:
+                m.bias.zero_()
+    return model
+
+
 class Backbone(nn.Module):
     def __init__(self, cfg: BackboneConfig):
         super().__init__()
@@ -83,17 +99,7 @@ class Backbone(nn.Module):
 
     def init_weights(self, generator: torch.Generator | None = None, std: float = 0.02):
         """Random weights (MAR-like scale) for tests and training from scratch."""
-        with torch.no_grad():
-            for p in self.parameters():
-                if p.dim() > 1:
-                    p.copy_(torch.randn(p.shape, generator=generator) * std)
-            for m in self.modules():
-                if isinstance(m, nn.LayerNorm):
-                    m.weight.fill_(1.0)
-                    m.bias.zero_()
-                elif isinstance(m, nn.Linear) and m.bias is not None:
-                    m.bias.zero_()
-        return self
+        return random_init_(self, generator, std)
 
     def keep_index(self, known_idx: torch.Tensor) -> torch.Tensor:
         """Sequence indices kept by the encoder: all buffer slots, then the known positions."""

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import HeadConfig
-from .backbone import Mlp
+from .backbone import Mlp, random_init_
 
 LN_EPS = 1e-6
 NEG = -1e9          # attention logit of a masked slot (finite: exp underflows to 0 exactly)
@@ -146,17 +146,7 @@ class CausalBackbone(nn.Module):
 
     def init_weights(self, generator: torch.Generator | None = None, std: float = 0.02):
         """Random weights for tests: N(0, std) matrices, LayerNorm 1/0, biases 0."""
-        with torch.no_grad():
-            for p in self.parameters():
-                if p.dim() > 1:
-                    p.copy_(torch.randn(p.shape, generator=generator) * std)
-            for m in self.modules():
-                if isinstance(m, nn.LayerNorm):
-                    m.weight.fill_(1.0)
-                    m.bias.zero_()
-                elif isinstance(m, nn.Linear) and m.bias is not None:
-                    m.bias.zero_()
-        return self
+        return random_init_(self, generator, std)
 
     def class_embedding(self, labels: torch.Tensor) -> torch.Tensor:
         table = torch.cat([self.class_emb.weight, self.fake_latent], 0)

@@ -33,7 +33,7 @@ from .causal_schedule import causal_cfg_at, step_position
 from .errors import FarError
 from .options import check_sampling
 from .pipeline import Pipeline
-from .plan import Call, make_call
+from .plan import Call, distinct_calls, make_call
 from .randomness import Randomness, draw_randomness
 from .specs import BATCH, N_KNOWN, ROWS, ZROWS, fused_name
 
@@ -62,12 +62,7 @@ class CausalPlan:
         return out + ([self.decode] if self.decode else [])
 
     def distinct(self) -> list[Call]:
-        seen, out = set(), []
-        for c in self.calls():
-            if c.key not in seen:
-                seen.add(c.key)
-                out.append(c)
-        return out
+        return distinct_calls(self.calls())
 
 
 class CausalPipeline(Pipeline):

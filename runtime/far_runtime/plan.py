@@ -30,6 +30,16 @@ def make_call(graph: str, **dims) -> Call:
     return Call(graph, tuple(sorted(dims.items())))
 
 
+def distinct_calls(calls) -> list[Call]:
+    """The calls with distinct shapes, in first-use order (what a backend prepares once)."""
+    seen, out = set(), []
+    for c in calls:
+        if c.key not in seen:
+            seen.add(c.key)
+            out.append(c)
+    return out
+
+
 @dataclass(frozen=True)
 class IterationPlan:
     it: Iteration
@@ -51,12 +61,7 @@ class ShapePlan:
         return out + ([self.decode] if self.decode else [])
 
     def distinct(self) -> list[Call]:
-        seen, out = set(), []
-        for c in self.calls():
-            if c.key not in seen:
-                seen.add(c.key)
-                out.append(c)
-        return out
+        return distinct_calls(self.calls())
 
 
 def make_plan(model: dict, batch: int, num_iter: int, head_steps: int, use_cfg: bool,
