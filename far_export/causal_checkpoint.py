@@ -81,17 +81,6 @@ def expected_causal_keys(cfg: CausalModelConfig) -> dict:
     return expected
 
 
-def build_causal(ckpt):
-    """Causal backbone and head with the checkpoint's weights, in eval mode."""
-    from .reference import SimpleMLPAdaLN
-    bb_sd, head_sd = ckpt.split()
-    backbone = CausalBackbone(ckpt.config.backbone)
-    backbone.load_state_dict(bb_sd, strict=True)
-    head = SimpleMLPAdaLN(ckpt.config.head)
-    head.load_state_dict(head_sd, strict=True)
-    return backbone.eval(), head.eval()
-
-
 def causal_param_counts(cfg: CausalModelConfig) -> dict:
     from .reference import SimpleMLPAdaLN
     with torch.device("meta"):

@@ -218,12 +218,11 @@ def load_vae_checkpoint(path: str, scale_factor: float | None = None,
 
 def build_model(ckpt: ModelCheckpoint):
     """Backbone and head with the checkpoint's weights, in eval mode."""
-    if getattr(ckpt.config, "kind", "") == "causal":
-        from .causal_checkpoint import build_causal
-        return build_causal(ckpt)
     from .reference import Backbone, SimpleMLPAdaLN
+    from .reference.causal import CausalBackbone
+    kind = CausalBackbone if getattr(ckpt.config, "kind", "") == "causal" else Backbone
     bb_sd, head_sd = ckpt.split()
-    backbone = Backbone(ckpt.config.backbone)
+    backbone = kind(ckpt.config.backbone)
     backbone.load_state_dict(bb_sd, strict=True)
     head = SimpleMLPAdaLN(ckpt.config.head)
     head.load_state_dict(head_sd, strict=True)
