@@ -125,6 +125,13 @@ def check_export_options(out_dir, components, head_steps, opset, exporter, max_b
     return components, head_steps, opset, max_batch, heads
 
 
+def check_vae_fits(vae_ck, model: dict) -> None:
+    """Refuse a VAE whose latent channels are not the model's token channels."""
+    if vae_ck and vae_ck.config.embed_dim != model["token_dim"]:
+        raise FarError(f"The VAE's latent has {vae_ck.config.embed_dim} channels but the model's "
+                       f"tokens have {model['token_dim']}; they do not belong together.")
+
+
 def export_bundle(checkpoint: str, vae: str | None, out_dir: str, components=COMPONENTS,
                   head_steps=(1, 2, 4, 8), opset: int = 18, exporter: str = "legacy",
                   max_batch: int = 8, weights: str = "ema", heads: int | None = None,
@@ -150,9 +157,7 @@ def export_bundle(checkpoint: str, vae: str | None, out_dir: str, components=COM
     backbone, head = build_model(ck)
     vae_mod = build_vae(vae_ck) if vae_ck else None
     model = model_entry(ck, vae_ck)
-    if vae_ck and vae_ck.config.embed_dim != model["token_dim"]:
-        raise FarError(f"The VAE's latent has {vae_ck.config.embed_dim} channels but the model's "
-                       f"tokens have {model['token_dim']}; they do not belong together.")
+    check_vae_fits(vae_ck, model)
     specs = component_specs(model, max_batch, head_steps if model["head_kind"] == "shortcut" else ())
     wanted = []
     if "backbone" in components:

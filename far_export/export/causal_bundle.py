@@ -21,6 +21,7 @@ from far_runtime.files import write_json
 from far_runtime.specs import component_specs, fused_name
 
 from ..checkpoint import build_model, build_vae, sha256_file
+from .bundle import check_vae_fits
 from .causal_modules import causal_graph_module
 from .causal_validate import validate_causal
 from .staging import staged_bundle
@@ -66,9 +67,7 @@ def export_causal_bundle(ck, vae_ck, out_dir: str, components, head_steps, opset
     backbone, head = build_model(ck)
     vae_mod = build_vae(vae_ck) if vae_ck else None
     model = causal_model_entry(ck, vae_ck)
-    if vae_ck and vae_ck.config.embed_dim != model["token_dim"]:
-        raise FarError(f"The VAE's latent has {vae_ck.config.embed_dim} channels but the model's "
-                       f"tokens have {model['token_dim']}; they do not belong together.")
+    check_vae_fits(vae_ck, model)
     specs = component_specs(model, max_batch, head_steps, tolerance)
     wanted = wanted_graphs(components, head_steps)
     # Staged like every bundle (staging.py): written beside out_dir and swapped in whole, so a
