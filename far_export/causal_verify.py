@@ -74,7 +74,7 @@ def verify_causal_one(pipe, ref, labels, O: int, cfg: float, seed: int, mode: st
 def verify_causal_bundle(pipe, bundle_dir: str, out: str | None = None, K=None, O=None,
                          cfg=None, batch=None, seed: int = 0, checkpoint: str | None = None,
                          vae: str | None = None, progress=None) -> dict:
-    from .verify import TOLERANCES, judged, passes, summary
+    from .verify import TOLERANCES, judge_runs, judged, summary, verify_labels
     pipe.check_k(K)
     precision = pipe.bundle.manifest.get("precision", "fp32")
     tol = TOLERANCES[precision]
@@ -84,14 +84,9 @@ def verify_causal_bundle(pipe, bundle_dir: str, out: str | None = None, K=None, 
     b = batch or 2
     configs = [(o, c, "cache") for o in Os for c in cfgs]
     configs.append((max(Os), max(cfgs), "recompute"))
-    results = []
-    for i, (o, c, mode) in enumerate(configs):
-        labels = [(seed + j * 3) % pipe.model["num_classes"] for j in range(b)]
-        r = verify_causal_one(pipe, ref, labels, o, c, seed, mode)
-        r["passed"] = passes(r, tol)
-        results.append(r)
-        if progress:
-            progress(i + 1, len(configs), r)
+    results = judge_runs(configs, tol, progress,
+                         lambda o, c, mode: verify_causal_one(pipe, ref, verify_labels(pipe, seed, b),
+                                                              o, c, seed, mode))
     report = {"bundle": os.path.abspath(bundle_dir), "judged": judged(pipe.bundle),
               "precision": precision, "kind": "causal",
               "tolerances": tol, "results": results, "passed": all(r["passed"] for r in results)}

@@ -154,6 +154,24 @@ def read_report(bundle_dir: str, path: str | None = None) -> dict:
     return report
 
 
+def verify_labels(pipe, seed: int, batch: int) -> list[int]:
+    """The classes a verify run of ``batch`` images draws (the same for every model kind)."""
+    return [(seed + j * 3) % pipe.model["num_classes"] for j in range(batch)]
+
+
+def judge_runs(configs: list, tol: dict, progress, run) -> list[dict]:
+    """``run(*config)`` for every config, each result judged by ``passes``; ``progress(i, n, r)``
+    after each."""
+    results = []
+    for i, config in enumerate(configs):
+        r = run(*config)
+        r["passed"] = passes(r, tol)
+        results.append(r)
+        if progress:
+            progress(i + 1, len(configs), r)
+    return results
+
+
 def passes(r: dict, tol: dict) -> bool:
     """One verified run against the tolerances. The latent limit is absolute for latents of
     normal scale (|x| <= 1) and relative beyond: a random-weight MAR head drives latents to
@@ -177,15 +195,9 @@ def verify_bundle(bundle_dir: str, out: str | None = None, K=None, O=None, cfg=N
     ref = reference_for_bundle(pipe, checkpoint, vae)
     precision = precision or pipe.bundle.manifest.get("precision", "fp32")
     tol = TOLERANCES[precision]
-    results = []
-    configs = default_configs(pipe, K, O, cfg, batch)
-    for i, (k, o, c, b) in enumerate(configs):
-        labels = [(seed + j * 3) % pipe.model["num_classes"] for j in range(b)]
-        r = verify_one(pipe, ref, labels, k, o, c, seed)
-        r["passed"] = passes(r, tol)
-        results.append(r)
-        if progress:
-            progress(i + 1, len(configs), r)
+    results = judge_runs(default_configs(pipe, K, O, cfg, batch), tol, progress,
+                         lambda k, o, c, b: verify_one(pipe, ref, verify_labels(pipe, seed, b),
+                                                       k, o, c, seed))
     report = {"bundle": os.path.abspath(bundle_dir), "judged": judged(pipe.bundle),
               "precision": precision, "tolerances": tol,
               "results": results, "passed": all(r["passed"] for r in results)}
