@@ -131,37 +131,44 @@ std::string realpath_py(const std::string& p) {
     return join_real(start, p, 0);
 }
 
+namespace {
+// One sha256 digest: start it, feed it, read it as lowercase hex.
+class Sha256 {
+public:
+    Sha256() : ctx_(EVP_MD_CTX_new(), EVP_MD_CTX_free) {
+        if (!ctx_ || EVP_DigestInit_ex(ctx_.get(), EVP_sha256(), nullptr) != 1)
+            throw Error(Code::Internal, "OpenSSL could not start a sha256 digest.");
+    }
+    void update(const unsigned char* data, size_t size) { EVP_DigestUpdate(ctx_.get(), data, size); }
+    std::string hex() {
+        unsigned char md[EVP_MAX_MD_SIZE];
+        unsigned int len = 0;
+        EVP_DigestFinal_ex(ctx_.get(), md, &len);
+        static const char* digits = "0123456789abcdef";
+        std::string out;
+        for (unsigned i = 0; i < len; ++i) { out += digits[md[i] >> 4]; out += digits[md[i] & 15]; }
+        return out;
+    }
+private:
+    std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> ctx_;
+};
+}  // namespace
+
 static std::string sha256_hex(const unsigned char* data, size_t size) {
-    std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
-    if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1)
-        throw Error(Code::Internal, "OpenSSL could not start a sha256 digest.");
-    EVP_DigestUpdate(ctx.get(), data, size);
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int len = 0;
-    EVP_DigestFinal_ex(ctx.get(), md, &len);
-    static const char* hex = "0123456789abcdef";
-    std::string out;
-    for (unsigned i = 0; i < len; ++i) { out += hex[md[i] >> 4]; out += hex[md[i] & 15]; }
-    return out;
+    Sha256 digest;
+    digest.update(data, size);
+    return digest.hex();
 }
 
 std::string sha256_file(const std::string& path) {
     std::unique_ptr<FILE, int (*)(FILE*)> f(std::fopen(path.c_str(), "rb"), std::fclose);
     if (!f) throw Error(Code::Bundle, "Graph file " + path + " cannot be read.");
-    std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
-    if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1)
-        throw Error(Code::Internal, "OpenSSL could not start a sha256 digest.");
+    Sha256 digest;
     std::vector<unsigned char> buf(1 << 20);
     size_t n;
-    while ((n = std::fread(buf.data(), 1, buf.size(), f.get())) > 0) EVP_DigestUpdate(ctx.get(), buf.data(), n);
+    while ((n = std::fread(buf.data(), 1, buf.size(), f.get())) > 0) digest.update(buf.data(), n);
     if (std::ferror(f.get())) throw Error(Code::Bundle, "Graph file " + path + " cannot be read.");
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int len = 0;
-    EVP_DigestFinal_ex(ctx.get(), md, &len);
-    static const char* hex = "0123456789abcdef";
-    std::string out;
-    for (unsigned i = 0; i < len; ++i) { out += hex[md[i] >> 4]; out += hex[md[i] & 15]; }
-    return out;
+    return digest.hex();
 }
 
 const TensorDesc& GraphInfo::input(const std::string& n) const {
