@@ -75,7 +75,7 @@ def verify_causal_bundle(pipe, bundle_dir: str, out: str | None = None, K=None, 
                          cfg=None, batch=None, seed: int = 0, checkpoint: str | None = None,
                          vae: str | None = None, progress=None) -> dict:
     from .verify import TOLERANCES, judge_runs, judged, summary, verify_labels
-    pipe.check_k(K)
+    pipe.variant.check_k(K, pipe.model)
     precision = pipe.bundle.manifest.get("precision", "fp32")
     tol = TOLERANCES[precision]
     ref = causal_reference(pipe, checkpoint, vae)

@@ -10,8 +10,9 @@ import sys
 
 import click
 
-from far_runtime.cli import (DEFAULT_K, FarGroup, generate, option_group, parse_int_list, parse_labels,
-                             resolve_k, sampling_options)
+from far_runtime.defaults import DEFAULT_K, REFERENCE
+from far_runtime.cli import (FarGroup, generate, option_group, parse_int_list, parse_labels,
+                             sampling_options)
 from far_runtime.errors import FarError
 
 log = logging.getLogger("far_export")
@@ -87,7 +88,7 @@ def _describe_mar(bb, hd, counts):
 @main.command()
 @click.argument("checkpoint", required=False)
 @click.option("--vae", "vae_path", help="VAE checkpoint.")
-@sampling_options(num=4, cfg=1.0)
+@sampling_options(REFERENCE)
 @click.option("--out", default="out/reference.png", show_default=True, help="PNG grid to write.")
 def sample(checkpoint, vae_path, classes, num, num_iter, head_steps, cfg, cfg_schedule,
            temperature, seed, out):
@@ -105,8 +106,7 @@ def sample(checkpoint, vae_path, classes, num, num_iter, head_steps, cfg, cfg_sc
                    check_o=False)
     check_writable_file(out, "--out")
     pipe = ReferencePipeline.load(checkpoint, vae_path)
-    pipe.check_k(num_iter)
-    num_iter = resolve_k(num_iter, pipe.model_info())
+    num_iter = pipe.check_k(num_iter)
     with click.progressbar(length=num_iter, label="sampling", file=sys.stderr) as bar:
         images = pipe.generate(labels, num_iter=num_iter, head_steps=head_steps, cfg=cfg,
                                cfg_schedule=cfg_schedule, temperature=temperature, seed=seed,

@@ -68,7 +68,7 @@ def check_tensorrt() -> dict:
     """TensorRT really imported (full or lean runtime) and a GPU it can use, with the facts
     engines are keyed on (TensorRT's own CUDA major, not cuda-python's)."""
     from far_runtime.errors import FarError
-    from far_runtime.cuda_runtime import device_facts, import_cudart, import_tensorrt
+    from far_runtime.gpu.cuda_runtime import device_facts, import_cudart, import_tensorrt
     try:
         trt = import_tensorrt()
     except FarError as e:
@@ -125,9 +125,9 @@ def diagnose() -> dict:
                           else "nothing: onnxruntime is not installed (pip install far-export[cpu])")
     other = []
     if engines_ok:
-        other.append("tensorrt (far_runtime.trt_backend.TrtBackend, after far-export engines)"
+        other.append("tensorrt (far_runtime.gpu.trt_backend.TrtBackend, after far-export engines)"
                      if trt.get("builder") else
-                     "tensorrt lean runtime (far_runtime.trt_backend.TrtBackend, --version-compatible engines only)")
+                     "tensorrt lean runtime (far_runtime.gpu.trt_backend.TrtBackend, --version-compatible engines only)")
     if torch_.get("cuda_available"):
         other.append("torch-cuda with CUDA graphs (far_export.torch_cuda_backend.TorchCudaBackend)")
     other += [f"onnxruntime with {p}" for p in gpu_ort]

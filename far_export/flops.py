@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 
-from far_runtime.plan import ShapePlan
+from far_runtime.plan import Plan
 from far_runtime.specs import N_KNOWN, ROWS, ZROWS
 
 
@@ -51,7 +51,7 @@ def head_eval_flops(hd: dict, embeds: bool = True) -> int:
     return core + n_embed * 2 * (F * W + W * W) + 2 * D * W
 
 
-def plan_flops(config: dict, plan: ShapePlan) -> dict:
+def plan_flops(config: dict, plan: Plan) -> dict:
     """Backbone and head FLOPs of every graph call of a plan (``config``: manifest ``config``)."""
     bb, hd = config["backbone"], config["head"]
     out = {"backbone": 0, "head": 0}

@@ -9,7 +9,7 @@
 It runs the same modules the graphs were exported from (``export.modules.graph_module``),
 in FP32, FP16 or BF16 (weights cast, autocast for the mixed parts), and shares with the
 TensorRT backend the shape plan, the per-shape buffers and the capture/replay policy of
-``far_runtime.cuda_graphs.GraphCache``; only the capture itself is PyTorch's here
+``far_runtime.gpu.cuda_graphs.GraphCache``; only the capture itself is PyTorch's here
 (``torch.cuda.CUDAGraph``). It needs no TensorRT and runs on any CUDA GPU, which makes it
 the proof of the CUDA-graph path and the eager baseline for benchmarks.
 
@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from far_runtime.bundle import Bundle
-from far_runtime.cuda_graphs import Binding, GraphCache
-from far_runtime.device_slots import SlotBackend, default_capacity
+from far_runtime.gpu.cuda_graphs import Binding, GraphCache
+from far_runtime.gpu.device_slots import SlotBackend, default_capacity
 from far_runtime.errors import FarError
 from far_runtime.plan import Call
 
@@ -108,7 +108,7 @@ class _Slot:
 class TorchCudaBackend(SlotBackend):
     """PyTorch modules per graph, static device buffers per shape key, optional CUDA graphs.
 
-    Shares ``far_runtime.device_slots.SlotBackend`` with the TensorRT backend: slots bounded
+    Shares ``far_runtime.gpu.device_slots.SlotBackend`` with the TensorRT backend: slots bounded
     by the plan, the backend's GPU made current on the calling thread for every call, and
     results copied into arrays the calling thread owns. Every device buffer is allocated and
     written on the backend's own stream (``torch.empty``: nothing runs on the default stream).
@@ -251,7 +251,7 @@ def _time(fn, repeats: int) -> float:
 def _backend(kind: str, bundle: Bundle, dtype: str, cuda_graphs: bool, engine_dir: str | None):
     if kind == "torch-cuda":
         return TorchCudaBackend(bundle, dtype, cuda_graphs=cuda_graphs)
-    from far_runtime.trt_backend import TrtBackend
+    from far_runtime.gpu.trt_backend import TrtBackend
     return TrtBackend(bundle, dtype, engine_dir, cuda_graphs=cuda_graphs)
 
 

@@ -17,7 +17,7 @@ from far_export.reference import Backbone
 from far_export.export.modules import FusedShortcutGraph, ShortcutStepGraph
 from far_export.flops import backbone_flops, plan_flops
 from far_export.synthetic import random_model
-from far_runtime.plan import make_plan
+from far_runtime.variants.masked import make_plan
 
 
 PEERS = [REFERENCE, "pytorch-eager-bf16", RUNTIME, RUNTIME + "-int8", RUNTIME + "-bf16"]

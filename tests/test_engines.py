@@ -14,11 +14,12 @@ import pytest
 from far_export.tensorrt.engines import (build_options, derive_profiles, engine_key, engine_profiles,
                                          maybe_build_engines, parse_range, plan_shapes, reusable)
 from far_runtime.bundle import Bundle, load_bundle
-from far_runtime.cuda_graphs import Binding, GraphCache
+from far_runtime.gpu.cuda_graphs import Binding, GraphCache
 from far_runtime.errors import FarError
-from far_runtime.plan import make_plan
-from far_runtime.specs import component_specs, fused_name
-from far_runtime.engine_manifest import (GraphSource, cache_key, check_engine, graph_source,
+from far_runtime.variants.masked import make_plan
+from far_runtime.specs import fused_name
+from far_runtime.variants import component_specs
+from far_runtime.gpu.engine_manifest import (GraphSource, cache_key, check_engine, graph_source,
                                          select_profile)
 
 from far_export.doctor import cuda_gpu, tensorrt_gpu
@@ -287,7 +288,7 @@ def test_graph_cache_is_a_bounded_lru():
 @pytest.mark.skipif(TRT_INSTALLED, reason="TensorRT is installed here")
 def test_without_tensorrt_everything_says_so(bundles, tmp_path):
     from far_export.tensorrt.engines import build_engines
-    from far_runtime.trt_backend import TrtBackend
+    from far_runtime.gpu.trt_backend import TrtBackend
     with pytest.raises(FarError, match="TensorRT is not installed"):
         build_engines(bundles["far"], "fp32", str(tmp_path / "e"), (1, 8), (1, 2))
     assert not (tmp_path / "e").exists()
@@ -410,7 +411,7 @@ def test_half_precision_parity(bundles, tiny_files, dtype):
 def test_tensorrt_engines_build_reuse_and_run(bundles, tmp_path):
     from far_export.tensorrt.engines import build_engines
     from far_runtime.pipeline import Pipeline
-    from far_runtime.trt_backend import TrtBackend
+    from far_runtime.gpu.trt_backend import TrtBackend
     out = str(tmp_path / "engines")
     m = build_engines(bundles["far"], "fp32", out, (1, 8), (1, 2))
     assert m["built"] == len(m["engines"]) and m["reused"] == 0

@@ -17,7 +17,7 @@ from far_export.export.onnx_export import export_onnx
 from far_export.export.validate import validate_graph
 from far_export.reference.sampler import shortcut_sample
 from far_runtime.errors import FarError
-from far_runtime.specs import component_specs, validation_grid
+from far_runtime.variants import component_specs, validation_grid
 
 
 def _manifest(root):

@@ -19,12 +19,13 @@ import pytest
 from far_export.tensorrt.builder import builder_code_sha256, network_flags
 from far_export.tensorrt.engines import build_options, engines_command, merge_entries, parse_range, unreferenced_files
 from far_runtime.bundle import Bundle, load_bundle
-from far_runtime.cuda_graphs import Binding, GraphCache
-from far_runtime.cuda_runtime import capture_graph, cuda_major_of, import_optional, import_tensorrt, tensorrt_cuda
-from far_runtime.device_slots import SlotBackend, SlotCache, ThreadResults, default_capacity, plan_capacity
-from far_runtime.engine_manifest import check_engine, rebuild_command
+from far_runtime.gpu.cuda_graphs import Binding, GraphCache
+from far_runtime.gpu.cuda_runtime import capture_graph, cuda_major_of, import_optional, import_tensorrt, tensorrt_cuda
+from far_runtime.gpu.device_slots import SlotBackend, SlotCache, ThreadResults, default_capacity, plan_capacity
+from far_runtime.gpu.engine_manifest import check_engine, rebuild_command
 from far_runtime.errors import FarError
-from far_runtime.plan import make_call, make_plan
+from far_runtime.plan import make_call
+from far_runtime.variants.masked import make_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_256 = {"seq_len": 256, "token_dim": 16, "cond_dim": 768, "num_classes": 1000,
@@ -352,7 +353,7 @@ def _entry(**over):
 
 
 def test_engine_checks_tensorrt_cuda_major_and_lean_runtime():
-    from far_runtime.engine_manifest import GraphSource
+    from far_runtime.gpu.engine_manifest import GraphSource
     src = GraphSource("backbone", "fp16", "/b/x", "1" * 64, None)
     check_engine("backbone", _entry(), FACTS, src, "`R`")
     with pytest.raises(FarError, match="TensorRT for CUDA 12, but this machine's TensorRT is for CUDA 13"):
@@ -396,7 +397,7 @@ REMOVED = {"device_memory_size", "device_memory_size_for_profile", "device_memor
            "OBEY_PRECISION_CONSTRAINTS", "FP16", "INT8"}
 CHECKED = {"set_optimization_profile_async", "set_input_shape", "set_tensor_address", "execute_async_v3",
            "add_optimization_profile", "parse_from_file", "set_timing_cache", "infer_shapes"}
-TRT_FILES = ["runtime/far_runtime/trt_backend.py", "far_export/tensorrt/builder.py"]
+TRT_FILES = ["runtime/far_runtime/gpu/trt_backend.py", "far_export/tensorrt/builder.py"]
 
 
 @pytest.mark.parametrize("path", TRT_FILES)
@@ -411,7 +412,7 @@ def test_tensorrt_code_uses_no_removed_api_and_checks_every_status(path):
 
 
 def test_stream_is_non_blocking_and_destroyed():
-    src = (ROOT / "runtime/far_runtime/cuda_runtime.py").read_text()
+    src = (ROOT / "runtime/far_runtime/gpu/cuda_runtime.py").read_text()
     assert "cudaStreamCreateWithFlags(self.rt.cudaStreamNonBlocking)" in src and "cudaStreamCreate()" not in src
     assert "cuda.destroy_stream(self.stream)" in (ROOT / TRT_FILES[0]).read_text()
 

@@ -5,7 +5,7 @@ For each L a random FAR-Causal model of the given size (token_dim 16, the demo's
 and head sizes by default) is written, exported to a bundle (``causal_*`` graphs and the
 fused head for O; validated as ``build`` does; reused from ``OUT/models`` only when its name's
 key, the configuration and the sha256 of the far_export and far_runtime sources, matches, or
-exported again with ``--rebuild``), and ``CausalPipeline.generate_tokens`` is
+exported again with ``--rebuild``), and ``Pipeline.generate_tokens`` is
 timed in both modes, alternated run by run (cache, recompute, recompute, cache, ...) with
 the same seed, so the ratio is measured under the same machine load. The report gives per
 L and mode the median and p90 seconds per image batch, the ratio recompute / cache, and the

@@ -96,7 +96,7 @@ class GpuEngine(RuntimeEngine):
         from far_runtime.pipeline import Pipeline
         bundle = load_bundle(spec["bundle"])
         if spec["backend"] == TENSORRT:
-            from far_runtime.trt_backend import TrtBackend
+            from far_runtime.gpu.trt_backend import TrtBackend
             backend = TrtBackend(bundle, precision="fp32")
         else:
             from ..torch_cuda_backend import TorchCudaBackend

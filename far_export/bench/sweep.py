@@ -129,7 +129,7 @@ def add_flops(entry: dict, manifest: dict, batch: int, K: int, cfg: float) -> No
     whole head (time, step and condition embedders included) on every row at every step, a
     fused runtime graph embeds the condition once and the time/step once per step.
     """
-    from far_runtime.plan import make_plan
+    from far_runtime.variants.masked import make_plan
     from far_runtime.specs import fused_name
     model = manifest["model"]
     steps = entry["O"]

@@ -22,7 +22,8 @@ from far_runtime.backends import import_onnxruntime
 from far_runtime.errors import FarError
 from far_runtime.files import write_json
 from far_runtime.schedule import MAX_HEAD_STEPS, valid_head_steps
-from far_runtime.specs import component_specs, fused_name
+from far_runtime.specs import fused_name
+from far_runtime.variants import component_specs
 
 from .. import __version__
 from ..checkpoint import (atomic_write, build_model, build_vae, load_model_checkpoint,

@@ -15,10 +15,12 @@ from dataclasses import asdict
 
 from far_runtime import bundle as rt_bundle
 from far_runtime.backends import import_onnxruntime
-from far_runtime.causal_specs import CAUSAL_GRAPHS
+from far_runtime.variants.causal import Causal
+CAUSAL_GRAPHS = Causal.backbone_graphs
 from far_runtime.errors import FarError
 from far_runtime.files import write_json
-from far_runtime.specs import component_specs, fused_name
+from far_runtime.specs import fused_name
+from far_runtime.variants import component_specs
 
 from ..checkpoint import build_model, build_vae, sha256_file
 from .bundle import check_vae_fits

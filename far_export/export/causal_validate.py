@@ -14,8 +14,8 @@ import time
 import numpy as np
 import torch
 
-from far_runtime.causal_specs import causal_positions
-from far_runtime.causal_schedule import step_position
+from far_runtime.variants.causal import positions as causal_positions
+from far_runtime.variants.causal import step_position
 
 from .validate import compare
 

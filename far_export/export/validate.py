@@ -21,7 +21,8 @@ import time
 import numpy as np
 import torch
 
-from far_runtime.specs import ComponentSpec, sample_inputs, validation_grid
+from far_runtime.specs import ComponentSpec, sample_inputs
+from far_runtime.variants import validation_grid
 
 from ..reference.sampler import shortcut_sample
 

@@ -20,7 +20,7 @@ import numpy as np
 from far_runtime.backends import OrtBackend
 from far_runtime.bundle import Bundle
 from far_runtime.pipeline import Pipeline
-from far_runtime.plan import Call, ShapePlan
+from far_runtime.plan import Call, Plan
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class RecordingBackend:
         self.inner = inner
         self.feeds: dict[str, list[dict]] = {}
 
-    def prepare(self, plan: ShapePlan) -> None:
+    def prepare(self, plan: Plan) -> None:
         self.inner.prepare(plan)
 
     def run(self, call: Call, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -47,7 +47,7 @@ def main(argv=None):
     from ..verify import psnr
     from .fp16 import to_fp16
     from .int8 import Int8Settings, quantize_graph
-    from far_runtime.specs import component_specs
+    from far_runtime.variants import component_specs
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--vae", required=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from far_runtime.causal_schedule import causal_cfg_at, step_position
+from far_runtime.variants.causal import cfg_at as causal_cfg_at, step_position
 from far_runtime.errors import FarError
 from far_runtime.randomness import Randomness, draw_randomness
 from far_runtime.schedule import check_head_steps

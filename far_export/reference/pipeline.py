@@ -28,19 +28,19 @@ class ReferencePipeline:
         return cls(ck, vk, backbone, head, build_vae(vk) if vk else None)
 
     def model_info(self) -> dict:
-        """``kind`` and ``seq_len`` as a bundle manifest's model records them."""
-        return {"kind": getattr(self.ckpt.config, "kind", "far"), "seq_len": self.backbone.cfg.seq_len}
+        """``kind``, ``head_kind`` and ``seq_len`` as a bundle manifest's model records them."""
+        info = {"head_kind": self.ckpt.config.head.kind, "seq_len": self.backbone.cfg.seq_len}
+        if getattr(self.ckpt.config, "kind", "") == "causal":
+            info["kind"] = "causal"
+        return info
 
-    def check_k(self, K) -> None:
-        """FAR-Causal: K is L or left out (None); FAR/MAR's K is checked by the sampler."""
-        L = self.backbone.cfg.seq_len
-        if self.model_info()["kind"] == "causal" and K is not None and K != L:
-            from far_runtime.errors import FarError
-            raise FarError(f"FAR-Causal predicts one token per step, so K is L = {L} by "
-                           f"construction; got K={K!r} (leave --K out).")
+    def check_k(self, K) -> int:
+        """K as given, or the variant's default (FAR-Causal: K is L or left out)."""
+        from far_runtime.variants import variant_for
+        return variant_for(self.model_info()).check_k(K, self.model_info())
 
     def tokens(self, labels, **kw) -> torch.Tensor:
-        if self.model_info()["kind"] == "causal":          # FAR-Causal: its own loop, K is L
+        if self.model_info().get("kind") == "causal":          # FAR-Causal: its own loop, K is L
             from .causal_sampler import sample_causal
             self.check_k(kw.pop("num_iter", None))
             return sample_causal(self.backbone, self.head, labels, **kw)

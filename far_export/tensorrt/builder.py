@@ -15,7 +15,7 @@ import os
 import tempfile
 
 from far_runtime.errors import FarError
-from far_runtime.engine_manifest import GraphSource
+from far_runtime.gpu.engine_manifest import GraphSource
 from far_runtime.specs import ComponentSpec
 
 log = logging.getLogger(__name__)

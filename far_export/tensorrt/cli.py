@@ -6,7 +6,7 @@ import json
 import click
 
 from far_runtime.schedule import MAX_K
-from far_runtime.engine_manifest import HARDWARE_LEVELS, PRECISIONS, default_engine_dir
+from far_runtime.gpu.engine_manifest import HARDWARE_LEVELS, PRECISIONS, default_engine_dir
 
 
 @click.command()

@@ -19,7 +19,7 @@
    stored with each engine and quoted by every "rebuild with" sentence. The key material is stored in ``engines.json`` beside the
    engines; a build reuses an engine only when its key is identical and its file unchanged,
    and the runtime checks the same fields before it deserialises anything
-   (``far_runtime.engine_manifest.check_engine``).
+   (``far_runtime.gpu.engine_manifest.check_engine``).
 4. Build. ``builder.py``: TensorRT's builder API directly, one config per engine with a
    shared timing cache (saved per GPU and TensorRT version). ``--graphs`` builds a subset
    and keeps the folder's other engines.
@@ -38,13 +38,13 @@ from collections import Counter, defaultdict
 
 from far_runtime.bundle import Bundle, load_bundle, sha256_file
 from far_runtime.errors import FarError
-from far_runtime.plan import make_plan
+from far_runtime.variants.masked import make_plan
 from far_runtime.schedule import MAX_K
 from far_runtime.specs import ComponentSpec, fused_name
-from far_runtime.cuda_runtime import device_facts, import_cudart, import_tensorrt
+from far_runtime.gpu.cuda_runtime import device_facts, import_cudart, import_tensorrt
 
 from .builder import TimingCache, atomic_write, build_engine, builder_code_sha256
-from far_runtime.engine_manifest import (ENGINE_FORMAT, ENGINE_FORMAT_VERSION, ENGINE_MANIFEST,
+from far_runtime.gpu.engine_manifest import (ENGINE_FORMAT, ENGINE_FORMAT_VERSION, ENGINE_MANIFEST,
                                          HARDWARE_LEVELS, PRECISIONS, GraphSource, bundle_precision,
                                          cache_key, default_engine_dir, graph_source)
 

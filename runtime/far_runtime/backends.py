@@ -13,14 +13,15 @@ import numbers
 import os
 import threading
 import time
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from typing import Protocol
 
 import numpy as np
 
 from .bundle import Bundle
 from .errors import FarError
-from .plan import Call, ShapePlan
+from .lru import LRU
+from .plan import Call, Plan
 
 EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider",
@@ -39,7 +40,7 @@ def import_onnxruntime():
 class Backend(Protocol):
     name: str
 
-    def prepare(self, plan: ShapePlan) -> None:
+    def prepare(self, plan: Plan) -> None:
         """Allocate what every distinct shape of ``plan`` needs, before the loop starts."""
 
     def run(self, call: Call, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -166,20 +167,16 @@ class OrtBackend:
                 self._sessions[graph] = sess
             return self._sessions[graph]
 
-    def _workspace(self) -> OrderedDict:
+    def _workspace(self) -> LRU:
         ws = getattr(self._local, "ws", None)
-        if ws is None:
-            ws = self._local.ws = OrderedDict()
+        if ws is None:                          # evicted entries' arrays stay valid (no on_evict)
+            ws = self._local.ws = LRU(self.max_shapes)
         return ws
 
     def _entry(self, call: Call):
         ws = self._workspace()
         entry = ws.get(call.key)
-        if entry is not None:
-            ws.move_to_end(call.key)
-        else:
-            while len(ws) >= self.max_shapes:
-                ws.popitem(last=False)          # least recently used; its arrays stay valid
+        if entry is None:
             sess = self.session(call.graph)
             spec = self.specs[call.graph]
             dims = dict(call.dims)
@@ -189,10 +186,11 @@ class OrtBackend:
                 arr = np.empty(t.shape(dims), dtype=t.dtype)
                 io.bind_ortvalue_output(t.name, self.ort.OrtValue.ortvalue_from_numpy(arr))
                 outputs[t.name] = arr
-            entry = ws[call.key] = (sess, io, outputs)
+            entry = (sess, io, outputs)
+            ws.put(call.key, entry)
         return entry
 
-    def prepare(self, plan: ShapePlan) -> None:
+    def prepare(self, plan: Plan) -> None:
         for call in plan.distinct():
             self._entry(call)
 

@@ -15,7 +15,8 @@ import re
 from dataclasses import dataclass
 
 from .errors import FarError
-from .specs import ComponentSpec, component_specs
+from .specs import ComponentSpec
+from .variants import Variant, check_model, component_specs, variant_for
 
 MANIFEST = "manifest.json"
 FORMAT = "far-export-bundle"
@@ -61,6 +62,10 @@ class Bundle:
         return self.manifest["model"]
 
     @property
+    def variant(self) -> Variant:
+        return variant_for(self.model)
+
+    @property
     def graphs(self) -> dict:
         return self.manifest["graphs"]
 
@@ -98,29 +103,6 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-_CAUSAL_INTS = ("class_tokens", "context", "depth", "heads", "head_dim")
-
-
-def check_model_kind(model: dict, bad) -> None:
-    """``model.kind``: absent (FAR/MAR) or ``causal``, whose cache shapes must fit together."""
-    kind = model.get("kind")
-    if kind is None:
-        return
-    if kind != "causal":
-        bad(f"model.kind is {kind!r}, not 'causal' (or absent for FAR/MAR)")
-    for key in _CAUSAL_INTS:
-        if not _is_int(model.get(key)) or model[key] < 1:
-            bad(f"model.{key} is {model.get(key)!r}, not an integer >= 1")
-    if model["context"] != model["class_tokens"] + model["seq_len"] - 1:
-        bad(f"model.context is {model['context']}, not class_tokens + seq_len - 1 = "
-            f"{model['class_tokens'] + model['seq_len'] - 1}")
-    if model["heads"] * model["head_dim"] != model["cond_dim"]:
-        bad(f"model.heads x model.head_dim is {model['heads'] * model['head_dim']}, not "
-            f"model.cond_dim {model['cond_dim']}")
-    if model["head_kind"] != "shortcut":
-        bad(f"a causal model has head_kind {model['head_kind']!r}, not 'shortcut'")
-
-
 def check_structure(manifest, mpath: str) -> None:
     """Refuse a manifest that is valid JSON of the wrong shape, in one sentence."""
     def bad(what):
@@ -145,7 +127,7 @@ def check_structure(manifest, mpath: str) -> None:
         bad("a diffusion model has no diffusion_steps")
     if not isinstance(model.get("timestep_respacing", ""), str):
         bad("model.timestep_respacing is not a string")
-    check_model_kind(model, bad)
+    check_model(model, bad)               # the variant's own keys (variants/)
     mb = manifest.get("max_batch")
     if not _is_int(mb) or not 1 <= mb <= MAX_BATCH_LIMIT:
         bad(f"max_batch is {mb!r}, not an integer in 1..{MAX_BATCH_LIMIT}")

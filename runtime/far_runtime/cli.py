@@ -12,6 +12,7 @@ import sys
 
 import click
 
+from .defaults import CFG_SCHEDULES, DEFAULT_K, HEAD_MODES, SAMPLING
 from .errors import FarError
 
 
@@ -35,32 +36,29 @@ def option_group(opts):
     return apply
 
 
-def sampling_options(num: int, cfg: float):
-    """The sampling options shared by ``sample`` (reference) and ``generate`` (runtime)."""
+def sampling_options(defaults: dict = SAMPLING):
+    """The sampling options shared by ``sample`` (reference) and ``generate`` (runtime);
+    their defaults are data (``defaults.py``), which the server reads too."""
     opts = [
         click.option("--class", "classes", default="0", show_default=True,
                      help="Class label(s), comma-separated; repeated to fill --num."),
-        click.option("--num", default=num, show_default=True, help="Images to generate."),
+        click.option("--num", default=defaults["num"], show_default=True, help="Images to generate."),
         click.option("--K", "num_iter", type=int, default=None,
-                     help="Autoregressive iterations (1..256); default 16 for FAR/MAR, and L "
+                     help=f"Autoregressive iterations (1..256); default {DEFAULT_K} for FAR/MAR, and L "
                           "(the only valid K: one token per step) for FAR-Causal."),
-        click.option("--O", "head_steps", default=8, show_default=True, help="Shortcut head steps."),
-        click.option("--cfg", default=cfg, show_default=True, help="Classifier-free guidance scale."),
-        click.option("--cfg-schedule", type=click.Choice(["linear", "constant"]), default="linear"),
-        click.option("--temperature", default=1.0, show_default=True),
-        click.option("--seed", default=0, show_default=True),
+        click.option("--O", "head_steps", default=defaults["O"], show_default=True, help="Shortcut head steps."),
+        click.option("--cfg", default=defaults["cfg"], show_default=True, help="Classifier-free guidance scale."),
+        click.option("--cfg-schedule", type=click.Choice(list(CFG_SCHEDULES)), default=defaults["cfg_schedule"]),
+        click.option("--temperature", default=defaults["temperature"], show_default=True),
+        click.option("--seed", default=defaults["seed"], show_default=True),
     ]
     return option_group(opts)
 
 
-DEFAULT_K = 16     # FAR/MAR's default K; FAR-Causal's K is its L
-
-
 def resolve_k(num_iter, model: dict) -> int:
-    """``--K`` left out: 16 for FAR/MAR, L for a FAR-Causal model (``kind`` ``causal``)."""
-    if num_iter is not None:
-        return num_iter
-    return model["seq_len"] if model.get("kind") == "causal" else DEFAULT_K
+    """``--K`` as given, or the variant's default when left out (16 for FAR/MAR, L for FAR-Causal)."""
+    from .variants import variant_for
+    return variant_for(model).check_k(num_iter, model)
 
 
 def parse_int_list(text: str, option: str) -> list[int]:
@@ -92,8 +90,8 @@ def main(verbose: bool):
 
 @main.command()
 @click.argument("bundle")
-@sampling_options(num=8, cfg=3.0)
-@click.option("--head", type=click.Choice(["auto", "fused", "step"]), default="auto", show_default=True,
+@sampling_options(SAMPLING)
+@click.option("--head", type=click.Choice(list(HEAD_MODES)), default=SAMPLING["head"], show_default=True,
               help="Fused O-step head graph or one call per step.")
 @click.option("--threads", type=int, help="ONNX Runtime intra-op threads.")
 @click.option("--save-randomness", help="Write the run's orders and noise to this .npz.")
@@ -108,8 +106,7 @@ def generate(bundle, classes, num, num_iter, head_steps, cfg, cfg_schedule, temp
     from .randomness import draw_randomness
     # Every check before any work, and before anything is written: a failed run leaves nothing.
     labels = parse_labels(classes, num)
-    given_k = num_iter
-    num_iter, head_steps, cfg, temperature, seed = check_sampling(
+    _, head_steps, cfg, temperature, seed = check_sampling(
         DEFAULT_K if num_iter is None else num_iter, head_steps, cfg, temperature, seed, check_o=False)
     if threads is not None and threads < 1:
         raise FarError(f"--threads must be at least 1, got {threads}.")
@@ -117,15 +114,15 @@ def generate(bundle, classes, num, num_iter, head_steps, cfg, cfg_schedule, temp
     if save_randomness:
         check_writable_file(save_randomness, "--save-randomness")
     pipe = Pipeline.load(bundle, threads=threads)
+    num_iter = pipe.variant.check_k(num_iter, pipe.model)      # left out: the variant's default
     max_batch = pipe.bundle.manifest["max_batch"]
     if num > max_batch:
         raise FarError(f"--num {num} is larger than the bundle's max batch {max_batch}; "
                        f"re-export with --max-batch {num} or generate fewer.")
     pipe.check_labels(labels)
-    num_iter = resolve_k(None if given_k is None else num_iter, pipe.model)
     pipe.plan(num, num_iter, head_steps, cfg, head)
     m = pipe.model
-    rnd = draw_randomness(seed, num, m["seq_len"], m["token_dim"], m["diffusion_steps"])
+    rnd = draw_randomness(seed, num, m["seq_len"], m["token_dim"], pipe.randomness_steps())
     with click.progressbar(length=num_iter, label="iterations", file=sys.stderr) as bar:
         images = pipe.generate(labels, K=num_iter, O=head_steps, cfg=cfg, cfg_schedule=cfg_schedule,
                                temperature=temperature, randomness=rnd, head=head,

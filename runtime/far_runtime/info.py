@@ -10,7 +10,7 @@ import importlib.util
 import os
 
 from .bundle import load_bundle
-from .engine_manifest import ENGINE_MANIFEST, default_engine_dir
+from .gpu.engine_manifest import ENGINE_MANIFEST, default_engine_dir
 
 
 def _onnxruntime_backends() -> dict:
@@ -30,7 +30,7 @@ def _onnxruntime_backends() -> dict:
 
 def tensorrt_import_problem() -> str | None:
     """Why TensorRT (the full one or the lean runtime) cannot be used here, or None."""
-    from .cuda_runtime import import_tensorrt
+    from .gpu.cuda_runtime import import_tensorrt
     from .errors import FarError
     try:
         import_tensorrt()

@@ -10,6 +10,7 @@ import math
 import numbers
 import operator
 
+from .defaults import CFG_SCHEDULES
 from .errors import FarError
 from .schedule import check_head_steps, check_k
 
@@ -54,6 +55,12 @@ def check_sampling(K, O, cfg, temperature, seed=0, check_o: bool = True) -> tupl
     if temperature < 0:
         raise FarError(f"The temperature must be >= 0, got {temperature}.")
     return K, O, cfg, temperature, check_seed(seed)
+
+
+def check_schedule(schedule) -> str:
+    if schedule not in CFG_SCHEDULES:
+        raise FarError(f"CFG schedule must be 'linear' or 'constant', got {schedule!r}.")
+    return schedule
 
 
 def check_num(num) -> int:

@@ -5,9 +5,7 @@ specs; no tensor name or dim is written anywhere else. A spec is built from a pl
 ``model`` dict (the manifest's ``model`` entry), so the torch-free runtime builds the very same
 specs the exporter used.
 
-Graphs (``name``):
-- ``backbone``: tokens, labels (``num_classes`` = unconditional), known_idx, pred_idx -> z at
-  the positions to predict.
+Graphs (``name``) of every variant (a variant adds its backbone graphs, ``variants/``):
 - ``head_step``: one head evaluation. FAR: x, t, d -> velocity; MAR: x, t (DDPM index) -> eps
   and variance values.
 - ``head_fused_o{O}`` (FAR only): O shortcut steps plus the guidance combine in one call.
@@ -71,26 +69,14 @@ def fused_name(steps: int) -> str:
     return f"head_fused_o{steps}"
 
 
-def component_specs(model: dict, max_batch: int = 8, head_steps=(1, 2, 4, 8),
-                    tolerance: float = 1e-4) -> dict[str, ComponentSpec]:
-    """All graph specs of a model. ``model`` holds seq_len, token_dim, cond_dim, num_classes,
-    head_kind, image_size, image_channels (the manifest's ``model`` entry)."""
-    if model.get("kind") == "causal":
-        from .causal_specs import causal_specs
-        return causal_specs(model, max_batch, head_steps, tolerance)
+def shared_specs(model: dict, max_batch: int = 8, head_steps=(1, 2, 4, 8),
+                 tolerance: float = 1e-4) -> dict[str, ComponentSpec]:
+    """The head graphs and the VAE decoder, alike in every backbone family. ``model`` holds
+    seq_len, token_dim, cond_dim, head_kind, image_size, image_channels (the manifest's
+    ``model`` entry); ``variants`` add their backbone graphs (``variants.component_specs``)."""
     L, C, D = model["seq_len"], model["token_dim"], model["cond_dim"]
     rows_max = 2 * max_batch                     # CFG doubles the batch
     specs = {}
-    specs["backbone"] = ComponentSpec(
-        "backbone",
-        inputs=(TensorSpec("tokens", "float32", (BATCH, L, C)),
-                TensorSpec("labels", "int64", (BATCH,), "labels"),
-                TensorSpec("known_idx", "int64", (BATCH, N_KNOWN), "known"),
-                TensorSpec("pred_idx", "int64", (BATCH, N_PRED), "pred")),
-        outputs=(TensorSpec("z", "float32", (BATCH, N_PRED, D)),),
-        ranges={BATCH: (1, 2, rows_max), N_KNOWN: (0, L // 2, L - 1), N_PRED: (1, L // 8 or 1, L)},
-        export_dims={BATCH: 2, N_KNOWN: max(2, L // 2), N_PRED: max(2, L // 4)},
-        tolerance=tolerance)
     head_rows_max = rows_max * L
     if model["head_kind"] == "shortcut":
         step_inputs = (TensorSpec("x", "float32", (ROWS, C)),
@@ -157,16 +143,8 @@ def sample_inputs(spec: ComponentSpec, dims: dict, model: dict, rng: np.random.G
     return out
 
 
-def validation_grid(spec: ComponentSpec, model: dict, batches=(1, 3, 8)) -> list[dict]:
-    """Shapes different from the export shape that cover the real schedule."""
-    L = model["seq_len"]
-    if spec.name == "backbone":
-        grid = []
-        for b in batches:
-            for nk in sorted({0, 1, L // 2, L - 1}):
-                grid.append({BATCH: b, N_KNOWN: nk, N_PRED: max(1, min(L - nk, 5))})
-        grid.append({BATCH: 2, N_KNOWN: 0, N_PRED: L})
-        return grid
+def shared_grid(spec: ComponentSpec, batches=(1, 3, 8)) -> list[dict]:
+    """Validation shapes of the head graphs and the VAE decoder, other than the export shape."""
     if spec.name == "vae_decoder":
         return [{BATCH: b} for b in batches]
     if spec.head_steps is not None:

@@ -127,7 +127,7 @@ def tensorrt_part(tiny_ckpt: str, vae: str, work: str) -> dict:
     from far_export.torch_cuda_backend import bench
     from far_runtime.bundle import load_bundle
     from far_runtime.pipeline import Pipeline
-    from far_runtime.trt_backend import TrtBackend
+    from far_runtime.gpu.trt_backend import TrtBackend
     root = os.path.join(work, "trt-bundle")
     export_bundle(tiny_ckpt, vae, root, head_steps=(1, 2, 8))
     t0 = time.perf_counter()

@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Hashable, Protocol
+
+from ..lru import LRU
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +83,10 @@ class GraphCache:
     """Captured graphs by shape key: bounded LRU with a shape and address check at replay."""
 
     def __init__(self, capturer: Capturer, max_graphs: int = 256, warmup: int = 1):
-        if max_graphs < 1:
-            raise ValueError("max_graphs must be at least 1")
         self.capturer = capturer
-        self.max_graphs = max_graphs
         self.warmup = warmup
         self.stats = GraphStats()
-        self._graphs: OrderedDict[Hashable, _Entry] = OrderedDict()
+        self._graphs = LRU(max_graphs, self._evicted)      # key -> _Entry
         self._seen: dict[Hashable, int] = {}
         self._eager_only: set = set()
         self._lock = threading.RLock()
@@ -132,15 +130,10 @@ class GraphCache:
                     body()
                     return "eager"
                 entry = _Entry(graph, bindings)
-                self._graphs[key] = entry
+                self._graphs.put(key, entry)
                 self.stats.captures += 1
-                while len(self._graphs) > self.max_graphs:
-                    old, _ = next(iter(self._graphs.items()))
-                    self._drop(old)
-                    self.stats.evictions += 1
                 entry.graph.replay()
                 return "captured"
-            self._graphs.move_to_end(key)
             self.stats.replays += 1
             entry.graph.replay()
             return "replayed"
@@ -148,7 +141,11 @@ class GraphCache:
     def reserve(self, n: int) -> None:
         """Keep at least ``n`` graphs (a plan's distinct shapes); never shrinks."""
         with self._lock:
-            self.max_graphs = max(self.max_graphs, n)
+            self._graphs.reserve(n)
+
+    @property
+    def max_graphs(self) -> int:
+        return self._graphs.capacity
 
     def discard(self, key) -> None:
         """Release the graph of ``key`` if there is one (its buffers are about to be freed);
@@ -160,12 +157,15 @@ class GraphCache:
             self._seen.pop(key, None)           # a re-made slot (new context) runs eagerly first
 
     def _drop(self, key) -> None:
-        entry = self._graphs.pop(key)
+        self._graphs.pop(key).graph.release()
+
+    def _evicted(self, key, entry: _Entry) -> None:
         entry.graph.release()
+        self.stats.evictions += 1
 
     def clear(self) -> None:
         with self._lock:
-            for key in list(self._graphs):
+            for key in self._graphs.keys():
                 self._drop(key)
             self._seen.clear()
             self._eager_only.clear()

@@ -12,9 +12,9 @@ import json
 import os
 from dataclasses import dataclass
 
-from .bundle import Bundle
-from .errors import FarError
-from .plan import Call, ShapePlan
+from ..bundle import Bundle
+from ..errors import FarError
+from ..plan import Call, Plan
 
 ENGINE_MANIFEST = "engines.json"
 ENGINE_FORMAT = "far-export-engines"
@@ -182,7 +182,7 @@ def check_engine(graph: str, entry: dict, facts: dict, source: GraphSource, rebu
 
 def check_engine_file(graph: str, entry: dict, engine_dir: str, rebuild: str) -> str:
     """Path of the engine file after checking it is there and unmodified."""
-    from .bundle import sha256_file
+    from ..bundle import sha256_file
     path = os.path.join(engine_dir, entry["file"])
     if not os.path.isfile(path):
         raise FarError(f"The '{graph}' engine file {path} is missing; rebuild with {rebuild}.")
@@ -207,7 +207,7 @@ def check_call_covered(call: Call, entry: dict | None, manifest: dict, rebuild: 
     return profile
 
 
-def check_plan_covered(plan: ShapePlan, engines: dict, manifest: dict, rebuild: str) -> None:
+def check_plan_covered(plan: Plan, engines: dict, manifest: dict, rebuild: str) -> None:
     """Every call of ``plan`` has an engine and a profile that covers its dims."""
     for call in plan.distinct():
         check_call_covered(call, engines.get(call.graph), manifest, rebuild)

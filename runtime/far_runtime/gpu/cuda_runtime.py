@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import FarError
+from ..errors import FarError
 
 log = logging.getLogger(__name__)
 

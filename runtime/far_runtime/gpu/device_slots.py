@@ -5,7 +5,7 @@ pinned staging, and for TensorRT with CUDA graphs an execution context. ``SlotBa
 holds that policy once, so the TensorRT and the PyTorch CUDA backends only say how a slot
 is made, released and executed:
 
-- **bounded**: slots live in an LRU (``SlotCache``). Its capacity is sized from the plans
+- **bounded**: slots live in an LRU (``SlotCache``, on ``lru.LRU``). Its capacity is sized from the plans
   the backend is prepared for (``plan_capacity``: the distinct shapes of one plan, 258 for a
   K = 256 plan of a 256-token model) or given explicitly, so one generate() never evicts its
   own shapes and a server that sees thousands of shapes holds a bounded number of them;
@@ -22,45 +22,49 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
 from typing import Callable, Hashable
 
 import numpy as np
 
-from .errors import FarError
-from .plan import Call, ShapePlan, make_plan
-from .schedule import MAX_K
+from ..errors import FarError
+from ..lru import LRU
+from ..plan import Call, Plan
+from ..variants import variant_for
 
 log = logging.getLogger(__name__)
 
 
-def plan_capacity(plan: ShapePlan) -> int:
+def plan_capacity(plan: Plan) -> int:
     """Slots (and graphs) one generate() of ``plan`` needs so that it evicts none of its own."""
     return len(plan.distinct())
 
 
 def default_capacity(model: dict, max_batch: int, head_steps: int = 8) -> int:
-    """Distinct shapes of the largest plan of a model: K = its token count (at most MAX_K)
-    with CFG at the bundle's max batch. Used when no capacity is given."""
-    steps = model.get("diffusion_steps") or head_steps
-    K = min(MAX_K, model["seq_len"])
-    return plan_capacity(make_plan(model, max_batch, K, steps, True, "fused", True, max_batch))
+    """Distinct shapes of the largest plan of a model's variant (FAR/MAR: K = its token
+    count, at most MAX_K; FAR-Causal: its one plan) with CFG at the bundle's max batch. Used
+    when no capacity is given."""
+    return plan_capacity(variant_for(model).largest_plan(model, max_batch, head_steps))
 
 
 class SlotCache:
-    """Per-shape slots, least recently used first out; ``release(key, slot)`` frees one.
+    """Per-shape slots (an ``LRU``), made on first use; ``release(key, slot)`` frees one.
 
     Not locked: the backend calls it under its own lock.
     """
 
     def __init__(self, make: Callable[[Call], object], release: Callable[[Hashable, object], None],
                  capacity: int = 1):
-        if capacity < 1:
-            raise ValueError("capacity must be at least 1")
         self.make, self.release = make, release
-        self.capacity = capacity
-        self.made = self.released = 0
-        self._slots: OrderedDict = OrderedDict()
+        self.made = 0
+        self._slots = LRU(capacity, release)
+
+    @property
+    def capacity(self) -> int:
+        return self._slots.capacity
+
+    @property
+    def released(self) -> int:
+        return self._slots.evictions
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -70,27 +74,16 @@ class SlotCache:
 
     def reserve(self, n: int) -> None:
         """Grow the capacity to at least ``n`` (never shrinks it)."""
-        self.capacity = max(self.capacity, n)
+        self._slots.reserve(n)
 
     def get(self, call: Call):
-        slot = self._slots.get(call.key)
-        if slot is not None:
-            self._slots.move_to_end(call.key)
-            return slot
-        slot = self.make(call)
-        self._slots[call.key] = slot
-        self.made += 1
-        while len(self._slots) > self.capacity:
-            old, old_slot = self._slots.popitem(last=False)
-            self.released += 1
-            self.release(old, old_slot)
-        return slot
+        def make():
+            self.made += 1
+            return self.make(call)
+        return self._slots.get_or_make(call.key, make)
 
     def clear(self) -> None:
-        while self._slots:
-            key, slot = self._slots.popitem(last=False)
-            self.released += 1
-            self.release(key, slot)
+        self._slots.clear()
 
 
 class ThreadResults:
@@ -100,10 +93,11 @@ class ThreadResults:
         self.capacity = capacity
         self._local = threading.local()
 
-    def _store(self) -> OrderedDict:
+    def _store(self) -> LRU:
         store = getattr(self._local, "store", None)
         if store is None:
-            store = self._local.store = OrderedDict()
+            store = self._local.store = LRU(self.capacity)
+        store.reserve(self.capacity)
         return store
 
     def copy_out(self, key: Hashable, outputs: dict, dtypes: dict | None = None) -> dict:
@@ -113,14 +107,9 @@ class ThreadResults:
         """
         store = self._store()
         own = store.get(key)
-        if own is None or any(own[n].shape != a.shape for n, a in outputs.items() if n in own) \
-                or set(own) != set(outputs):
+        if own is None or set(own) != set(outputs) or any(own[n].shape != a.shape for n, a in outputs.items()):
             own = {n: np.empty(a.shape, (dtypes or {}).get(n, a.dtype)) for n, a in outputs.items()}
-            store[key] = own
-            while len(store) > self.capacity:
-                store.popitem(last=False)
-        else:
-            store.move_to_end(key)
+            store.put(key, own)
         for name, src in outputs.items():
             np.copyto(own[name], src, casting="unsafe")
         return dict(own)
@@ -187,7 +176,7 @@ class SlotBackend:
             if self.graphs is not None:
                 self.graphs.reserve(n)
 
-    def prepare(self, plan: ShapePlan) -> None:
+    def prepare(self, plan: Plan) -> None:
         with self._lock:
             self._enter()
             self.reserve(plan_capacity(plan))

@@ -23,15 +23,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .bundle import Bundle
+from ..bundle import Bundle
 from .cuda_graphs import Binding, GraphCache
 from .cuda_runtime import Cuda, CudaRuntimeCapturer, device_facts, import_cudart, import_tensorrt, pinned_array
 from .device_slots import SlotBackend, default_capacity
 from .engine_manifest import (bundle_precision, check_call_covered, check_engine, check_engine_file,
                               check_plan_covered, default_engine_dir, graph_source, load_engine_manifest,
                               rebuild_command)
-from .errors import FarError
-from .plan import Call, ShapePlan
+from ..errors import FarError
+from ..plan import Call, Plan
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class TrtBackend(SlotBackend):
     def _select_device(self) -> None:
         self.cuda.set_device(self.device)
 
-    def prepare(self, plan: ShapePlan) -> None:
+    def prepare(self, plan: Plan) -> None:
         check_plan_covered(plan, self._entries, self.manifest, self.rebuild)
         super().prepare(plan)
 

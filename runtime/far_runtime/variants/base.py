@@ -1,0 +1,73 @@
+"""What a variant is: a backbone family (masked, causal) with a head kind (shortcut, diffusion).
+
+The runtime asks a variant for everything that differs between FAR, MAR and FAR-Causal and
+for nothing else: its graph specs, its checks of the manifest's model entry, its default and
+allowed K, its shape plan and its sampling loop. The head kinds themselves are ``heads.py``,
+shared by both families' loops. A family subclasses ``Variant``; ``variants/__init__.py``
+registers one instance per model.
+"""
+from __future__ import annotations
+
+from ..errors import FarError
+from ..specs import ComponentSpec, shared_grid, shared_specs
+
+
+class Variant:
+    family = ""              # "masked" or "causal": the manifest's model.kind (absent: masked)
+    backbone_graphs: tuple = ()
+    modes: tuple = (None,)   # loop modes besides the default (FAR-Causal: "cache", "recompute")
+
+    def __init__(self, name: str, head_kind: str, title: str):
+        self.name, self.head_kind, self.title = name, head_kind, title
+
+    def __repr__(self) -> str:
+        return f"<variant {self.name}>"
+
+    # --- the model entry and its graphs ------------------------------------------------
+    def check_model(self, model: dict, bad) -> None:
+        """Refuse (``bad(sentence)``) what this family needs beyond the shared model keys."""
+
+    def backbone_specs(self, model: dict, max_batch: int, tolerance: float) -> dict[str, ComponentSpec]:
+        raise NotImplementedError
+
+    def specs(self, model: dict, max_batch: int = 8, head_steps=(1, 2, 4, 8),
+              tolerance: float = 1e-4) -> dict[str, ComponentSpec]:
+        return {**self.backbone_specs(model, max_batch, tolerance),
+                **shared_specs(model, max_batch, head_steps, tolerance)}
+
+    def validation_grid(self, spec: ComponentSpec, model: dict, batches=(1, 3, 8)) -> list[dict]:
+        """Validation shapes of ``spec``, other than its export shape."""
+        return shared_grid(spec, batches)
+
+    def required_graphs(self, mode=None) -> tuple:
+        """The backbone graphs a run in ``mode`` needs."""
+        return self.backbone_graphs
+
+    # --- K ------------------------------------------------------------------------------
+    def default_k(self, model: dict) -> int:
+        raise NotImplementedError
+
+    def check_k(self, K, model: dict) -> int:
+        """K normalised (None: the default), or one sentence."""
+        raise NotImplementedError
+
+    def check_mode(self, mode) -> None:
+        if mode not in self.modes:
+            allowed = " or ".join(repr(m) for m in self.modes if m is not None)
+            raise FarError(f"mode must be {allowed}, got {mode!r}." if allowed else
+                           f"{self.title} has one sampling loop; got mode {mode!r}.")
+
+    # --- plan and loop ------------------------------------------------------------------
+    def plan(self, model: dict, batch: int, K: int, O: int, use_cfg: bool, head_mode: str,
+             decode: bool, max_batch: int | None, mode=None):
+        raise NotImplementedError
+
+    def largest_plan(self, model: dict, max_batch: int, head_steps: int = 8):
+        """The plan with the most distinct shapes a bundle of ``model`` can run: what GPU
+        slot caches are sized for when no capacity is given."""
+        raise NotImplementedError
+
+    def sample(self, pipe, lab, plan, K: int, O: int, cfg: float, cfg_schedule: str,
+               temperature: float, randomness, trace=None, progress=None, mode=None):
+        """Token latents [B, L, C]: the loop over ``plan`` with ``pipe.backend``."""
+        raise NotImplementedError
