@@ -14,6 +14,7 @@ import pytest
 from serve_helpers import (Server, assert_batched_equal_direct, assert_png_is_generate, concurrently,
                            free_port)
 
+from far_runtime.defaults import CFG_SCHEDULES
 from far_runtime.pipeline import Pipeline
 from far_runtime.randomness import draw_randomness
 from far_runtime.serve.batching import group_by_settings, request_randomness, run_batch, stack_randomness
@@ -100,17 +101,41 @@ def test_request_checks(pipe, body, msg):
 
 
 def test_request_defaults_are_the_generate_commands(pipe):
+    """The server reads far_runtime.defaults (no CLI import); they equal the click command's."""
     from far_runtime.cli import generate, resolve_k
-    d = {p.name: p.default for p in generate.params}
+    params = {p.name: p for p in generate.params}
+    d = {name: p.default for name, p in params.items()}
     r = RequestChecker(pipe).check({"class": 2}, parse_output({}))
     assert d["num_iter"] is None            # --K left out: the model's default (16 for FAR/MAR)
     assert (r.seed, r.K, r.O, r.cfg, r.cfg_schedule, r.temperature) == (
         d["seed"], resolve_k(None, pipe.model), d["head_steps"], d["cfg"], d["cfg_schedule"],
         d["temperature"]) and r.K == 16
+    assert tuple(params["cfg_schedule"].type.choices) == CFG_SCHEDULES
     assert parse_output({"format": "npy"}) == "npy" and parse_output({"latents": "1"}) == "latents"
     for q in ({"format": "jpg"}, {"latents": "yes"}, {"fmt": "png"}, {"latents": "1", "format": "png"}):
         with pytest.raises(RequestError):
             parse_output(q)
+
+
+def test_serve_modules_never_import_the_cli():
+    """Defaults are data (far_runtime.defaults): far_runtime.cli imports serve.commands, so a
+    serve module importing the CLI, even inside a function, would be an import cycle."""
+    import ast
+    import far_runtime.serve as pkg
+    folder = os.path.dirname(pkg.__file__)
+    for name in sorted(f for f in os.listdir(folder) if f.endswith(".py")):
+        with open(os.path.join(folder, name)) as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                mods = [("." * node.level) + (node.module or "")]
+                mods += [f"{mods[0]}.{a.name}" if node.module else f"{mods[0]}{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            else:
+                continue
+            assert not any(m in ("..cli", "far_runtime.cli") or m.startswith(("..cli.", "far_runtime.cli."))
+                           for m in mods), (name, mods)
 
 
 def test_mar_batches_equal_direct_runs(bundles):
