@@ -1,7 +1,8 @@
 """far-runtime serve on Ray Serve: a real server on a free loopback port, concurrent requests
 checked against direct runtime calls with the same seeds, the 400s, the 503 of a full queue,
 and a shutdown that leaves no process behind. The grouping, randomness and request checks
-are plain functions, tested without Ray. The server helpers: tests/serve_helpers.py."""
+are plain functions, tested without Ray. FAR-Causal: tests/test_serve_causal.py; the server
+helpers both use: tests/serve_helpers.py."""
 import io
 import json
 import os
@@ -279,17 +280,8 @@ def test_mar_bundle_through_the_server(bundles):
         s.stop()
 
 
-def test_serve_refuses_bad_options_before_starting_ray(fused_only, tmp_path):
+def test_serve_refuses_bad_options_before_starting_ray(fused_only):
     pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip install far-runtime[serve])")
-    from far_export.export.bundle import export_bundle
-    from far_export.synthetic import tiny_causal_config, write_random_causal_checkpoint, write_random_vae
-    ckpt, vae, causal = str(tmp_path / "c.pth"), str(tmp_path / "vae.pth"), str(tmp_path / "causal")
-    write_random_causal_checkpoint(ckpt, tiny_causal_config(16, class_tokens=2), seed=4)
-    write_random_vae(vae, seed=3)
-    export_bundle(ckpt, vae, causal, head_steps=(1,))
-    r = subprocess.run([sys.executable, "-m", "far_runtime.cli", "serve", causal, "--port", str(free_port())],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and "does not serve FAR-Causal bundles" in r.stderr and "Traceback" not in r.stderr
     for args, msg in ((["--max-batch", "9"], "--max-batch must be in 1..8"),
                       (["--replicas", "0"], "--replicas must be at least 1"),
                       (["--port", "70000"], "--port must be in 1..65535")):

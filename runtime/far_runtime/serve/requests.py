@@ -151,7 +151,9 @@ class RequestChecker:
             self.pipe.check_labels([label])
             # ``far-runtime generate``'s own check: the server refuses exactly what it refuses.
             check_sampling(K, O, cfg, temperature, seed, check_o=self.pipe.model["head_kind"] == "shortcut")
-            self.pipe.head_mode(O)
+            # The pipeline's own plan for this request alone: a head graph for O, and the
+            # variant's K rule (FAR-Causal: K is L), refused as ``generate`` refuses them.
+            self.pipe.plan(1, K, O, cfg)
         except RequestError:
             raise
         except FarError as e:
