@@ -1,44 +1,26 @@
 """far-runtime serve on Ray Serve: a real server on a free loopback port, concurrent requests
 checked against direct runtime calls with the same seeds, the 400s, the 503 of a full queue,
 and a shutdown that leaves no process behind. The grouping, randomness and request checks
-are plain functions, tested without Ray."""
+are plain functions, tested without Ray. FAR-Causal: tests/test_serve_causal.py; the server
+helpers both use: tests/serve_helpers.py."""
 import io
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import threading
-import time
-import zlib
 
 import numpy as np
 import pytest
+from serve_helpers import (Server, assert_batched_equal_direct, assert_png_is_generate, concurrently,
+                           free_port)
 
+from far_runtime.defaults import CFG_SCHEDULES
 from far_runtime.pipeline import Pipeline
 from far_runtime.randomness import draw_randomness
 from far_runtime.serve.batching import group_by_settings, request_randomness, run_batch, stack_randomness
 from far_runtime.serve.client import FarClient, ServeError
 from far_runtime.serve.requests import GenerateRequest, RequestChecker, RequestError, parse_body, parse_output
-
-
-def read_png(data: bytes) -> np.ndarray:
-    """Our own encoder's PNGs (8-bit RGB, filter 0) back to [H, W, 3]."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, idat, (w, h) = 8, b"", (0, 0)
-    while pos < len(data):
-        n = int.from_bytes(data[pos:pos + 4], "big")
-        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + n]
-        if kind == b"IHDR":
-            w, h = int.from_bytes(body[:4], "big"), int.from_bytes(body[4:8], "big")
-        elif kind == b"IDAT":
-            idat += body
-        pos += 12 + n
-    rows = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(h, 1 + 3 * w)
-    assert (rows[:, 0] == 0).all()
-    return rows[:, 1:].reshape(h, w, 3)
 
 
 @pytest.fixture(scope="module")
@@ -120,17 +102,41 @@ def test_request_checks(pipe, body, msg):
 
 
 def test_request_defaults_are_the_generate_commands(pipe):
+    """The server reads far_runtime.defaults (no CLI import); they equal the click command's."""
     from far_runtime.cli import generate, resolve_k
-    d = {p.name: p.default for p in generate.params}
+    params = {p.name: p for p in generate.params}
+    d = {name: p.default for name, p in params.items()}
     r = RequestChecker(pipe).check({"class": 2}, parse_output({}))
     assert d["num_iter"] is None            # --K left out: the model's default (16 for FAR/MAR)
     assert (r.seed, r.K, r.O, r.cfg, r.cfg_schedule, r.temperature) == (
         d["seed"], resolve_k(None, pipe.model), d["head_steps"], d["cfg"], d["cfg_schedule"],
         d["temperature"]) and r.K == 16
+    assert tuple(params["cfg_schedule"].type.choices) == CFG_SCHEDULES
     assert parse_output({"format": "npy"}) == "npy" and parse_output({"latents": "1"}) == "latents"
     for q in ({"format": "jpg"}, {"latents": "yes"}, {"fmt": "png"}, {"latents": "1", "format": "png"}):
         with pytest.raises(RequestError):
             parse_output(q)
+
+
+def test_serve_modules_never_import_the_cli():
+    """Defaults are data (far_runtime.defaults): far_runtime.cli imports serve.commands, so a
+    serve module importing the CLI, even inside a function, would be an import cycle."""
+    import ast
+    import far_runtime.serve as pkg
+    folder = os.path.dirname(pkg.__file__)
+    for name in sorted(f for f in os.listdir(folder) if f.endswith(".py")):
+        with open(os.path.join(folder, name)) as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                mods = [("." * node.level) + (node.module or "")]
+                mods += [f"{mods[0]}.{a.name}" if node.module else f"{mods[0]}{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            else:
+                continue
+            assert not any(m in ("..cli", "far_runtime.cli") or m.startswith(("..cli.", "far_runtime.cli."))
+                           for m in mods), (name, mods)
 
 
 def test_mar_batches_equal_direct_runs(bundles):
@@ -159,91 +165,11 @@ def test_a_failing_group_fails_only_itself(pipe):
 
 # --- a real server -------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def session_processes(sid: int) -> list[int]:
-    """Live processes of one session (the server started its own): Ray's daemons and workers."""
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[3]) == sid and fields[0] != "Z":
-                out.append(int(d))
-    return out
-
-
-class Server:
-    def __init__(self, bundle, *args):
-        pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip install far-runtime[serve])")
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "far_runtime.cli", "serve", bundle, "--port", str(self.port), *args]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True)
-        self.client = FarClient(self.url, timeout=60)
-        deadline = time.monotonic() + 150
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"far-runtime serve exited with {self.proc.returncode}:\n{self.proc.stdout.read()}")
-            try:
-                if self.client.healthz()["status"] == "ok":
-                    return
-            except Exception:     # noqa: BLE001 - not up yet
-                time.sleep(0.5)
-        self.stop()
-        pytest.fail("far-runtime serve did not become healthy within 150 s")
-
-    def stop(self) -> tuple[int, str, list]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(90)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        left = []
-        for _ in range(20):                    # Ray's daemons exit right after the driver
-            left = session_processes(self.proc.pid)
-            if not left:
-                break
-            time.sleep(0.5)
-        for pid in left:
-            os.kill(pid, signal.SIGKILL)
-        return self.proc.returncode, self.proc.stdout.read(), left
-
-
 @pytest.fixture(scope="module")
 def server(fused_only):
     s = Server(fused_only, "--max-batch", "4", "--batch-wait-ms", "100", "--max-queued", "8", "--threads", "1")
     yield s
     s.stop()
-
-
-def concurrently(fn, args):
-    """``fn(*a)`` for every ``a`` at once, each from its own thread, started together."""
-    barrier = threading.Barrier(len(args))
-    out = [None] * len(args)
-
-    def run(i):
-        barrier.wait()
-        try:
-            out[i] = fn(*args[i])
-        except ServeError as e:
-            out[i] = e
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(args))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    return out
 
 
 def test_healthz_and_info(server, fused_only):
@@ -258,29 +184,11 @@ def test_concurrent_requests_equal_direct_runs(server, pipe):
     """Batched requests (two settings mixed in one burst) give each request's own latents and image."""
     jobs = [(s % 10, dict(seed=s, K=4, O=2, cfg=3.0)) for s in range(6)]
     jobs += [(s % 10, dict(seed=s, K=8, O=8, cfg=1.0, cfg_schedule="constant", temperature=0.7)) for s in (2, 7)]
-    before = server.client.info()["serve"]
-    lat = concurrently(lambda c, kw: server.client.generate(c, output="latents", **kw), jobs)
-    imgs = concurrently(lambda c, kw: server.client.generate(c, output="npy", **kw), jobs)
-    after = server.client.info()["serve"]
-    assert after["largest_batch"] >= 2, "no two requests were batched together"
-    assert after["batches"] - before["batches"] < 2 * len(jobs)
-    for (c, kw), latents, image in zip(jobs, lat, imgs):
-        alone = pipe.generate_tokens([c], **kw)[0]      # seed s alone = draw_randomness(s, 1, ...)
-        # ONNX Runtime CPU computes each row the same whatever the batch: bitwise (README says so)
-        assert latents.shape == alone.shape and np.array_equal(latents, alone)
-        direct = pipe.generate([c], **kw)[0]
-        assert image.dtype == np.uint8 and np.array_equal(image, direct)
+    assert_batched_equal_direct(server, pipe, jobs)
 
 
 def test_png_defaults_equal_the_generate_command(server, fused_only, tmp_path):
-    """{"class": 3, "seed": 5} is `far-runtime generate --num 1 --class 3 --seed 5`, pixel for pixel."""
-    png = server.client.generate(3, seed=5)
-    out = tmp_path / "grid.png"
-    subprocess.run([sys.executable, "-m", "far_runtime.cli", "generate", fused_only, "--num", "1", "--class", "3",
-                    "--seed", "5", "--threads", "1", "--out", str(out)], check=True, capture_output=True)
-    served, grid = read_png(png), read_png(out.read_bytes())
-    h, w, _ = served.shape
-    assert np.array_equal(served, grid[2:2 + h, 2:2 + w])          # grid() pads one image by 2 px
+    assert_png_is_generate(server, fused_only, tmp_path / "grid.png", 3, 5)
 
 
 @pytest.mark.parametrize("query, body, msg", [
@@ -372,17 +280,8 @@ def test_mar_bundle_through_the_server(bundles):
         s.stop()
 
 
-def test_serve_refuses_bad_options_before_starting_ray(fused_only, tmp_path):
+def test_serve_refuses_bad_options_before_starting_ray(fused_only):
     pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip install far-runtime[serve])")
-    from far_export.export.bundle import export_bundle
-    from far_export.synthetic import tiny_causal_config, write_random_causal_checkpoint, write_random_vae
-    ckpt, vae, causal = str(tmp_path / "c.pth"), str(tmp_path / "vae.pth"), str(tmp_path / "causal")
-    write_random_causal_checkpoint(ckpt, tiny_causal_config(16, class_tokens=2), seed=4)
-    write_random_vae(vae, seed=3)
-    export_bundle(ckpt, vae, causal, head_steps=(1,))
-    r = subprocess.run([sys.executable, "-m", "far_runtime.cli", "serve", causal, "--port", str(free_port())],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and "does not serve FAR-Causal bundles" in r.stderr and "Traceback" not in r.stderr
     for args, msg in ((["--max-batch", "9"], "--max-batch must be in 1..8"),
                       (["--replicas", "0"], "--replicas must be at least 1"),
                       (["--port", "70000"], "--port must be in 1..65535")):

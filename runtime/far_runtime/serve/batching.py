@@ -6,8 +6,10 @@ groups that share (K, O, cfg, schedule, temperature), since one ``generate_token
 runs one setting. Inside a group each request keeps its own seed: its ``Randomness`` is
 ``draw_randomness(seed, 1, ...)``, exactly what ``far-runtime generate --num 1 --seed s``
 draws, and the group's batch randomness is those rows stacked. Sampling treats rows
-independently (``mask_len`` depends only on K), so a request's latents do not depend on
-its batch-mates.
+independently (FAR/MAR: ``mask_len`` depends only on K; FAR-Causal: every row predicts
+position i at step i, over its own KV cache rows), so a request's latents do not depend on
+its batch-mates. FAR-Causal uses only the noise (raster order, no step noise); drawing the
+orders anyway keeps its noise the one ``far-runtime generate`` draws for the same seed.
 """
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """The Ray Serve deployment: one replica = one loaded Pipeline behind Ray Serve's HTTP proxy.
 
+Any bundle ``Pipeline.load`` loads: FAR, MAR and FAR-Causal (whose K is L; see ``batching``).
+
 Routes (Ray's proxy forwards every path under ``/`` to ``__call__``):
 
     POST /generate   JSON {"class": 3, "seed": 7, ...} -> image/png (?format=npy, ?latents=1)
@@ -154,11 +156,6 @@ def build_app(bundle: str, max_batch: int | None = None, batch_wait_ms: float = 
     from ..bundle import load_bundle
     bundle = os.path.abspath(bundle)
     loaded = load_bundle(bundle)
-    if loaded.model.get("kind") == "causal":
-        # The batcher draws MAR-order randomness and checks K against 1..256; FAR-Causal runs
-        # K = L in raster order with its own KV-cache loop, which this server does not batch.
-        raise FarError("far-runtime serve does not serve FAR-Causal bundles yet; "
-                       "use far-runtime generate for them.")
     bundle_max = loaded.manifest["max_batch"]
     max_batch = bundle_max if max_batch is None else max_batch
     if type(max_batch) is not int or not 1 <= max_batch <= bundle_max:

@@ -2,8 +2,10 @@
 
 Every check a request can fail happens here, in the replica's request handler, before the
 request joins a batch: so a bad request gets its own HTTP 400 and never fails the requests
-it would have been batched with. The defaults are the ``far-runtime generate`` command's
-option defaults, read from the command itself, so the server and the CLI cannot drift.
+it would have been batched with. A request's defaults are ``far-runtime generate``'s, read
+from ``far_runtime.defaults`` (data: no library module imports the CLI to learn them;
+tests/test_serve.py checks they equal the command's option defaults). K's default is the
+model's (``default_k``): 16 for FAR/MAR, L for FAR-Causal, whose only valid K is L.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import json
 import math
 from dataclasses import dataclass
 
+from ..defaults import CFG_SCHEDULES, SAMPLING, default_k
 from ..errors import FarError
 from ..options import check_sampling
 
@@ -20,10 +23,8 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_SEED = 2 ** 64 - 1
 OUTPUTS = ("png", "npy", "latents")
 
-# JSON key -> the ``generate`` command's parameter whose default it takes.
-CLI_PARAMS = {"seed": "seed", "K": "num_iter", "O": "head_steps", "cfg": "cfg",
-              "cfg_schedule": "cfg_schedule", "temperature": "temperature"}
-KEYS = ("class", *CLI_PARAMS)
+SETTINGS = ("seed", "K", "O", "cfg", "cfg_schedule", "temperature")   # every key but "class"
+KEYS = ("class", *SETTINGS)
 
 
 class RequestError(FarError):
@@ -47,13 +48,9 @@ class GenerateRequest:
         return (self.K, self.O, self.cfg, self.cfg_schedule, self.temperature)
 
 
-def cli_defaults() -> dict:
-    """``far-runtime generate``'s option defaults, by JSON key, and its schedule choices."""
-    from ..cli import generate
-    params = {p.name: p for p in generate.params}
-    defaults = {key: params[name].default for key, name in CLI_PARAMS.items()}
-    defaults["cfg_schedule_choices"] = tuple(params["cfg_schedule"].type.choices)
-    return defaults
+def request_defaults(model: dict) -> dict:
+    """What a request left out takes, by JSON key: ``far-runtime generate``'s defaults for ``model``."""
+    return {**{key: SAMPLING[key] for key in SETTINGS if key != "K"}, "K": default_k(model)}
 
 
 def _reject_constant(name: str):
@@ -127,12 +124,9 @@ def parse_output(query: dict) -> str:
 class RequestChecker:
     """Checks requests against one loaded pipeline: its classes, head graphs and K range."""
 
-    def __init__(self, pipe, defaults: dict | None = None):
+    def __init__(self, pipe):
         self.pipe = pipe
-        self.defaults = dict(defaults or cli_defaults())
-        if self.defaults.get("K") is None:        # generate's --K left out: the model's own default
-            from ..cli import resolve_k
-            self.defaults["K"] = resolve_k(None, pipe.model)
+        self.defaults = request_defaults(pipe.model)
 
     def check(self, obj: dict, output: str = "png") -> GenerateRequest:
         unknown = sorted(set(obj) - set(KEYS))
@@ -140,7 +134,7 @@ class RequestChecker:
             raise RequestError(f"Unknown key '{unknown[0]}'; a request may hold {', '.join(KEYS)}.")
         if "class" not in obj:
             raise RequestError("The request has no 'class'; send e.g. {\"class\": 3}.")
-        body = {**{k: v for k, v in self.defaults.items() if k in CLI_PARAMS}, **obj}
+        body = {**self.defaults, **obj}
         label = _int(body, "class")
         seed = _int(body, "seed")
         if not 0 <= seed <= MAX_SEED:
@@ -148,16 +142,18 @@ class RequestChecker:
         K, O = _int(body, "K"), _int(body, "O")
         cfg, temperature = _float(body, "cfg"), _float(body, "temperature")
         schedule = body["cfg_schedule"]
-        choices = self.defaults["cfg_schedule_choices"]
-        if not isinstance(schedule, str) or schedule not in choices:
-            raise RequestError(f"'cfg_schedule' must be one of {', '.join(choices)}, got {json.dumps(schedule)}.")
+        if not isinstance(schedule, str) or schedule not in CFG_SCHEDULES:
+            raise RequestError(f"'cfg_schedule' must be one of {', '.join(CFG_SCHEDULES)}, "
+                               f"got {json.dumps(schedule)}.")
         if temperature < 0:
             raise RequestError(f"'temperature' must be at least 0, got {temperature}.")
         try:
             self.pipe.check_labels([label])
             # ``far-runtime generate``'s own check: the server refuses exactly what it refuses.
             check_sampling(K, O, cfg, temperature, seed, check_o=self.pipe.model["head_kind"] == "shortcut")
-            self.pipe.head_mode(O)
+            # The pipeline's own plan for this request alone: a head graph for O, and the
+            # variant's K rule (FAR-Causal: K is L), refused as ``generate`` refuses them.
+            self.pipe.plan(1, K, O, cfg)
         except RequestError:
             raise
         except FarError as e:
