@@ -2,7 +2,7 @@
 documentation read them from (no library module imports a CLI to learn a default).
 
 ``K`` depends on the variant: FAR and MAR iterate ``DEFAULT_K`` times; FAR-Causal predicts
-one token per step, so its only K is its sequence length L (``default_k(model)``).
+one token per step, so its only K is its sequence length L (``variant.default_k(model)``).
 ``far-export sample`` (the PyTorch reference) draws fewer images without guidance by default:
 ``REFERENCE``.
 """
@@ -27,7 +27,3 @@ HEAD_MODES = ("auto", "fused", "step")
 #: ``far-export sample``: the reference alone
 REFERENCE = {**SAMPLING, "num": 4, "cfg": 1.0}
 
-
-def default_k(model: dict) -> int:
-    """K when none is given: ``DEFAULT_K`` for FAR/MAR, L for FAR-Causal (``kind`` ``causal``)."""
-    return model["seq_len"] if model.get("kind") == "causal" else DEFAULT_K

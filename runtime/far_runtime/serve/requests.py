@@ -5,7 +5,7 @@ request joins a batch: so a bad request gets its own HTTP 400 and never fails th
 it would have been batched with. A request's defaults are ``far-runtime generate``'s, read
 from ``far_runtime.defaults`` (data: no library module imports the CLI to learn them;
 tests/test_serve.py checks they equal the command's option defaults). K's default is the
-model's (``default_k``): 16 for FAR/MAR, L for FAR-Causal, whose only valid K is L.
+model's variant's (``variant.default_k``): 16 for FAR/MAR, L for FAR-Causal, whose only valid K is L.
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import json
 import math
 from dataclasses import dataclass
 
-from ..defaults import CFG_SCHEDULES, SAMPLING, default_k
+from ..defaults import CFG_SCHEDULES, SAMPLING
+from ..variants import variant_for
 from ..errors import FarError
 from ..options import check_sampling
 
@@ -50,7 +51,7 @@ class GenerateRequest:
 
 def request_defaults(model: dict) -> dict:
     """What a request left out takes, by JSON key: ``far-runtime generate``'s defaults for ``model``."""
-    return {**{key: SAMPLING[key] for key in SETTINGS if key != "K"}, "K": default_k(model)}
+    return {**{key: SAMPLING[key] for key in SETTINGS if key != "K"}, "K": variant_for(model).default_k(model)}
 
 
 def _reject_constant(name: str):
