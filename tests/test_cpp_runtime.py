@@ -318,18 +318,21 @@ def test_a_bundle_without_spec_entries_still_runs(cpp_build, bundles, tmp_path, 
         cc.close()
 
 
-def test_non_rgb_decoder_and_causal_bundles_are_refused(cpp_build, bundles, tmp_path):
+def test_non_rgb_decoder_and_half_causal_models_are_refused(cpp_build, bundles, tmp_path):
     d = edited_copy(bundles["far"], tmp_path / "c1", lambda m: m["model"].update(image_channels=1))
     with pytest.raises(CError) as e:
         CRuntime(cpp_build["lib"], d)
     assert e.value.code == 2 and e.value.message == (
         f"{d}/manifest.json is not a usable bundle manifest: model.image_channels is 1, but the vae_decoder's images "
         "are written as RGB, which needs 3; rebuild the bundle.")
+    # A FAR model entry that claims kind "causal" lacks the causal fields: Python's sentence.
     d = edited_copy(bundles["far"], tmp_path / "c2", lambda m: m["model"].update(kind="causal"))
     with pytest.raises(CError) as e:
         CRuntime(cpp_build["lib"], d)
-    assert e.value.code == 2 and e.value.message == (
-        f"{d} is a FAR-Causal bundle, which the C++ runtime does not run yet; use far_runtime.")
+    with pytest.raises(FarError) as py:
+        load_bundle(d)
+    assert e.value.code == 2 and e.value.message == str(py.value)
+    assert "model.class_tokens is None, not an integer >= 1" in e.value.message
 
 
 def test_sessions_run_the_bytes_that_were_hashed(cpp_build, bundles, tmp_path):

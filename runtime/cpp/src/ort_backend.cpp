@@ -8,9 +8,12 @@
 namespace far {
 namespace {
 
-// Which shared buffer feeds (or receives) each tensor of each graph. Iterations that share
-// a shape share buffers; the backbone's z is the head's z without a copy.
-std::string role(const std::string& graph, const std::string& tensor) {
+// Which shared buffer feeds (or receives) each tensor of each call. Iterations that share
+// a shape share buffers; the backbone's (or causal step's) z is the head's z without a copy.
+// FAR-Causal's cache ping-pongs between two buffers: the prefill writes A, slot 1 reads A
+// and writes B, slot 0 reads B and writes A (token i runs slot i % 2), so it never moves.
+std::string role(const Call& call, const std::string& tensor) {
+    const std::string& graph = call.graph;
     if (graph == "backbone") {
         if (tensor == "tokens") return "state";
         if (tensor == "labels") return "labels";
@@ -29,6 +32,17 @@ std::string role(const std::string& graph, const std::string& tensor) {
         if (tensor == "z") return "z";
         if (tensor == "v") return "v";
         if (tensor == "out") return "eps_var";
+    } else if (graph == "causal_prefill") {
+        if (tensor == "labels") return "labels";
+        if (tensor == "z") return "z";
+        if (tensor == "cache") return "cache_a";
+    } else if (graph == "causal_step") {
+        const bool odd = call.dim("slot") == 1;
+        if (tensor == "token") return "token";
+        if (tensor == "pos") return "pos";
+        if (tensor == "z") return "z";
+        if (tensor == "cache") return odd ? "cache_a" : "cache_b";
+        if (tensor == "cache_out") return odd ? "cache_b" : "cache_a";
     } else if (graph == "vae_decoder") {
         if (tensor == "tokens") return "vae_in";
         if (tensor == "image") return "image";
@@ -211,7 +225,7 @@ Entry& Workspace::entry(const Call& call) {
             shape.push_back(v);
             count *= static_cast<size_t>(v);
         }
-        const std::string r = role(call.graph, t.name);
+        const std::string r = role(call, t.name);
         Ort::Value value{nullptr};
         if (t.dtype == "float32") {
             float* p = floats(r, count);
@@ -234,8 +248,8 @@ Entry& Workspace::entry(const Call& call) {
     return *(entries_[key] = std::move(e));
 }
 
-void Workspace::prepare(const ShapePlan& plan) {
-    for (const Call& c : plan.distinct()) entry(c);
+void Workspace::prepare(const std::vector<Call>& calls) {
+    for (const Call& c : calls) entry(c);
 }
 
 double Workspace::run(const Call& call) {
