@@ -6,43 +6,18 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import threading
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
+from cpp_helpers import cpp_build, edited_copy, far_generate, python_generate  # noqa: F401 (cpp_build: a fixture)
+from far_cpp import CError, CRuntime, draw_randomness as c_draw_randomness
 from far_runtime.backends import OrtBackend
 from far_runtime.bundle import load_bundle
-from far_runtime.cli import main as runtime_cli
 from far_runtime.errors import FarError
 from far_runtime.pipeline import Pipeline
 from far_runtime.randomness import draw_randomness
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CPP = os.path.join(ROOT, "runtime", "cpp")
-sys.path.insert(0, CPP)
-from far_cpp import CError, CRuntime, draw_randomness as c_draw_randomness, load_library  # noqa: E402
-
-
-# --- the build and a ctypes view of far_runtime.h ------------------------------------------
-
-@pytest.fixture(scope="session")
-def cpp_build():
-    """Build runtime/cpp once (bash runtime/cpp/build.sh; incremental, so a second run reuses it)."""
-    missing = [t for t in ("cmake", "c++") if shutil.which(t) is None]
-    if missing:
-        pytest.skip(f"the C++ runtime needs {' and '.join(missing)}, which this machine lacks")
-    env = dict(os.environ, PYTHON=sys.executable)
-    res = subprocess.run(["bash", os.path.join(CPP, "build.sh")], env=env, capture_output=True, text=True)
-    if res.returncode == 3:                 # fetch_onnxruntime.sh: no npm, or its registry unreachable
-        pytest.skip("the ONNX Runtime C/C++ headers cannot be fetched here: " + res.stderr.strip().splitlines()[-1])
-    assert res.returncode == 0, res.stderr[-4000:]
-    exe = res.stdout.strip().splitlines()[-1]
-    assert os.path.isfile(exe), exe
-    build = os.path.dirname(exe)
-    return {"exe": exe, "dir": build, "lib": load_library(os.path.join(build, "libfar_runtime.so"))}
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +42,6 @@ def py_far(bundles):
 @pytest.fixture(scope="module")
 def py_mar(bundles):
     return Pipeline.load(bundles["mar"], threads=1)
-
-
-def far_generate(cpp_build, *args):
-    return subprocess.run([cpp_build["exe"], *map(str, args)], capture_output=True, text=True)
-
-
-def python_generate(*args):
-    return CliRunner().invoke(runtime_cli, ["generate", *map(str, args)])
 
 
 # --- randomness ------------------------------------------------------------------------------
@@ -205,15 +172,6 @@ def tampered_copy(src, dst):
         byte = f.read(1)
         f.seek(100)
         f.write(bytes([byte[0] ^ 1]))
-    return str(dst)
-
-
-def edited_copy(src, dst, edit):
-    """A copy of a bundle whose manifest.json went through edit(manifest) (no hash covers it)."""
-    shutil.copytree(src, dst)
-    m = json.loads((dst / "manifest.json").read_text())
-    edit(m)
-    (dst / "manifest.json").write_text(json.dumps(m))
     return str(dst)
 
 
