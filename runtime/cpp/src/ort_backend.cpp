@@ -1,5 +1,8 @@
 #include "ort_backend.h"
 
+#include <sched.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 
@@ -56,6 +59,15 @@ std::string ort_provider_name(const std::string& p) {
     if (p == "cuda") return "CUDAExecutionProvider";
     if (p == "tensorrt") return "TensorrtExecutionProvider";
     throw Error(Code::Input, "Execution provider must be 'cpu', 'cuda' or 'tensorrt', got " + py_repr(p) + ".");
+}
+
+// The cores this process may run on (its affinity mask, not the machine's count).
+int usable_cores() {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) return CPU_COUNT(&set);
+    const long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? static_cast<int>(n) : 1;
 }
 
 std::string join(const std::vector<std::string>& v) {
@@ -115,6 +127,13 @@ Ort::SessionOptions OrtBackend::session_options(const std::string& graph) const 
     if (options_.threads > 0) {
         so.SetIntraOpNumThreads(options_.threads);
         so.SetInterOpNumThreads(1);
+    }
+    // backends.py's rule: when every usable core is an intra-op worker, a spinning worker takes
+    // the core the calling thread needs, so workers do not spin.
+    const int cores = usable_cores();
+    if (cores > 1 && (options_.threads == 0 || options_.threads >= cores)) {
+        so.AddConfigEntry("session.intra_op.allow_spinning", "0");
+        so.AddConfigEntry("session.inter_op.allow_spinning", "0");
     }
     const OrtApi& api = Ort::GetApi();
     const std::string device = std::to_string(options_.device_id);
