@@ -2,7 +2,7 @@
 
     lib = load_library("runtime/cpp/build/libfar_runtime.so")
     rt = CRuntime(lib, "graphs/demo")
-    tokens = rt.tokens([1, 2], K=16, O=8, cfg=3.0, seed=0)      # float32 [B, L, C]
+    tokens = rt.tokens([1, 2], K=16, O=8, cfg=3.0, seed=0)      # float32 [B, L, C]; K=0: the model's default
 """
 import ctypes
 
@@ -63,7 +63,7 @@ class CRuntime:
         self.info = ModelInfo()
         assert lib.far_model(self.handle, ctypes.byref(self.info)) == 0
 
-    def options(self, K=16, O=8, cfg=1.0, seed=0, temperature=1.0, head="auto", schedule="linear"):
+    def options(self, K=0, O=8, cfg=1.0, seed=0, temperature=1.0, head="auto", schedule="linear"):
         o = SampleOptions()
         self.lib.far_sample_options_default(ctypes.byref(o))
         o.K, o.O, o.cfg, o.seed, o.temperature = K, O, cfg, seed, temperature

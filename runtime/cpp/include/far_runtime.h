@@ -2,8 +2,9 @@
  *
  * Loads a far-export bundle (the folder `far-export build` writes: manifest.json plus ONNX
  * graphs), checks it (sha256 of every file, every path inside the folder), and runs the
- * same K x O sampling loop as the Python runtime `far_runtime`: the same seed gives the
- * same randomness bit for bit and the same images.
+ * same sampling loop as the Python runtime `far_runtime` (FAR and MAR: K iterations over a
+ * random order; FAR-Causal: one token per step over a KV cache, so K is its L): the same
+ * seed gives the same randomness bit for bit and the same images.
  *
  * Every function returns FAR_OK (0) or an error code; the one-sentence message of the
  * last error on the calling thread is far_last_error(). No C++ exception crosses this
@@ -33,6 +34,9 @@ enum far_status {
 
 typedef struct far_runtime far_runtime;
 
+/* far_sample_options.K: the model's own default (FAR/MAR 16; FAR-Causal L, one token per step). */
+#define FAR_K_DEFAULT 0
+
 typedef struct far_load_options {
     const char* provider;    /* "cpu" (default when NULL), "cuda" or "tensorrt" */
     int device_id;           /* GPU ordinal for cuda / tensorrt */
@@ -42,7 +46,8 @@ typedef struct far_load_options {
 } far_load_options;
 
 typedef struct far_sample_options {
-    int K;                   /* autoregressive iterations, 1..256 (default 16) */
+    int K;                   /* autoregressive iterations, 1..256, or FAR_K_DEFAULT (the default):
+                                16 for FAR/MAR, L (seq_len, the only valid K) for FAR-Causal */
     int O;                   /* shortcut head steps, a power of two (default 8) */
     double cfg;              /* classifier-free guidance scale; 1.0 = off (default 1.0) */
     const char* cfg_schedule; /* "linear" (default) or "constant" */

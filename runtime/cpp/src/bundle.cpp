@@ -86,6 +86,31 @@ std::string read_manifest(const std::string& mpath) {
     return text;
 }
 
+// bundle.py's check_model_kind: model.kind absent (or null: FAR/MAR) or "causal", whose
+// cache shapes must fit together; the same sentences in the same order.
+void check_model_kind(const Json& model, ModelInfo& mi, const std::string& mpath) {
+    const Json* kind = model.find("kind");
+    if (!kind || kind->is_null()) return;
+    if (!kind->is_string() || kind->str() != "causal")
+        bad(mpath, "model.kind is " + kind->repr() + ", not 'causal' (or absent for FAR/MAR)");
+    mi.kind = kind->str();
+    mi.class_tokens = get_int(model, "class_tokens", 1, mpath, "model.");
+    mi.context = get_int(model, "context", 1, mpath, "model.");
+    mi.depth = get_int(model, "depth", 1, mpath, "model.");
+    mi.heads = get_int(model, "heads", 1, mpath, "model.");
+    mi.head_dim = get_int(model, "head_dim", 1, mpath, "model.");
+    const long long context = static_cast<long long>(mi.class_tokens) + mi.seq_len - 1;
+    if (mi.context != context)
+        bad(mpath, "model.context is " + std::to_string(mi.context) + ", not class_tokens + seq_len - 1 = " +
+                       std::to_string(context));
+    const long long heads_x_dim = static_cast<long long>(mi.heads) * mi.head_dim;
+    if (heads_x_dim != mi.cond_dim)
+        bad(mpath, "model.heads x model.head_dim is " + std::to_string(heads_x_dim) + ", not model.cond_dim " +
+                       std::to_string(mi.cond_dim));
+    if (mi.head_kind != "shortcut")
+        bad(mpath, "a causal model has head_kind " + py_repr(mi.head_kind) + ", not 'shortcut'");
+}
+
 }  // namespace
 
 std::string path_join(const std::string& a, const std::string& b) {
@@ -255,9 +280,6 @@ Bundle load_bundle(const std::string& root, bool check_hashes) {
     const Json* model = m.find("model");
     if (!model || !model->is_object()) bad(mpath, "it has no 'model' object");
     ModelInfo& mi = b.model;
-    const Json* mkind = model->find("kind");
-    if (mkind && mkind->is_string() && mkind->str() == "causal")
-        throw Error(Code::Bundle, root + " is a FAR-Causal bundle, which the C++ runtime does not run yet; use far_runtime.");
     mi.seq_len = get_int(*model, "seq_len", 1, mpath, "model.");
     mi.token_dim = get_int(*model, "token_dim", 1, mpath, "model.");
     mi.cond_dim = get_int(*model, "cond_dim", 1, mpath, "model.");
@@ -274,6 +296,7 @@ Bundle load_bundle(const std::string& root, bool check_hashes) {
         if (!rs->is_string()) bad(mpath, "model.timestep_respacing is not a string");
         mi.timestep_respacing = rs->str();
     }
+    check_model_kind(*model, mi, mpath);
     const Json* mb = m.find("max_batch");
     if (!mb || !mb->is_integer() || mb->number() < 1 || mb->number() > kMaxBatchLimit)
         bad(mpath, "max_batch is " + (mb ? mb->repr() : std::string("None")) + ", not an integer in 1.." +

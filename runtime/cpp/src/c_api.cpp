@@ -74,7 +74,7 @@ void far_load_options_default(far_load_options* o) {
 
 void far_sample_options_default(far_sample_options* o) {
     if (!o) return;
-    o->K = 16;
+    o->K = FAR_K_DEFAULT;
     o->O = 8;
     o->cfg = 1.0;
     o->cfg_schedule = "linear";

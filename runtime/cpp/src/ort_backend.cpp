@@ -1,5 +1,8 @@
 #include "ort_backend.h"
 
+#include <sched.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 
@@ -8,9 +11,12 @@
 namespace far {
 namespace {
 
-// Which shared buffer feeds (or receives) each tensor of each graph. Iterations that share
-// a shape share buffers; the backbone's z is the head's z without a copy.
-std::string role(const std::string& graph, const std::string& tensor) {
+// Which shared buffer feeds (or receives) each tensor of each call. Iterations that share
+// a shape share buffers; the backbone's (or causal step's) z is the head's z without a copy.
+// FAR-Causal's cache ping-pongs between two buffers: the prefill writes A, slot 1 reads A
+// and writes B, slot 0 reads B and writes A (token i runs slot i % 2), so it never moves.
+std::string role(const Call& call, const std::string& tensor) {
+    const std::string& graph = call.graph;
     if (graph == "backbone") {
         if (tensor == "tokens") return "state";
         if (tensor == "labels") return "labels";
@@ -29,6 +35,17 @@ std::string role(const std::string& graph, const std::string& tensor) {
         if (tensor == "z") return "z";
         if (tensor == "v") return "v";
         if (tensor == "out") return "eps_var";
+    } else if (graph == "causal_prefill") {
+        if (tensor == "labels") return "labels";
+        if (tensor == "z") return "z";
+        if (tensor == "cache") return "cache_a";
+    } else if (graph == "causal_step") {
+        const bool odd = call.dim("slot") == 1;
+        if (tensor == "token") return "token";
+        if (tensor == "pos") return "pos";
+        if (tensor == "z") return "z";
+        if (tensor == "cache") return odd ? "cache_a" : "cache_b";
+        if (tensor == "cache_out") return odd ? "cache_b" : "cache_a";
     } else if (graph == "vae_decoder") {
         if (tensor == "tokens") return "vae_in";
         if (tensor == "image") return "image";
@@ -42,6 +59,15 @@ std::string ort_provider_name(const std::string& p) {
     if (p == "cuda") return "CUDAExecutionProvider";
     if (p == "tensorrt") return "TensorrtExecutionProvider";
     throw Error(Code::Input, "Execution provider must be 'cpu', 'cuda' or 'tensorrt', got " + py_repr(p) + ".");
+}
+
+// The cores this process may run on (its affinity mask, not the machine's count).
+int usable_cores() {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) return CPU_COUNT(&set);
+    const long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? static_cast<int>(n) : 1;
 }
 
 std::string join(const std::vector<std::string>& v) {
@@ -101,6 +127,13 @@ Ort::SessionOptions OrtBackend::session_options(const std::string& graph) const 
     if (options_.threads > 0) {
         so.SetIntraOpNumThreads(options_.threads);
         so.SetInterOpNumThreads(1);
+    }
+    // backends.py's rule: when every usable core is an intra-op worker, a spinning worker takes
+    // the core the calling thread needs, so workers do not spin.
+    const int cores = usable_cores();
+    if (cores > 1 && (options_.threads == 0 || options_.threads >= cores)) {
+        so.AddConfigEntry("session.intra_op.allow_spinning", "0");
+        so.AddConfigEntry("session.inter_op.allow_spinning", "0");
     }
     const OrtApi& api = Ort::GetApi();
     const std::string device = std::to_string(options_.device_id);
@@ -211,7 +244,7 @@ Entry& Workspace::entry(const Call& call) {
             shape.push_back(v);
             count *= static_cast<size_t>(v);
         }
-        const std::string r = role(call.graph, t.name);
+        const std::string r = role(call, t.name);
         Ort::Value value{nullptr};
         if (t.dtype == "float32") {
             float* p = floats(r, count);
@@ -234,8 +267,8 @@ Entry& Workspace::entry(const Call& call) {
     return *(entries_[key] = std::move(e));
 }
 
-void Workspace::prepare(const ShapePlan& plan) {
-    for (const Call& c : plan.distinct()) entry(c);
+void Workspace::prepare(const std::vector<Call>& calls) {
+    for (const Call& c : calls) entry(c);
 }
 
 double Workspace::run(const Call& call) {

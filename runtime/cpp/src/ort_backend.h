@@ -68,7 +68,7 @@ class Workspace {
 public:
     explicit Workspace(OrtBackend& backend, const Bundle& bundle) : backend_(backend), bundle_(bundle) {}
     Entry& entry(const Call& call);                      // created (and bound) on first use
-    void prepare(const ShapePlan& plan);
+    void prepare(const std::vector<Call>& calls);       // bind every distinct call of a plan now
     // Run one call; returns the seconds spent inside ONNX Runtime.
     double run(const Call& call);
     float* floats(const std::string& key, size_t count);  // a stable shared buffer

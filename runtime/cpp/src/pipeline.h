@@ -1,5 +1,7 @@
-// The sampling loop (pipeline.py): SPEC's K iterations and O head steps over the bundle's
-// graphs, reading the same manifest and drawing the same randomness as the Python runtime.
+// The runtime around the sampling loop (pipeline.py): a bundle, its sessions, the checks of
+// every option, the run's randomness and the VAE decode; the loop itself is the model's
+// variant (variant.h: FAR/MAR's masked loop or FAR-Causal's cached loop), reading the same
+// manifest and drawing the same randomness as the Python runtime.
 //
 // Thread safety: one Runtime may be used from several threads at once. Sessions are
 // shared; every buffer and IoBinding lives in a workspace taken from a pool for the
@@ -14,28 +16,11 @@
 #include <vector>
 
 #include "bundle.h"
-#include "ddpm.h"
 #include "ort_backend.h"
-#include "plan.h"
 #include "random.h"
+#include "variant.h"
 
 namespace far {
-
-struct SampleOptions {
-    int K = 16;
-    int O = 8;
-    double cfg = 1.0;
-    std::string cfg_schedule = "linear";
-    double temperature = 1.0;
-    uint64_t seed = 0;
-    std::string head = "auto";        // auto, fused, step
-};
-
-struct RunStats {
-    double total_s = 0.0;             // the whole call
-    double ort_s = 0.0;               // inside ONNX Runtime's Run
-    int calls = 0;                    // graph calls
-};
 
 class Runtime {
 public:
@@ -45,13 +30,13 @@ public:
     const ModelInfo& model() const { return bundle_.model; }
 
     std::vector<int64_t> check_labels(const int64_t* labels, int batch) const;
-    std::string head_mode(int O, const std::string& head) const;
-    ShapePlan plan(int batch, const SampleOptions& o, bool use_cfg) const;
+    int default_k() const { return variant_->default_k(); }   // what K = 0 means: 16, or L for FAR-Causal
+    SampleOptions resolved(const SampleOptions& o) const;      // K = 0 replaced by default_k()
     void check(const int64_t* labels, int batch, const SampleOptions& o) const;   // every option error, no work
-    int diffusion_steps() const;                   // S of the randomness (0 for shortcut heads)
+    int diffusion_steps() const { return variant_->diffusion_steps(); }   // S of the randomness (0 for shortcut heads)
 
-    // Token latents [B, L, C] after K iterations. rnd: the run's randomness (drawn from
-    // o.seed when null). progress: called after each iteration with its index.
+    // Token latents [B, L, C] after the loop. rnd: the run's randomness (drawn from o.seed
+    // when null). progress: called after each iteration (FAR-Causal: each token) with its index.
     void generate_tokens(const int64_t* labels, int batch, const SampleOptions& o, const Randomness* rnd,
                          float* out_tokens, RunStats* stats = nullptr,
                          const std::function<void(int)>& progress = nullptr);
@@ -68,7 +53,7 @@ private:
 
     Bundle bundle_;
     OrtBackend backend_;
-    std::unique_ptr<DDPMSchedule> ddpm_;
+    std::unique_ptr<Variant> variant_;
     std::mutex pool_mutex_;
     std::vector<std::unique_ptr<Workspace>> pool_;
 };

@@ -105,4 +105,51 @@ ShapePlan make_plan(int seq_len, bool diffusion, int batch, int num_iter, int he
     return p;
 }
 
+// --- FAR-Causal ---------------------------------------------------------------------------
+
+std::vector<Call> CausalPlan::distinct() const {
+    std::set<std::string> seen;
+    std::vector<Call> out;
+    for (const Call* c : {&prefill, &steps[0], &steps[1]})
+        if (seen.insert(c->key()).second) out.push_back(*c);
+    for (const Call& c : head)
+        if (seen.insert(c.key()).second) out.push_back(c);
+    return out;
+}
+
+void check_causal_k(long long k, int seq_len) {
+    if (k != 0 && k != seq_len)
+        throw Error(Code::Input, "FAR-Causal predicts one token per step, so K is L = " + std::to_string(seq_len) +
+                                     " by construction; got K=" + std::to_string(k) + " (leave K out).");
+}
+
+void check_causal_batch(int batch, int max_batch) {
+    if (batch < 1 || batch > max_batch)
+        throw Error(Code::Input, "Batch size must be in 1.." + std::to_string(max_batch) + " (the bundle's max batch), got " +
+                                     std::to_string(batch) + ".");
+}
+
+double causal_cfg_at(int i, int seq_len, double cfg, const std::string& schedule) {
+    check_cfg_schedule(schedule);
+    if (schedule == "linear") return 1.0 + (cfg - 1.0) * (i + 1) / seq_len;   // Python's order: ((cfg-1)(i+1))/L
+    return cfg;
+}
+
+CausalPlan make_causal_plan(int seq_len, int batch, int head_steps, bool use_cfg, std::string head_mode, int max_batch) {
+    check_causal_batch(batch, max_batch);
+    CausalPlan p;
+    p.batch = batch;
+    p.rows = use_cfg ? 2 * batch : batch;
+    p.seq_len = seq_len;
+    p.head_steps = head_steps;
+    p.head_mode = std::move(head_mode);
+    p.prefill = make_call("causal_prefill", {{"batch", p.rows}});
+    for (int s = 0; s < 2; ++s) p.steps[s] = make_call("causal_step", {{"batch", p.rows}, {"slot", s}});
+    if (p.head_mode == "fused")
+        p.head = {make_call(fused_name(head_steps), {{"rows", batch}, {"zrows", p.rows}})};
+    else
+        p.head.assign(static_cast<size_t>(head_steps), make_call("head_step", {{"rows", p.rows}}));
+    return p;
+}
+
 }  // namespace far

@@ -1,5 +1,6 @@
-// The per-iteration shape schedule and the shape plan (schedule.py + plan.py): every graph
-// call of a generate and its dims, known before the loop starts.
+// The per-iteration shape schedule and the shape plans (schedule.py + plan.py, and
+// causal_schedule.py + CausalPlan): every graph call of a generate and its dims, known
+// before the loop starts.
 #pragma once
 
 #include <string>
@@ -49,5 +50,29 @@ Call make_call(const std::string& graph, std::vector<std::pair<std::string, int>
 // max_batch <= 0 means no limit.
 ShapePlan make_plan(int seq_len, bool diffusion, int batch, int num_iter, int head_steps, bool use_cfg,
                     std::string head_mode, int max_batch);
+
+// --- FAR-Causal: one token per step in raster order, so K = L -------------------------------
+
+// causal_pipeline.py's CausalPlan (mode "cache"): the prefill, then token i >= 1 runs
+// steps[i % 2] (the two slots of causal_step, each reading the cache the other wrote), and
+// every token runs the same head calls. Every step has the same shapes.
+struct CausalPlan {
+    int batch = 0, rows = 0, seq_len = 0, head_steps = 0;
+    std::string head_mode;      // "fused" or "step"
+    Call prefill;
+    Call steps[2];
+    std::vector<Call> head;     // the head calls of one token
+    std::vector<Call> distinct() const;
+};
+
+// K left out (0) or given as L; anything else is one sentence (CausalPipeline.check_k).
+void check_causal_k(long long k, int seq_len);
+// 1..max_batch, in causal_pipeline.py's sentence.
+void check_causal_batch(int batch, int max_batch);
+// The linear ramp 1 + (cfg - 1)(i + 1) / L, or cfg (causal_schedule.py's causal_cfg_at).
+double causal_cfg_at(int i, int seq_len, double cfg, const std::string& schedule);
+// Sequence position of token i - 1 when it is fed to produce z_i (i >= 1): P + i - 1.
+inline int step_position(int i, int class_tokens) { return class_tokens + i - 1; }
+CausalPlan make_causal_plan(int seq_len, int batch, int head_steps, bool use_cfg, std::string head_mode, int max_batch);
 
 }  // namespace far

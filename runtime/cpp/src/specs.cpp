@@ -32,6 +32,21 @@ std::map<std::string, GraphInfo> component_specs(const ModelInfo& m, const std::
                      t("z", "float32", {sym("rows"), num(D)})};
         hs.outputs = {t("out", "float32", {sym("rows"), num(2 * C)})};
     }
+    if (m.causal()) {   // causal_specs.py: the shared head and decoder graphs, no backbone
+        specs.erase("backbone");
+        const std::vector<Dim> cache = {num(m.depth), num(2), sym("batch"), num(m.heads), num(m.context), num(m.head_dim)};
+        const TensorDesc z = t("z", "float32", {sym("batch"), num(D)});
+        GraphInfo& prefill = specs["causal_prefill"];
+        prefill.inputs = {t("labels", "int64", {sym("batch")})};
+        prefill.outputs = {z, t("cache", "float32", cache)};
+        GraphInfo& step = specs["causal_step"];
+        step.inputs = {t("token", "float32", {sym("batch"), num(C)}), t("pos", "int64", {num(1)}),
+                       t("cache", "float32", cache)};
+        step.outputs = {z, t("cache_out", "float32", cache)};
+        GraphInfo& rec = specs["causal_recompute"];
+        rec.inputs = {t("tokens", "float32", {sym("batch"), sym("n_known"), num(C)}), t("labels", "int64", {sym("batch")})};
+        rec.outputs = {z};
+    }
     GraphInfo& vae = specs["vae_decoder"];
     vae.inputs = {t("tokens", "float32", {sym("batch"), num(L), num(C)})};
     vae.outputs = {t("image", "float32", {sym("batch"), num(m.image_channels), num(H), num(H)})};

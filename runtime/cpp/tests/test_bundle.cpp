@@ -116,6 +116,38 @@ TEST(Bundle, RefusesASpecThatDiffersFromTheModel) {
                                "the one its model entry implies; rebuild the bundle.");
 }
 
+TEST(Bundle, ChecksTheCausalModelEntryAsPythonDoes) {
+    const std::string d = temp_dir();
+    write(d + "/g.onnx", "graph bytes");
+    const std::string good = manifest("g.onnx", R"({"g.onnx": ")" + sha256_file(d + "/g.onnx") + "\"}");
+    const std::string anchor = R"("image_channels": 3)";
+    auto with = [&](const std::string& fields) {
+        std::string m = good;
+        m.replace(m.find(anchor), anchor.size(), anchor + ", " + fields);
+        write(d + "/manifest.json", m);
+        return error_of(d);
+    };
+    const std::string ok = R"("kind": "causal", "class_tokens": 2, "context": 17, "depth": 2, "heads": 2, "head_dim": 16)";
+    EXPECT_EQ(with(ok), "");
+    EXPECT_TRUE(load_bundle(d).model.causal());
+    EXPECT_EQ(load_bundle(d).model.context, 17);
+    EXPECT_EQ(with(R"("kind": null)"), "");            // null is absent: FAR/MAR
+    EXPECT_FALSE(load_bundle(d).model.causal());
+    const std::string pre = d + "/manifest.json is not a usable bundle manifest: ";
+    EXPECT_EQ(with(R"("kind": "gpt")"), pre + "model.kind is 'gpt', not 'causal' (or absent for FAR/MAR); rebuild the bundle.");
+    EXPECT_EQ(with(R"("kind": "causal")"), pre + "model.class_tokens is None, not an integer >= 1; rebuild the bundle.");
+    auto swapped = [&](const std::string& from, const std::string& to) {
+        std::string f = ok;
+        f.replace(f.find(from), from.size(), to);
+        return with(f);
+    };
+    EXPECT_EQ(swapped(R"("depth": 2)", R"("depth": true)"), pre + "model.depth is True, not an integer >= 1; rebuild the bundle.");
+    EXPECT_EQ(swapped(R"("context": 17)", R"("context": 18)"),
+              pre + "model.context is 18, not class_tokens + seq_len - 1 = 17; rebuild the bundle.");
+    EXPECT_EQ(swapped(R"("heads": 2)", R"("heads": 4)"),
+              pre + "model.heads x model.head_dim is 64, not model.cond_dim 32; rebuild the bundle.");
+}
+
 TEST(Json, IntegersAreWrittenAsIntegers) {
     const Json j = Json::parse(R"([16, 16.0, 1e3, -2])");
     EXPECT_TRUE(j.items()[0].is_integer());

@@ -71,6 +71,43 @@ TEST(Plan, CallsAndDistinctShapes) {
     }
 }
 
+TEST(CausalPlan, OneTokenPerStepOverTwoCacheSlots) {
+    const CausalPlan fused = make_causal_plan(16, 3, 2, true, "fused", 8);
+    EXPECT_EQ(fused.rows, 6);
+    EXPECT_EQ(fused.prefill.key(), "causal_prefill|batch=6");
+    EXPECT_EQ(fused.steps[0].key(), "causal_step|batch=6|slot=0");
+    EXPECT_EQ(fused.steps[1].key(), "causal_step|batch=6|slot=1");
+    ASSERT_EQ(fused.head.size(), 1u);
+    EXPECT_EQ(fused.head[0].key(), "head_fused_o2|rows=3|zrows=6");
+    EXPECT_EQ(fused.distinct().size(), 4u);         // prefill, two slots, the head
+    const CausalPlan step = make_causal_plan(16, 1, 4, false, "step", 8);
+    EXPECT_EQ(step.head.size(), 4u);
+    EXPECT_EQ(step.distinct().size(), 4u);
+    EXPECT_EQ(step.head[0].dim("rows"), 1);
+    try {
+        make_causal_plan(16, 9, 2, false, "fused", 8);
+        FAIL();
+    } catch (const Error& e) {
+        EXPECT_STREQ(e.what(), "Batch size must be in 1..8 (the bundle's max batch), got 9.");
+    }
+}
+
+TEST(CausalPlan, KIsLAndTheLinearRamp) {
+    check_causal_k(0, 16);                           // left out
+    check_causal_k(16, 16);
+    try {
+        check_causal_k(8, 16);
+        FAIL();
+    } catch (const Error& e) {
+        EXPECT_STREQ(e.what(), "FAR-Causal predicts one token per step, so K is L = 16 by construction; got K=8 (leave K out).");
+    }
+    EXPECT_DOUBLE_EQ(causal_cfg_at(15, 16, 3.0, "linear"), 3.0);
+    EXPECT_DOUBLE_EQ(causal_cfg_at(0, 16, 3.0, "linear"), 1.0 + 2.0 / 16);
+    EXPECT_DOUBLE_EQ(causal_cfg_at(4, 16, 3.0, "constant"), 3.0);
+    EXPECT_THROW(causal_cfg_at(0, 16, 3.0, "cosine"), Error);
+    EXPECT_EQ(step_position(1, 2), 2);               // token 0 sits after the P = 2 class slots
+}
+
 TEST(DDPM, RespacedScheduleIsConsistent) {
     const DDPMSchedule s = ddpm_schedule(100);
     ASSERT_EQ(s.steps(), 100);

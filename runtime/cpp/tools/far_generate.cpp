@@ -28,7 +28,8 @@ const char* kUsage =
     "Options:\n"
     "  --class TEXT                    Class label(s), comma-separated; repeated to fill --num.  [default: 0]\n"
     "  --num INTEGER                   Images to generate.  [default: 8]\n"
-    "  --K INTEGER                     Autoregressive iterations (1..256).  [default: 16]\n"
+    "  --K INTEGER                     Autoregressive iterations (1..256); default 16 for FAR/MAR, and L\n"
+    "                                  (the only valid K: one token per step) for FAR-Causal.\n"
     "  --O INTEGER                     Shortcut head steps.  [default: 8]\n"
     "  --cfg FLOAT                     Classifier-free guidance scale.  [default: 3.0]\n"
     "  --cfg-schedule [linear|constant]\n"
@@ -181,7 +182,8 @@ void check_writable_file(const std::string& path, const std::string& option) {
 int run(int argc, char** argv) {
     std::string bundle, classes = "0", cfg_schedule = "linear", head = "auto", save_randomness, out = "out/grid.png";
     std::string provider = "cpu";
-    long long num = 8, K = 16, O = 8, threads = 0, device_id = 0;
+    long long num = 8, K = 0, O = 8, threads = 0, device_id = 0;
+    bool k_given = false;            // --K left out: the model's default (16, or L for FAR-Causal)
     long long repeat = 0;
     bool threads_given = false;
     std::string seed_text = "0", num_text = "8";
@@ -214,7 +216,7 @@ int run(int argc, char** argv) {
             num = parse_int_clamped(value);
             if (num == LLONG_MAX || num == LLONG_MIN) num_text = value;   // Python prints the whole integer
         }
-        else if (a == "--K") K = parse_int(a, value);
+        else if (a == "--K") { K = parse_int(a, value); k_given = true; }
         else if (a == "--O") O = parse_int(a, value);
         else if (a == "--cfg") cfg = parse_float(a, value);
         else if (a == "--cfg-schedule") cfg_schedule = choice(a, value, {"linear", "constant"});
@@ -233,7 +235,7 @@ int run(int argc, char** argv) {
     // cli.py's order: every option checked before any work, and before anything is written,
     // so a refused run leaves nothing behind; then load, labels and plan, generate, save.
     const std::vector<int64_t> labels = parse_labels(classes, num, num_text);
-    if (K < 1 || K > far::kMaxK) far::check_k(K);
+    if (k_given && (K < 1 || K > far::kMaxK)) far::check_k(K);   // cli.py checks 16 when --K is left out
     if (!std::isfinite(cfg)) throw far::Error(far::Code::Input, "The CFG scale must be a finite number, got " + far::py_float(cfg) + ".");
     if (!std::isfinite(temperature))
         throw far::Error(far::Code::Input, "The temperature must be a finite number, got " + far::py_float(temperature) + ".");
@@ -253,7 +255,7 @@ int run(int argc, char** argv) {
                                                std::to_string(max_batch) + "; re-export with --max-batch " + std::to_string(num) +
                                                " or generate fewer.");
     far::SampleOptions o;
-    o.K = static_cast<int>(K);
+    o.K = k_given ? static_cast<int>(K) : 0;           // 0: the variant's default, resolved by the runtime
     o.O = static_cast<int>(std::max(std::min(O, 1LL << 30), -(1LL << 30)));
     if (O != o.O) far::check_head_steps(O);
     o.cfg = cfg;
