@@ -192,7 +192,7 @@ def test_tampered_causal_manifest_is_pythons_sentence(cpp_build, causal_bundle, 
 
 
 def test_cache_spec_must_match_the_model(cpp_build, causal_bundle, tmp_path):
-    """The cache is bound from the model entry (causal_specs.py); a manifest spec that says
+    """The cache is bound from the model entry (variants/causal.py); a manifest spec that says
     otherwise is refused before any buffer is bound."""
     def edit(m):
         m["graphs"]["causal_step"]["spec"]["inputs"][2]["dims"][4] = L + 40

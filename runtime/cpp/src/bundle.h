@@ -39,7 +39,7 @@ struct ModelInfo {
     int image_size = 0, image_channels = 0;
     std::string timestep_respacing;  // MAR's respacing ("ddim25", "10,15,20"), empty for the plain count
     std::string kind;                // "" (FAR/MAR: the masked loop) or "causal" (FAR-Causal)
-    // FAR-Causal only (causal_specs.py): P class slots, the cache's T = P + L - 1 positions,
+    // FAR-Causal only (variants/causal.py): P class slots, the cache's T = P + L - 1 positions,
     // and the backbone's depth, heads and head_dim (heads x head_dim = cond_dim).
     int class_tokens = 0, context = 0, depth = 0, heads = 0, head_dim = 0;
     bool diffusion() const { return head_kind == "diffusion"; }

@@ -1,4 +1,4 @@
-// The FAR-Causal loop (causal_pipeline.py, mode "cache"): L steps of one token each in raster
+// The FAR-Causal loop (variants/causal.py, mode "cache"): L steps of one token each in raster
 // order. Token i's condition z_i comes from causal_prefill (i = 0: the labels fill the P
 // class slots of the cache) or causal_step (token i - 1 at position P + i - 1, the cache);
 // then the shortcut head turns temperature * noise[:, i] into token i, CFG inside the head
@@ -25,16 +25,16 @@ public:
     void sample(LoopRun& run, float* out) const override;
 
 private:
-    // CausalPipeline.plan's checks, in its order: K, batch, graphs, head.
+    // Pipeline.plan's checks, in its order: K, head, graphs, batch (in make_causal_plan).
     CausalPlan plan(int batch, const SampleOptions& o) const {
         const int L = bundle_.model.seq_len;
         check_causal_k(o.K, L);
         check_k(L);                    // check_sampling's range check of K = L
-        check_causal_batch(batch, bundle_.max_batch);
+        const std::string mode = head_mode(bundle_, o.O, o.head);
         for (const char* g : {"causal_prefill", "causal_step"})
             if (!bundle_.has(g))
                 throw Error(Code::Input, std::string("The bundle has no '") + g + "' graph, which mode 'cache' needs.");
-        return make_causal_plan(L, batch, o.O, o.cfg != 1.0, head_mode(bundle_, o.O, o.head), bundle_.max_batch);
+        return make_causal_plan(L, batch, o.O, o.cfg != 1.0, mode, bundle_.max_batch);
     }
 
     const Bundle& bundle_;

@@ -76,12 +76,16 @@ Call make_call(const std::string& graph, std::vector<std::pair<std::string, int>
     return Call{graph, std::move(dims)};
 }
 
-ShapePlan make_plan(int seq_len, bool diffusion, int batch, int num_iter, int head_steps, bool use_cfg,
-                    std::string head_mode, int max_batch) {
+void check_batch(int batch, int max_batch) {
     if (batch < 1 || (max_batch > 0 && batch > max_batch)) {
         const std::string limit = max_batch > 0 ? " and at most " + std::to_string(max_batch) + " (the bundle's max batch)" : "";
         throw Error(Code::Input, "Batch size must be at least 1" + limit + ", got " + std::to_string(batch) + ".");
     }
+}
+
+ShapePlan make_plan(int seq_len, bool diffusion, int batch, int num_iter, int head_steps, bool use_cfg,
+                    std::string head_mode, int max_batch) {
+    check_batch(batch, max_batch);
     ShapePlan p;
     p.batch = batch;
     p.rows = use_cfg ? 2 * batch : batch;
@@ -123,12 +127,6 @@ void check_causal_k(long long k, int seq_len) {
                                      " by construction; got K=" + std::to_string(k) + " (leave K out).");
 }
 
-void check_causal_batch(int batch, int max_batch) {
-    if (batch < 1 || batch > max_batch)
-        throw Error(Code::Input, "Batch size must be in 1.." + std::to_string(max_batch) + " (the bundle's max batch), got " +
-                                     std::to_string(batch) + ".");
-}
-
 double causal_cfg_at(int i, int seq_len, double cfg, const std::string& schedule) {
     check_cfg_schedule(schedule);
     if (schedule == "linear") return 1.0 + (cfg - 1.0) * (i + 1) / seq_len;   // Python's order: ((cfg-1)(i+1))/L
@@ -136,7 +134,7 @@ double causal_cfg_at(int i, int seq_len, double cfg, const std::string& schedule
 }
 
 CausalPlan make_causal_plan(int seq_len, int batch, int head_steps, bool use_cfg, std::string head_mode, int max_batch) {
-    check_causal_batch(batch, max_batch);
+    check_batch(batch, max_batch);
     CausalPlan p;
     p.batch = batch;
     p.rows = use_cfg ? 2 * batch : batch;

@@ -1,5 +1,5 @@
 // The per-iteration shape schedule and the shape plans (schedule.py + plan.py, and
-// causal_schedule.py + CausalPlan): every graph call of a generate and its dims, known
+// variants/causal.py: CausalPlan): every graph call of a generate and its dims, known
 // before the loop starts.
 #pragma once
 
@@ -38,6 +38,8 @@ struct ShapePlan {
 };
 
 void check_k(long long k);
+// 1..max_batch (max_batch 0: no upper bound), in plan.py's check_batch sentence, for every variant.
+void check_batch(int batch, int max_batch);
 bool valid_head_steps(long long o);
 void check_head_steps(long long o, const std::string& what = "O (head steps)");
 std::vector<Iteration> mask_schedule(int num_iter, int seq_len);
@@ -53,7 +55,7 @@ ShapePlan make_plan(int seq_len, bool diffusion, int batch, int num_iter, int he
 
 // --- FAR-Causal: one token per step in raster order, so K = L -------------------------------
 
-// causal_pipeline.py's CausalPlan (mode "cache"): the prefill, then token i >= 1 runs
+// variants/causal.py's CausalPlan (mode "cache"): the prefill, then token i >= 1 runs
 // steps[i % 2] (the two slots of causal_step, each reading the cache the other wrote), and
 // every token runs the same head calls. Every step has the same shapes.
 struct CausalPlan {
@@ -65,11 +67,9 @@ struct CausalPlan {
     std::vector<Call> distinct() const;
 };
 
-// K left out (0) or given as L; anything else is one sentence (CausalPipeline.check_k).
+// K left out (0) or given as L; anything else is one sentence (variants/causal.py: Causal.check_k).
 void check_causal_k(long long k, int seq_len);
-// 1..max_batch, in causal_pipeline.py's sentence.
-void check_causal_batch(int batch, int max_batch);
-// The linear ramp 1 + (cfg - 1)(i + 1) / L, or cfg (causal_schedule.py's causal_cfg_at).
+// The linear ramp 1 + (cfg - 1)(i + 1) / L, or cfg (variants/causal.py's cfg_at).
 double causal_cfg_at(int i, int seq_len, double cfg, const std::string& schedule);
 // Sequence position of token i - 1 when it is fed to produce z_i (i >= 1): P + i - 1.
 inline int step_position(int i, int class_tokens) { return class_tokens + i - 1; }

@@ -32,7 +32,7 @@ std::map<std::string, GraphInfo> component_specs(const ModelInfo& m, const std::
                      t("z", "float32", {sym("rows"), num(D)})};
         hs.outputs = {t("out", "float32", {sym("rows"), num(2 * C)})};
     }
-    if (m.causal()) {   // causal_specs.py: the shared head and decoder graphs, no backbone
+    if (m.causal()) {   // variants/causal.py: the shared head and decoder graphs, no backbone
         specs.erase("backbone");
         const std::vector<Dim> cache = {num(m.depth), num(2), sym("batch"), num(m.heads), num(m.context), num(m.head_dim)};
         const TensorDesc z = t("z", "float32", {sym("batch"), num(D)});

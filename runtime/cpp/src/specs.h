@@ -13,7 +13,7 @@ namespace far {
 
 // graph name -> its inputs and outputs (name, dtype, dims), for backbone, head_step,
 // head_fused_o{O} (FAR, one per head step count) and vae_decoder; a FAR-Causal model
-// (causal_specs.py) has causal_prefill, causal_step and causal_recompute instead of backbone.
+// (variants/causal.py) has causal_prefill, causal_step and causal_recompute instead of backbone.
 std::map<std::string, GraphInfo> component_specs(const ModelInfo& model, const std::vector<int>& head_steps);
 
 }  // namespace far

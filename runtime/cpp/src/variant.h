@@ -1,7 +1,7 @@
 // The sampling loop of a model variant, picked at load from the manifest's model.kind:
 // - the masked loop (FAR, MAR; pipeline.py): K iterations over a random order, a backbone
 //   call per iteration, then the head on the tokens that leave the mask;
-// - the causal loop (FAR-Causal, kind "causal"; causal_pipeline.py): L steps of one token
+// - the causal loop (FAR-Causal, kind "causal"; variants/causal.py): L steps of one token
 //   each in raster order over a KV cache (causal_prefill, then causal_step ping-ponging
 //   between two preallocated cache buffers), K = L by construction.
 // Both run the same shortcut head (a fused graph, or O head_step calls, CFG inside); what

@@ -88,7 +88,7 @@ TEST(CausalPlan, OneTokenPerStepOverTwoCacheSlots) {
         make_causal_plan(16, 9, 2, false, "fused", 8);
         FAIL();
     } catch (const Error& e) {
-        EXPECT_STREQ(e.what(), "Batch size must be in 1..8 (the bundle's max batch), got 9.");
+        EXPECT_STREQ(e.what(), "Batch size must be at least 1 and at most 8 (the bundle's max batch), got 9.");
     }
 }
 
