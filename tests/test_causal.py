@@ -12,35 +12,12 @@ from click.testing import CliRunner
 from far_export.checkpoint import build_model, load_model_checkpoint
 from far_export.cli import main
 from far_export.reference.causal_sampler import sample_causal
-from far_export.synthetic import (tiny_causal_config, write_random_causal_checkpoint,
-                                  write_random_checkpoint, write_random_vae)
 from far_export.verify import psnr
 from far_runtime.errors import FarError
 from far_runtime.pipeline import Pipeline
 from far_runtime.randomness import draw_randomness
 
 L = 16
-
-
-@pytest.fixture(scope="module")
-def causal_files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("causal")
-    files = {"ckpt": str(d / "causal.pth"), "vae": str(d / "vae.pth"), "far": str(d / "far.pth"),
-             "bundle": str(d / "bundle")}
-    write_random_causal_checkpoint(files["ckpt"], tiny_causal_config(L, class_tokens=2), seed=4)
-    write_random_vae(files["vae"], seed=3)
-    write_random_checkpoint(files["far"], "tiny", "shortcut", seed=1)
-    return files
-
-
-@pytest.fixture(scope="module")
-def built(causal_files):
-    """``far-export build`` of the tiny causal checkpoint (export, validation, verify)."""
-    res = CliRunner().invoke(main, ["build", causal_files["ckpt"], "--vae", causal_files["vae"],
-                                    "--out", causal_files["bundle"], "--head-steps", "1,2",
-                                    "--validate-batches", "1,3"])
-    assert res.exit_code == 0, res.output
-    return causal_files["bundle"], res.output
 
 
 @pytest.fixture(scope="module")
