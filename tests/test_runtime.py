@@ -37,16 +37,6 @@ def test_parity_far(far, K, O, B, cfg):
     assert psnr(ref.decode(a), pipe.decode(b)) >= 50
 
 
-def test_parity_mar(bundles, tiny_files):
-    pipe = Pipeline.load(bundles["mar"])
-    ref = ReferencePipeline.load(tiny_files["mar"], tiny_files["vae"])
-    r = draw_randomness(1, 2, 16, 4, 100)
-    a = ref.tokens([1, 2], num_iter=4, cfg=2.0, randomness=r).numpy()
-    b = pipe.generate_tokens([1, 2], K=4, cfg=2.0, randomness=r)
-    # random MAR heads drive latents far from 1: judge relative to their scale
-    assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max()
-
-
 def test_step_graph_equals_fused(far):
     pipe, _ = far
     a = pipe.generate_tokens([1, 2], K=4, O=8, cfg=2.0, seed=3, head="fused")
