@@ -56,7 +56,7 @@ def causal_bench_bundle(folder: str, seq_len: int, width: int, depth: int, heads
                         rebuild: bool = False) -> str:
     """A random FAR-Causal checkpoint of the given size and its bundle, reused when one of the
     same configuration was exported by the same source code (its key is in the name)."""
-    from ..demo.train_causal import causal_head_config
+    from ..causal_checkpoint import causal_head_config
     from ..export.bundle import export_bundle
     from ..reference.causal import CausalConfig, CausalModelConfig
     from ..synthetic import write_random_causal_checkpoint
