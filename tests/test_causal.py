@@ -352,9 +352,10 @@ def test_causal_build_replaces_a_far_bundle_whole(causal_files, tmp_path):
     res = r.invoke(main, ["build", causal_files["ckpt"], "--vae", causal_files["vae"], "--out", out,
                           "--head-steps", "1", "--validate-batches", "1", "--skip-verify"])
     assert res.exit_code == 0, res.output
-    assert "trt_readiness.json" not in res.output and "validation.json" in res.output
+    assert "trt_readiness.json" in res.output and "validation.json" in res.output
     manifest = json.load(open(os.path.join(out, "manifest.json")))
     assert manifest["model"]["kind"] == "causal"
     files = {f for g in manifest["graphs"].values() for f in g["files"]}
-    assert set(os.listdir(out)) == files | {"manifest.json", "validation.json"}
+    assert set(os.listdir(out)) == files | {"manifest.json", "validation.json", "trt_readiness.json"}
+    assert set(json.load(open(os.path.join(out, "trt_readiness.json")))) == set(manifest["graphs"])
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]     # no staging, no lock

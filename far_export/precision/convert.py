@@ -27,6 +27,7 @@ import onnx
 from far_runtime.bundle import Bundle, sha256_file
 from far_runtime.errors import FarError
 
+from ..tensorrt.bundle_readiness import graph_readiness
 from .calibration import CalibrationSettings, collect_feeds, sampling_runs
 from .fp16 import KeepRules, fp32_nodes, to_fp16
 from .int8 import Int8Settings, output_error, quantize_graph
@@ -171,7 +172,7 @@ def convert_bundle(out_dir: str, manifest: dict, options: PrecisionOptions,
             g["files"] = {g["file"]: sha256_file(path)}
             g["nodes"] = len(m.graph.node)
             g["bytes"] = os.path.getsize(path)
-            readiness[name] = _readiness(path)
+            readiness[name] = graph_readiness(path)
         if precision == "int8":
             for e in info.get("excluded", []):
                 if e["reason"].startswith(("sensitivity", "option")):
@@ -203,11 +204,6 @@ def _fp16(path: str, new: str, feeds: dict, rules: KeepRules, say, name: str) ->
     for k in info["kept"]:
         say(f"  kept {k['node']} ({k['op']}): {k['reasons'][0]}")
     return info
-
-
-def _readiness(path: str) -> dict:
-    from ..tensorrt.readiness import check_graph
-    return check_graph(path).to_dict()
 
 
 def _short(d: dict) -> str:
