@@ -28,7 +28,7 @@ from far_runtime.bundle import Bundle, sha256_file
 from far_runtime.errors import FarError
 
 from ..tensorrt.bundle_readiness import graph_readiness
-from .calibration import CalibrationSettings, collect_feeds, sampling_runs
+from .calibration import CalibrationSettings, check_loop_graphs, collect_feeds, sampling_runs
 from .fp16 import KeepRules, fp32_nodes, to_fp16
 from .int8 import Int8Settings, output_error, quantize_graph
 
@@ -121,9 +121,7 @@ def convert_bundle(out_dir: str, manifest: dict, options: PrecisionOptions,
     if precision == "fp32":
         return manifest, {}
     bundle = Bundle(out_dir, manifest)
-    if not bundle.has("backbone"):
-        raise FarError(f"--precision {precision} records real inputs by running the sampling loop, "
-                       "which needs the backbone graph: export all components.")
+    check_loop_graphs(bundle, f"--precision {precision}")
     cache_dir = options.cache_dir or default_cache_dir()
     cache = FeedCache(cache_dir, bundle, options.calibration)
     feeds, hits = {}, {}
