@@ -248,8 +248,6 @@ def verify(bundle, num_iter, head_steps, cfg, batch, seed, checkpoint, vae, out,
 
 from .bench import bench  # noqa: E402
 main.add_command(bench)
-from .bench.causal import bench_causal  # noqa: E402
-main.add_command(bench_causal)
 
 
 from .tensorrt.cli import engines  # noqa: E402

@@ -1,5 +1,6 @@
 """FAR-Causal: checkpoint layout, reference (cache == recompute), export grid, runtime parity,
-inspect, build, bench and one-sentence errors, on tiny random causal checkpoints."""
+inspect, build and one-sentence errors, on tiny random causal checkpoints (bench: test_bench.py;
+training and evaluation: test_demo.py)."""
 import argparse
 import json
 import os
@@ -157,40 +158,6 @@ def test_inspect_tells_kinds_apart(causal_files):
     assert causal["config"]["backbone"]["class_tokens"] == 2
     text = r.invoke(main, ["inspect", causal_files["ckpt"], "--vae", causal_files["vae"]]).output
     assert "far-causal" in text and "causal transformer" in text and "vae decoder" in text
-
-
-def test_bench_causal_reports_both_modes(tmp_path):
-    from far_export.bench.causal import causal_markdown, run_causal_bench
-    rep = run_causal_bench(str(tmp_path), lengths=(4,), width=16, depth=1, heads=2,
-                           class_tokens=1, O=1, batch=3, runs=1, warmup=0, threads=1)
-    row = rep["lengths"]["4"]
-    models = os.listdir(tmp_path / "models")
-    bundle = [m for m in models if not m.endswith(".pth")]
-    assert len(bundle) == 1 and "_b3_" in bundle[0]                      # max_batch = max(2, 3)
-    assert row["cache"]["median_s"] > 0 and row["recompute"]["median_s"] > 0
-    assert row["ratio_recompute_over_cache"] == pytest.approx(
-        row["recompute"]["median_s"] / row["cache"]["median_s"])
-    assert "| 4 |" in causal_markdown(rep)
-
-
-def test_bench_cache_key_follows_the_source(tmp_path):
-    """A cached bench bundle is keyed on the code: any change to a source file changes the key."""
-    import shutil
-    from far_export.bench.causal import source_hash
-    pkg = tmp_path / "pkg"
-    (pkg / "sub").mkdir(parents=True)
-    (pkg / "a.py").write_text("x = 1\n")
-    (pkg / "sub" / "b.py").write_text("y = 2\n")
-    (pkg / "notes.txt").write_text("ignored")
-    h = source_hash([str(pkg)])
-    assert h == source_hash([str(pkg)])
-    (pkg / "notes.txt").write_text("still ignored")
-    assert h == source_hash([str(pkg)])
-    (pkg / "sub" / "b.py").write_text("y = 3\n")
-    assert h != source_hash([str(pkg)])
-    shutil.move(str(pkg / "a.py"), str(pkg / "sub" / "a.py"))
-    assert len({h, source_hash([str(pkg)])}) == 2
-    assert source_hash() == source_hash()                    # the installed packages
 
 
 def _load(path):
