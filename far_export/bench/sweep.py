@@ -138,7 +138,6 @@ def add_flops(entry: dict, manifest: dict, batch: int, K: int, cfg: float) -> No
     fused runtime graph embeds the condition once and the time/step once per step.
     """
     from far_runtime.specs import fused_name
-    from far_runtime.variants import variant_for
     model = manifest["model"]
     variant = variant_for(model)
     steps = entry["O"]
