@@ -98,3 +98,29 @@ def describe_causal(cfg: CausalModelConfig, counts: dict) -> list[str]:
             f"head        {counts['head'] / 1e6:.1f}M params: shortcut (FAR shortcut), width "
             f"{hd.width}, depth {hd.depth}, out {hd.out_dim}, prefix {hd.prefix}",
             f"sampling    K = L = {bb.seq_len} steps of one token (not adjustable), O head steps per token"]
+
+
+# --- writing: the trainer layout (the demo trainer, random test checkpoints) ----------------
+
+HEAD_PREFIX = "diffloss.net."
+
+
+def causal_head_config(bb: CausalConfig, depth: int, width: int) -> HeadConfig:
+    """The shortcut head of a causal backbone ``bb`` (conditions of the backbone's width)."""
+    return HeadConfig(kind="shortcut", width=width, depth=depth, token_dim=bb.token_dim,
+                      cond_dim=bb.width, out_dim=bb.token_dim, prefix=HEAD_PREFIX)
+
+
+def causal_state_dict(backbone, head) -> dict:
+    """Backbone and head weights under the names ``infer_causal_config`` reads."""
+    sd = {k: v.detach().clone() for k, v in backbone.state_dict().items()}
+    sd.update({HEAD_PREFIX + k: v.detach().clone() for k, v in head.state_dict().items()})
+    return sd
+
+
+def causal_args(cfg: CausalConfig, **extra):
+    """The trainer's ``args`` (an ``argparse.Namespace``): what the shapes cannot tell."""
+    import argparse
+    return argparse.Namespace(model="far_causal", num_heads=cfg.heads,
+                              class_tokens=cfg.class_tokens, class_num=cfg.num_classes,
+                              token_embed_dim=cfg.token_dim, seq_len=cfg.seq_len, **extra)

@@ -149,9 +149,11 @@ def _run_export(checkpoint, vae_path, out, components, head_steps, opset, export
                              validate_batches=parse_int_list(validate_batches, '--validate-batches'),
                              precision=precision, precision_options=precision_options,
                              force_heads=force_heads)
-    reports = "validation.json" if manifest["model"].get("kind") == "causal" else \
-        "validation.json, trt_readiness.json"               # no readiness report for FAR-Causal
-    click.echo(f"wrote {len(manifest['graphs'])} graphs, {reports} and manifest.json to {out}")
+    from .tensorrt.bundle_readiness import ensure_readiness
+    ready = ensure_readiness(out, manifest)                 # every variant's graphs
+    click.echo(f"wrote {len(manifest['graphs'])} graphs, validation.json, trt_readiness.json and "
+               f"manifest.json to {out}")
+    click.echo(ready, err=True)
     return manifest
 
 
@@ -246,8 +248,6 @@ def verify(bundle, num_iter, head_steps, cfg, batch, seed, checkpoint, vae, out,
 
 from .bench import bench  # noqa: E402
 main.add_command(bench)
-from .bench.causal import bench_causal  # noqa: E402
-main.add_command(bench_causal)
 
 
 from .tensorrt.cli import engines  # noqa: E402

@@ -1,5 +1,7 @@
-"""FLOPs of a sampling run, counted from the model config and the shape plan, and the
-machine's measured matmul peak: what ``far-export bench`` divides to get achieved throughput.
+"""FLOPs of a sampling run, counted from the model config and the shape plan of its variant
+(every call a plan lists: FAR/MAR's ``backbone``, FAR-Causal's prefill, step and recompute
+graphs, the heads), and the machine's measured matmul peak: what ``far-export bench`` divides
+to get achieved throughput.
 
 Counted: every matrix product (Linear layers, attention's QK^T and AV), at 2 FLOPs per
 multiply-add, the convention of ``torch.utils.flop_counter`` (the tests check the two agree).
@@ -11,15 +13,19 @@ from __future__ import annotations
 import os
 import time
 
-from far_runtime.plan import Plan
-from far_runtime.specs import N_KNOWN, ROWS, ZROWS
+from far_runtime.plan import Call, Plan
+from far_runtime.specs import BATCH, N_KNOWN, ROWS, ZROWS
+from far_runtime.variants.causal import Causal
+
+CAUSAL_GRAPHS = Causal.backbone_graphs
 
 
-def block_flops(seq: int, width: int, mlp_ratio: float) -> int:
-    """One timm ViT block on one row of ``seq`` tokens: qkv, proj, fc1, fc2, QK^T, AV."""
+def block_flops(seq: int, width: int, mlp_ratio: float, keys: int | None = None) -> int:
+    """One timm ViT block on one row of ``seq`` tokens attending to ``keys`` positions (default
+    ``seq``): qkv, proj, fc1, fc2, QK^T, AV."""
     hidden = int(width * mlp_ratio)
     linear = 2 * seq * (3 * width * width + width * width + 2 * width * hidden)
-    attention = 2 * 2 * seq * seq * width
+    attention = 2 * 2 * seq * (seq if keys is None else keys) * width
     return linear + attention
 
 
@@ -36,6 +42,23 @@ def backbone_flops(bb: dict, rows: int, n_known: int) -> int:
                + 2 * s_enc * E * D                                     # decoder_embed
                + bb["decoder_depth"] * block_flops(s_dec, D, bb["mlp_ratio"]))
     return rows * per_row
+
+
+def causal_backbone_flops(bb: dict, call: Call) -> int:
+    """One call of a FAR-Causal graph (``bb``: its CausalConfig as a dict). Prefill: the P
+    class slots; step: one token attending to the whole static cache (T = P + L - 1
+    positions, the unseen ones masked, as the graph computes it); recompute: the P slots and
+    ``n_known`` tokens, attention over all of them (causal mask)."""
+    E, C, P, mlp = bb["width"], bb["token_dim"], bb["class_tokens"], bb["mlp_ratio"]
+    depth, T = bb["depth"], bb["class_tokens"] + bb["seq_len"] - 1
+    if call.graph == "causal_prefill":
+        per_row = depth * block_flops(P, E, mlp)
+    elif call.graph == "causal_step":
+        per_row = 2 * C * E + depth * block_flops(1, E, mlp, keys=T)
+    else:
+        n = call.dim(N_KNOWN)
+        per_row = 2 * n * C * E + depth * block_flops(P + n, E, mlp)
+    return call.dim(BATCH) * per_row
 
 
 def head_eval_flops(hd: dict, embeds: bool = True) -> int:
@@ -58,6 +81,8 @@ def plan_flops(config: dict, plan: Plan) -> dict:
     for call in plan.calls():
         if call.graph == "backbone":
             out["backbone"] += backbone_flops(bb, plan.rows, call.dim(N_KNOWN))
+        elif call.graph in CAUSAL_GRAPHS:
+            out["backbone"] += causal_backbone_flops(bb, call)
         elif call.graph == "head_step":
             out["head"] += call.dim(ROWS) * head_eval_flops(hd)
         elif call.graph.startswith("head_fused_o"):

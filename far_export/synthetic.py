@@ -58,7 +58,7 @@ def write_random_vae(path: str, cfg: VAEConfig = TINY_VAE, seed: int = 0) -> VAE
 
 def tiny_causal_config(seq_len: int = 16, class_tokens: int = 2):
     """The causal twin of the ``tiny`` preset (4-channel tokens, fits ``TINY_VAE``)."""
-    from .demo.train_causal import causal_head_config
+    from .causal_checkpoint import causal_head_config
     from .reference.causal import CausalConfig, CausalModelConfig
     bb = CausalConfig(token_dim=4, seq_len=seq_len, class_tokens=class_tokens, num_classes=10,
                       width=32, depth=2, heads=2)
@@ -77,7 +77,7 @@ def random_causal_model(cfg, seed: int = 0, std: float = 0.02):
 
 def write_random_causal_checkpoint(path: str, cfg=None, seed: int = 0, std: float = 0.2):
     """A random FAR-Causal model in the trainer layout (model, model_ema, args)."""
-    from .demo.train_causal import causal_args, causal_state_dict
+    from .causal_checkpoint import causal_args, causal_state_dict
     cfg = cfg or tiny_causal_config()
     backbone, head = random_causal_model(cfg, seed, std)
     sd = causal_state_dict(backbone, head)

@@ -219,7 +219,7 @@ def verify_bundle(bundle_dir: str, out: str | None = None, K=None, O=None, cfg=N
 
 def demo_scorer_available(pipe: Pipeline) -> bool:
     """The shipped demo classifier exists and the bundle makes images it can score."""
-    from .demo.score import DEFAULT_CLASSIFIER
+    from .quality.score import DEFAULT_CLASSIFIER
     m = pipe.model
     return (os.path.isfile(DEFAULT_CLASSIFIER) and pipe.bundle.has("vae_decoder") and m["num_classes"] == 10
             and m["image_size"] == 32 and m["image_channels"] == 3)
@@ -232,7 +232,7 @@ def image_quality(pipe: Pipeline, ref: ReferencePipeline, per_class: int = 20, K
     drawn with the same randomness (``10 * per_class`` images each), sampled with the demo's
     settings (``DEMO_SAMPLING``) unless given."""
     from far_runtime.images import to_uint8
-    from .demo.score import DEMO_SAMPLING, score_images
+    from .quality.score import DEMO_SAMPLING, score_images
     m = pipe.model
     K = K or DEMO_SAMPLING["K"]
     cfg = DEMO_SAMPLING["cfg"] if cfg is None else cfg

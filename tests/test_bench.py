@@ -1,5 +1,7 @@
 """``far-export bench`` on the tiny models: a well-formed report (figures are not asserted),
-FLOP counts equal to torch's own counter, presets that share one backbone, user errors."""
+FAR-Causal through the same path (its loops swept), FLOP counts equal to torch's own counter,
+presets that share one backbone, which backends run where, user errors. Nothing here depends
+on what the machine has: a GPU backend is either measured or listed with its reason."""
 import json
 import math
 from dataclasses import asdict
@@ -51,11 +53,27 @@ def check_backend_entry(r: dict, batch: int) -> None:
     assert r["achieved_gflops"]["backbone"] > 0
 
 
+def gpu_backends(rep: dict) -> set:
+    """The GPU backends this machine ran (none without CUDA); the others must say why not."""
+    ran = set()
+    for gpu in (TENSORRT, TORCH_CUDA):
+        entry = rep["backends"][gpu]
+        assert isinstance(entry["available"], bool)
+        if entry["available"]:
+            assert entry["reason"] is None
+            ran.add(gpu)
+        else:
+            assert entry["reason"], gpu          # listed with the reason, never faked
+    return ran
+
+
 def test_report_is_well_formed(report):
     rep, out, text = report
     main_ = rep["main"]
-    assert (main_["K"], main_["O"], main_["batch"], main_["cfg"]) == (2, 8, 1, 3.0)
-    assert set(main_["backends"]) == set(PEERS) - {RUNTIME + "-bf16"}
+    assert (main_["K"], main_["O"], main_["mode"], main_["batch"], main_["cfg"]) == (2, 8, None, 1, 3.0)
+    assert rep["variant"] == "far" and rep["loops"] is None
+    gpus = gpu_backends(rep)
+    assert set(main_["backends"]) == set(PEERS) - {RUNTIME + "-bf16"} | gpus
     for r in main_["backends"].values():
         check_backend_entry(r, 1)
     # both backends did the same work: same seeds, same latents (runtime parity is 1e-3)
@@ -71,7 +89,7 @@ def test_report_is_well_formed(report):
     mvf = rep["mar_vs_far"]
     assert mvf["mar_steps"] == 100 and mvf["far_O"] == 8
     assert mvf["same_backbone_weights"] is False          # the fixtures' FAR and MAR differ
-    assert set(mvf["backends"]) == {REFERENCE, RUNTIME}     # MAR: the two fp32 baselines
+    assert set(mvf["backends"]) == {REFERENCE, RUNTIME} | gpus     # MAR: the fp32 baselines
     for b in (REFERENCE, RUNTIME):
         row = mvf["backends"][b]
         assert row["far_speedup_over_mar"] > 0 and 0 < row["mar_head_share"] < 1
@@ -84,10 +102,9 @@ def test_report_is_well_formed(report):
     assert tp[RUNTIME + "-int8"]["backbone_dtype"] == rep["bundles"][RUNTIME + "-int8"]["graphs"]["backbone"]["precision"]
     for b, r in tp.items():     # each backbone against the measured peak of the dtype it runs in
         assert r["dtype_peak_gflops"] == rep["peaks"]["peak"][r["backbone_dtype"]]["gflops"]
-    assert rep["models"]["far"]["torch_imported"] == {REFERENCE: True, "pytorch-eager-bf16": True,
-                                                       RUNTIME: False, RUNTIME + "-int8": False}
-    for gpu in (TENSORRT, TORCH_CUDA):           # no GPU here: listed, with the reason, never faked
-        assert rep["backends"][gpu]["available"] is False and rep["backends"][gpu]["reason"]
+    imported = rep["models"]["far"]["torch_imported"]
+    assert {b: imported[b] for b in set(imported) - gpus} == {
+        REFERENCE: True, "pytorch-eager-bf16": True, RUNTIME: False, RUNTIME + "-int8": False}
     assert rep["command"].startswith("far-export bench ") and "--K 2" in rep["command"]
     assert rep["load"]["before"]["cpus"] >= 1
 
@@ -252,3 +269,112 @@ def test_bf16_reference_runs_under_autocast_and_matches_fp32_loosely():
     assert low.dtype == torch.float32 and torch.isfinite(low).all()
     err = float((low - ref).norm() / ref.norm())
     assert 0 < err < 0.05                     # bf16 did run (not bit-identical), and stayed close
+
+
+def test_backend_availability_follows_what_the_machine_has():
+    """The decision itself, for every kind of machine (this one's answer is checked above)."""
+    from far_export.bench.sweep import availability
+    none = availability(False, "no CUDA device", "TensorRT is not installed", None)
+    assert none[TORCH_CUDA] == {"available": False, "reason": "no CUDA device"}
+    assert none[TENSORRT] == {"available": False, "reason": "TensorRT is not installed"}
+    assert none[REFERENCE]["available"] and none[RUNTIME]["available"]
+    cuda_only = availability(True, "", "TensorRT is not installed", None)
+    assert cuda_only[TORCH_CUDA] == {"available": True, "reason": None}
+    assert not cuda_only[TENSORRT]["available"]
+    trt_no_gpu = availability(False, "no CUDA device", None, None)           # TensorRT, no GPU
+    assert trt_no_gpu[TENSORRT] == {"available": False, "reason": "no CUDA device"}
+    no_engines = availability(True, "", None, "no fp32 engines; run far-export engines")
+    assert no_engines[TENSORRT] == {"available": False, "reason": "no fp32 engines; run far-export engines"}
+    assert availability(True, "", None, None)[TENSORRT] == {"available": True, "reason": None}
+
+
+# --- FAR-Causal: the same bench path, its loops (KV cache, recompute) swept ----------------------
+
+CAUSAL_PEERS = [REFERENCE, RUNTIME, RUNTIME + "-int8"]
+
+
+@pytest.fixture(scope="module")
+def causal_report(tmp_path_factory):
+    from far_export.synthetic import tiny_causal_config, write_random_causal_checkpoint, write_random_vae
+    d = tmp_path_factory.mktemp("bench_causal")
+    ckpt, vae, out = str(d / "causal.pth"), str(d / "vae.pth"), d / "out"
+    write_random_causal_checkpoint(ckpt, tiny_causal_config(16, class_tokens=2), seed=4)
+    write_random_vae(vae, seed=3)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FAR_EXPORT_CACHE", str(d / "cache"))
+        res = CliRunner().invoke(main, [
+            "bench", ckpt, "--vae", vae, "--O", "2", "--cfg", "3.0", "--threads", "1", "--runs", "1",
+            "--warmup", "0", "--sweep-O", "1,2", "--matmul-seconds", "0.05",
+            "--peers", ",".join(CAUSAL_PEERS), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    with open(out / "bench.json") as f:
+        return json.load(f), out, res.output
+
+
+def test_causal_bench_runs_the_variants_loops(causal_report):
+    """``far-export bench`` takes a FAR-Causal checkpoint: K is L, the sweep is its loops x O,
+    and the KV cache is compared with recomputing the prefix, for every backend."""
+    rep, out, text = causal_report
+    L = 16
+    gpus = gpu_backends(rep)
+    main_ = rep["main"]
+    assert rep["variant"] == "far-causal" and rep["mar_vs_far"] is None
+    assert (main_["K"], main_["O"], main_["mode"]) == (L, 2, "cache")
+    assert set(main_["backends"]) == set(CAUSAL_PEERS) | gpus
+    for r in main_["backends"].values():
+        check_backend_entry(r, 1)
+    assert main_["same_work"]["latent_max_abs_diff"] <= 1e-3
+    calls = main_["backends"][RUNTIME]["calls"]
+    assert calls["causal_prefill"] == 1 and calls["causal_step"] == L - 1 and calls["head_fused_o2"] == L
+    assert [(e["K"], e["O"], e["mode"]) for e in rep["sweep"]] == [
+        (L, 1, "cache"), (L, 2, "cache"), (L, 1, "recompute"), (L, 2, "recompute")]
+    recompute = rep["sweep"][3]["backends"][RUNTIME]["calls"]
+    assert recompute["causal_recompute"] == L - 1 and "causal_step" not in recompute
+    for e in rep["sweep"]:
+        assert e["accuracy"][RUNTIME]["passed"], e["mode"]
+        for r in e["backends"].values():
+            check_backend_entry(r, 1)
+    assert [r["O"] for r in rep["loops"]] == [1, 2]
+    for row in rep["loops"]:
+        assert row["baseline"] == "cache" and set(row["backends"]) == set(CAUSAL_PEERS) | gpus
+        for v in row["backends"].values():
+            lat = v["latency_median_s"]
+            assert math.isclose(v["ratio_to_baseline"]["recompute"], lat["recompute"] / lat["cache"])
+    int8 = rep["bundles"][RUNTIME + "-int8"]["graphs"]
+    assert {"causal_prefill", "causal_step", "causal_recompute"} <= set(int8)    # calibrated, every loop
+    assert "recompute against cache" in text and "| K | O | loop |" in text
+
+
+def test_causal_bench_refuses_a_k_other_than_l_and_a_mar_twin(causal_report, bundles, tmp_path):
+    rep, out, text = causal_report
+    bundle = rep["models"]["far"]["bundle"]
+    r = CliRunner()
+    res = r.invoke(main, ["bench", bundle, "--K", "4", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "K is L = 16" in res.output
+    res = r.invoke(main, ["bench", bundle, "--mar", bundles["mar"], "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "leave out --mar" in res.output
+
+
+@pytest.mark.parametrize("graph,n_known", [("causal_prefill", None), ("causal_step", None),
+                                           ("causal_recompute", 1), ("causal_recompute", 9)])
+def test_causal_backbone_flops_match_torch_counter(graph, n_known):
+    from far_export.flops import causal_backbone_flops
+    from far_export.synthetic import random_causal_model, tiny_causal_config
+    from far_runtime.plan import make_call
+    cfg = tiny_causal_config(16, class_tokens=2)
+    bb, _ = random_causal_model(cfg, seed=1)
+    rows, c = 3, cfg.backbone
+    labels = torch.tensor([1, 2, 10])
+    with torch.no_grad():
+        _, cache = bb.prefill(labels)
+    run, call = {
+        "causal_prefill": (lambda: bb.prefill(labels), make_call(graph, batch=rows)),
+        "causal_step": (lambda: bb.step(torch.randn(rows, c.token_dim), torch.tensor([c.class_tokens + 4]), cache),
+                        make_call(graph, batch=rows, slot=0)),
+        "causal_recompute": (lambda: bb(torch.randn(rows, n_known or 1, c.token_dim), labels),
+                             make_call(graph, batch=rows, n_known=n_known or 1)),
+    }[graph]
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        run()
+    assert causal_backbone_flops(asdict(c), call) == counter.get_total_flops()

@@ -1,5 +1,6 @@
 """FAR-Causal: checkpoint layout, reference (cache == recompute), export grid,
-inspect, build, bench and one-sentence errors, on tiny random causal checkpoints."""
+inspect, build and one-sentence errors, on tiny random causal checkpoints (runtime parity:
+test_variant_parity.py; bench: test_bench.py; training and evaluation: test_demo.py)."""
 import argparse
 import json
 import os
@@ -115,78 +116,6 @@ def test_inspect_tells_kinds_apart(causal_files):
     assert "far-causal" in text and "causal transformer" in text and "vae decoder" in text
 
 
-def test_bench_causal_reports_both_modes(tmp_path):
-    from far_export.bench.causal import causal_markdown, run_causal_bench
-    rep = run_causal_bench(str(tmp_path), lengths=(4,), width=16, depth=1, heads=2,
-                           class_tokens=1, O=1, batch=3, runs=1, warmup=0, threads=1)
-    row = rep["lengths"]["4"]
-    models = os.listdir(tmp_path / "models")
-    bundle = [m for m in models if not m.endswith(".pth")]
-    assert len(bundle) == 1 and "_b3_" in bundle[0]                      # max_batch = max(2, 3)
-    assert row["cache"]["median_s"] > 0 and row["recompute"]["median_s"] > 0
-    assert row["ratio_recompute_over_cache"] == pytest.approx(
-        row["recompute"]["median_s"] / row["cache"]["median_s"])
-    assert "| 4 |" in causal_markdown(rep)
-
-
-def test_bench_cache_key_follows_the_source(tmp_path):
-    """A cached bench bundle is keyed on the code: any change to a source file changes the key."""
-    import shutil
-    from far_export.bench.causal import source_hash
-    pkg = tmp_path / "pkg"
-    (pkg / "sub").mkdir(parents=True)
-    (pkg / "a.py").write_text("x = 1\n")
-    (pkg / "sub" / "b.py").write_text("y = 2\n")
-    (pkg / "notes.txt").write_text("ignored")
-    h = source_hash([str(pkg)])
-    assert h == source_hash([str(pkg)])
-    (pkg / "notes.txt").write_text("still ignored")
-    assert h == source_hash([str(pkg)])
-    (pkg / "sub" / "b.py").write_text("y = 3\n")
-    assert h != source_hash([str(pkg)])
-    shutil.move(str(pkg / "a.py"), str(pkg / "sub" / "a.py"))
-    assert len({h, source_hash([str(pkg)])}) == 2
-    assert source_hash() == source_hash()                    # the installed packages
-
-
-def test_training_writes_a_loadable_checkpoint(tmp_path):
-    from far_export.demo.train_causal import CausalRecipe, train_causal
-    g = torch.Generator().manual_seed(0)
-    mean, std = torch.randn(20, 16, 4, generator=g), torch.full((20, 16, 4), 0.1)
-    recipe = CausalRecipe(steps=3, warmup=1, batch=4, width=16, depth=1, heads=2,
-                          class_tokens=2, head_width=16, head_depth=1, checkpoint_every=2)
-    path = str(tmp_path / "c.pth")
-    *_, metrics = train_causal(mean, std, np.arange(20) % 10, recipe, 10, path)
-    assert metrics["steps_done"] == 3 and np.isfinite(metrics["final_loss"])
-    ck = load_model_checkpoint(path)
-    assert ck.config.kind == "causal" and ck.extra["epoch"] == 3
-    raw = _load(path)
-    assert set(raw) >= {"model", "model_ema", "args", "epoch"}
-    assert ck.args.trained_steps == 3 and ck.args.recipe_class_tokens == 2
-
-
-def test_training_budget_schedule_edges():
-    from far_export.demo.train_causal import budget_fraction
-    assert budget_fraction(5.0, 0.0, None, 60.0) == 0.0                   # in warm-up
-    assert budget_fraction(30.0, 0.0, 10.0, 60.0) == pytest.approx(0.4)   # 20 of the 50 s left
-    assert budget_fraction(61.0, 0.0, None, 60.0) == 1.0                  # spent during warm-up
-    assert budget_fraction(70.0, 0.0, 65.0, 60.0) == 1.0                  # warm-up past the budget
-    assert budget_fraction(59.0, 0.0, 60.0, 60.0) == 1.0                  # nothing left after it
-
-
-@pytest.mark.parametrize("steps,warmup,minutes", [(0, 1, None), (5, 100, 1e-6)])
-def test_training_with_no_step_writes_the_initial_model(tmp_path, steps, warmup, minutes):
-    """steps=0, or a budget spent before the warm-up ends: no step, still a loadable file."""
-    from far_export.demo.train_causal import CausalRecipe, train_causal
-    mean, std = torch.zeros(4, 16, 4), torch.full((4, 16, 4), 0.1)
-    recipe = CausalRecipe(steps=steps, warmup=warmup, batch=2, width=16, depth=1, heads=2,
-                          class_tokens=1, head_width=16, head_depth=1, minutes=minutes)
-    path = str(tmp_path / "c.pth")
-    *_, metrics = train_causal(mean, std, np.arange(4), recipe, 10, path)
-    assert metrics["steps_done"] == 0 and np.isnan(metrics["final_loss"])
-    assert load_model_checkpoint(path).extra["epoch"] == 0
-
-
 def _load(path):
     with torch.serialization.safe_globals([argparse.Namespace]):
         return torch.load(path, weights_only=True, map_location="cpu")
@@ -248,18 +177,6 @@ def test_shipped_causal_demo_loads_and_samples():
     tokens = sample_causal(bb, head, [0, 3], head_steps=2, cfg=5.0, cfg_schedule="constant",
                            temperature=0.8, seed=1)
     assert tokens.shape == (2, 64, 16) and torch.isfinite(tokens).all()
-
-
-@pytest.mark.slow
-def test_shipped_causal_demo_draws_its_classes():
-    """At the demo's settings (CFG 5 constant, temperature 0.8, O = 8), 100 images."""
-    from far_export.checkpoint import build_vae, load_vae_checkpoint
-    from far_export.defaults import DEFAULT_VAE
-    from far_export.demo.evaluate_causal import evaluate_causal
-    vae = build_vae(load_vae_checkpoint(DEFAULT_VAE))
-    score = evaluate_causal(*build_model(load_model_checkpoint(SHIPPED)), vae, per_class=10,
-                            head_steps=8, cfg=5.0, cfg_schedule="constant", temperature=0.8, seed=3)
-    assert score["accuracy"] >= 0.7
 
 
 def test_verify_status_accepts_a_fresh_causal_report(built, tmp_path):
@@ -358,36 +275,10 @@ def test_causal_build_replaces_a_far_bundle_whole(causal_files, tmp_path):
     res = r.invoke(main, ["build", causal_files["ckpt"], "--vae", causal_files["vae"], "--out", out,
                           "--head-steps", "1", "--validate-batches", "1", "--skip-verify"])
     assert res.exit_code == 0, res.output
-    assert "trt_readiness.json" not in res.output and "validation.json" in res.output
+    assert "trt_readiness.json" in res.output and "validation.json" in res.output
     manifest = json.load(open(os.path.join(out, "manifest.json")))
     assert manifest["model"]["kind"] == "causal"
     files = {f for g in manifest["graphs"].values() for f in g["files"]}
-    assert set(os.listdir(out)) == files | {"manifest.json", "validation.json"}
+    assert set(os.listdir(out)) == files | {"manifest.json", "validation.json", "trt_readiness.json"}
+    assert set(json.load(open(os.path.join(out, "trt_readiness.json")))) == set(manifest["graphs"])
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]     # no staging, no lock
-
-
-
-@pytest.mark.parametrize("args,expect", [
-    (["--O", "3"], "power of two"), (["--O", "a,b"], "--O takes"), (["--cfg", "nan"], "finite"),
-    (["--temperature", "-1"], "--temperature must be >= 0"), (["--seed", "-1"], "seed"),
-    (["--per-class", "0"], "--per-class"), (["--schedule", "cosine"], "invalid choice"),
-    (["--checkpoint", "/nonexistent.pth"], "is not a file"),
-])
-def test_evaluate_causal_options_are_one_sentence(args, expect, capsys, tmp_path):
-    from far_export.demo.evaluate_causal import main as evaluate_main
-    with pytest.raises(SystemExit) as e:
-        evaluate_main(args + ["--out", str(tmp_path / "r.json")])
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and "Traceback" not in err and expect in err
-    assert err.strip().splitlines()[-1].count("error:") == 1
-    assert not os.path.exists(tmp_path / "r.json")
-
-
-def test_evaluate_causal_refuses_a_bad_checkpoint_in_one_sentence(capsys, tmp_path):
-    from far_export.demo.evaluate_causal import main as evaluate_main
-    bad = tmp_path / "bad.pth"
-    bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(SystemExit) as e:
-        evaluate_main(["--checkpoint", str(bad), "--per-class", "1"])
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -79,6 +79,51 @@ def test_profiles_cover_every_plan_shape(head_kind, k_range, batch_range):
     assert checked > 0
 
 
+CAUSAL_16 = {"kind": "causal", "seq_len": 16, "token_dim": 4, "cond_dim": 32, "num_classes": 10,
+             "head_kind": "shortcut", "diffusion_steps": 0, "class_tokens": 2, "context": 17,
+             "depth": 2, "heads": 2, "head_dim": 16, "image_size": 8, "image_channels": 3,
+             "vae_scale": 1.0}
+
+
+def causal_bundle(max_batch=4, head_steps=(1, 2)) -> Bundle:
+    """A manifest-only FAR-Causal bundle (its graph names from the variant's specs)."""
+    names = list(component_specs(CAUSAL_16, max_batch, head_steps))
+    graphs = {g: {"file": f"{g}.onnx", "files": {f"{g}.onnx": "0" * 64}} for g in names}
+    return Bundle("/nonexistent", {"model": CAUSAL_16, "max_batch": max_batch,
+                                   "head_steps": list(head_steps), "graphs": graphs})
+
+
+def test_causal_profiles_cover_every_shape_of_its_plans():
+    """FAR-Causal's engines get profiles from its own plans: prefill, both step bindings (one
+    profile set: ``slot`` is no tensor dim), recompute at every prefix length, heads, VAE.
+    (Profiles used to come from FAR's plan, which has no causal graph: none had a profile.)"""
+    from far_runtime.variants import variant_for
+    bundle = causal_bundle()
+    profiles = engine_profiles(bundle, (1, 256), (1, 4))
+    specs = bundle.specs()
+    assert set(profiles) == set(bundle.graphs)
+    for graph, profs in profiles.items():
+        for p in profs:
+            assert sorted(p) == sorted(specs[graph].dynamic_dims), (graph, p)
+    variant = variant_for(CAUSAL_16)
+    checked = set()
+    for b in range(1, 5):
+        for cfg in (False, True):
+            for head, o in (("fused", 1), ("fused", 2), ("step", 2)):
+                for mode in ("cache", "recompute"):
+                    plan = variant.plan(CAUSAL_16, b, None, o, cfg, head, True, 4, mode)
+                    for call in plan.distinct():
+                        assert select_profile(profiles[call.graph], dict(call.dims)) is not None, call
+                        checked.add(call.graph)
+    assert checked == set(bundle.graphs)
+    known = [p["n_known"] for p in profiles["causal_recompute"]]
+    assert (min(k[0] for k in known), max(k[2] for k in known)) == (1, 15)     # prefixes 1..L-1
+    assert min(p["batch"][0] for p in profiles["causal_step"]) == 1
+    assert max(p["batch"][2] for p in profiles["causal_step"]) == 8        # CFG rows at batch 4
+    with pytest.raises(FarError, match="runs K = 16 only"):
+        engine_profiles(bundle, (1, 8), (1, 4))
+
+
 def test_wide_range_is_split_and_narrow_is_not():
     bundle = paper_bundle()
     wide = engine_profiles(bundle, (1, 64), (1, 8))

@@ -411,12 +411,6 @@ def test_tensorrt_code_uses_no_removed_api_and_checks_every_status(path):
     assert not bare, f"return value ignored: {bare}"
 
 
-def test_stream_is_non_blocking_and_destroyed():
-    src = (ROOT / "runtime/far_runtime/gpu/cuda_runtime.py").read_text()
-    assert "cudaStreamCreateWithFlags(self.rt.cudaStreamNonBlocking)" in src and "cudaStreamCreate()" not in src
-    assert "cuda.destroy_stream(self.stream)" in (ROOT / TRT_FILES[0]).read_text()
-
-
 def test_strongly_typed_only_where_tensorrt_takes_the_flag():
     assert network_flags("10.8.0.43", 2) == 1 << 2
     assert network_flags("11.4.0.106", 2) == 0
@@ -476,3 +470,24 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     r = _gpu_check(tmp_path, "--cpu-dry-run")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "threads equal" in r.stdout.strip().splitlines()[-1]
+
+
+# --- the GPU measurement's choice of head call, for every variant ------------------------------
+
+def test_gpu_bench_times_the_median_head_shape_of_any_variant():
+    """``bench.torch_cuda`` times one fused head call: FAR's iteration with the median number
+    of predicted tokens, FAR-Causal's one head shape (it used to read FAR's iterations only)."""
+    from far_export.bench.torch_cuda import median_head_call
+    from far_runtime.variants import variant_for
+    far = make_plan(MODEL_256, 2, 64, 8, True, "fused", True, 8)
+    n_pred = sorted(ip.it.n_pred for ip in far.iterations if ip.calls)
+    call = median_head_call(far)
+    assert call.graph == "head_fused_o8" and call.dim("rows") == 2 * n_pred[len(n_pred) // 2]
+    assert call.dim("zrows") == 2 * call.dim("rows")
+    causal = {"kind": "causal", "seq_len": 16, "token_dim": 4, "cond_dim": 32, "num_classes": 10,
+              "head_kind": "shortcut", "diffusion_steps": 0, "class_tokens": 2, "context": 17,
+              "depth": 2, "heads": 2, "head_dim": 16, "image_size": 8, "image_channels": 3, "vae_scale": 1.0}
+    plan = variant_for(causal).plan(causal, 3, None, 4, True, "fused", True, 8)
+    call = median_head_call(plan)
+    assert (call.graph, call.dim("rows"), call.dim("zrows")) == ("head_fused_o4", 3, 6)
+    assert median_head_call(make_plan(MODEL_256, 1, 4, 8, False, "step", False, 8)) is None

@@ -213,3 +213,44 @@ def test_per_graph_int8_choice_follows_measured_speed(lowered, bundles, tmp_path
     said = []
     precision_bundle(bundles["far"], out, opts, said.append)               # same options: reused
     assert os.path.getmtime(os.path.join(out, "manifest.json")) == stamp and "reusing" in said[0]
+
+
+# --- FAR-Causal: the same calibration, reading the variant's loops ------------------------------
+
+@pytest.fixture(scope="module")
+def causal_fp32(tmp_path_factory):
+    from far_export.synthetic import tiny_causal_config, write_random_causal_checkpoint, write_random_vae
+    d = tmp_path_factory.mktemp("causal_precision")
+    ckpt, vae = str(d / "causal.pth"), str(d / "vae.pth")
+    write_random_causal_checkpoint(ckpt, tiny_causal_config(16, class_tokens=2), seed=4)
+    write_random_vae(vae, seed=3)
+    export_bundle(ckpt, vae, str(d / "fp32"), head_steps=(1, 2), validate_batches=(1,), max_batch=4)
+    return str(d / "fp32")
+
+
+def test_int8_build_of_a_causal_bundle_calibrates_every_graph(causal_fp32, tmp_path):
+    """int8 of a FAR-Causal bundle: the calibration runs its own loops (KV cache and
+    recompute, K = L), so every graph gets real inputs, and the runtime runs the result.
+    (Calibration used to run FAR's loop, which needs a 'backbone' graph: refused.)"""
+    from far_export.bench.models import precision_bundle
+    from far_export.precision.calibration import sampling_runs
+    fp32 = load_bundle(causal_fp32)
+    runs = sampling_runs(fp32, SETTINGS)
+    assert {r.get("mode") for r in runs} == {"cache", "recompute"} and {r["K"] for r in runs} == {16}
+    opts = PrecisionOptions("int8", calibration=SETTINGS, cache_dir=str(tmp_path / "cache"))
+    out = precision_bundle(causal_fp32, str(tmp_path / "int8"), opts, lambda m: None)
+    m = _manifest(out)
+    assert m["precision"] == "int8" and set(m["graphs"]) == set(fp32.graphs)
+    assert {"causal_prefill", "causal_step", "causal_recompute"} <= set(m["graphs"])
+    for name, g in m["graphs"].items():
+        calib = g["int8"]["calibration"]
+        assert calib["samples"] > 0 and calib["recorded_calls"] > 0, name
+        assert g["precision"] == "int8" or g["int8"]["reason"], name
+        if g["precision"] == "int8":
+            assert check_graph(os.path.join(out, g["file"])).ok, name
+    assert m["graphs"]["causal_step"]["int8"]["calibration"]["recorded_calls"] >= 15     # L - 1 steps
+    pipe, ref = Pipeline.load(out), Pipeline.load(causal_fp32)
+    for mode in ("cache", "recompute"):
+        a = ref.generate_tokens([1, 2], O=2, cfg=3.0, seed=4, mode=mode)
+        b = pipe.generate_tokens([1, 2], O=2, cfg=3.0, seed=4, mode=mode)
+        assert np.isfinite(b).all() and b.shape == a.shape == (2, 16, 4)

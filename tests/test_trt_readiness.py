@@ -225,3 +225,48 @@ def test_missing_or_non_onnx_file_is_one_clear_error(tmp_path):
         (tmp_path / name).write_bytes(content)
         with pytest.raises(FarError, match="is not an ONNX model"):
             check_graph(tmp_path / name)
+
+
+# --------------------------------------------------------------------------- a bundle's report
+
+def test_causal_export_writes_the_readiness_report_of_every_graph(tmp_path):
+    """``far-export export`` (and ``build``) of a FAR-Causal checkpoint writes and prints the
+    readiness report FAR bundles get, one entry per graph of its variant (it used to write
+    none: drift 4 of issue 23)."""
+    from click.testing import CliRunner
+    from far_export.cli import main
+    from far_export.synthetic import tiny_causal_config, write_random_causal_checkpoint
+    from far_export.tensorrt.bundle_readiness import READINESS_FILE, variant_graphs
+    ckpt, out = str(tmp_path / "causal.pth"), str(tmp_path / "bundle")
+    write_random_causal_checkpoint(ckpt, tiny_causal_config(16, class_tokens=2), seed=4)
+    res = CliRunner().invoke(main, ["export", ckpt, "--out", out, "--components", "backbone,head",
+                                    "--head-steps", "1", "--validate-batches", "1"])
+    assert res.exit_code == 0, res.output
+    manifest = json.load(open(f"{out}/manifest.json"))
+    report = json.load(open(f"{out}/{READINESS_FILE}"))
+    assert list(report) == variant_graphs(manifest)
+    assert set(report) == set(manifest["graphs"]) >= {"causal_prefill", "causal_step", "causal_recompute"}
+    for graph, r in report.items():
+        assert r["ok"] and r["nodes"] > 0 and r["model"].endswith(f"{graph}.onnx"), graph
+    assert f"all {len(report)} graphs ready" in res.output and READINESS_FILE in res.output
+
+
+def test_ensure_readiness_checks_only_what_is_missing_and_says_what_is_not_ready(tmp_path):
+    import shutil
+    from far_export.tensorrt.bundle_readiness import READINESS_FILE, ensure_readiness, readiness_line
+    ok = _model([helper.make_node("Relu", ["x"], ["y"])], [("x", F, [2])], [("y", F, [2])])
+    bad = _model([helper.make_node("Unique", ["x"], ["y"])], [("x", F, [2])], [("y", F, [None])])
+    onnx.save(ok, str(tmp_path / "vae_decoder.onnx"))
+    onnx.save(bad, str(tmp_path / "head_step.onnx"))
+    model = {"seq_len": 4, "token_dim": 2, "cond_dim": 4, "num_classes": 3, "head_kind": "shortcut",
+             "diffusion_steps": 0, "image_size": 4, "image_channels": 3, "vae_scale": 1.0}
+    manifest = {"model": model, "max_batch": 2, "head_steps": [],
+                "graphs": {g: {"file": f"{g}.onnx"} for g in ("vae_decoder", "head_step")}}
+    line = ensure_readiness(str(tmp_path), manifest)
+    report = json.load(open(tmp_path / READINESS_FILE))
+    assert list(report) == ["head_step", "vae_decoder"]                 # the specs' order
+    assert "1 of 2 graphs NOT ready" in line and "head_step" in line and "Unique" in line
+    assert line == readiness_line(report)
+    (tmp_path / "head_step.onnx").unlink()                             # present entries are kept
+    shutil.copy(tmp_path / "vae_decoder.onnx", tmp_path / "head_step.onnx")
+    assert ensure_readiness(str(tmp_path), manifest) == line

@@ -8,21 +8,22 @@ and library), which are listed with the figures; a peer that fails says why. Eac
 run is compared with eager fp32's (``compare.py``: latent error, image PSNR, the gate), and
 ``summary`` names the fastest passing PyTorch and runtime configurations.
 
-One command, one report. For each model (FAR, and MAR when given) it starts one worker
-process per backend, loads the model once, then for every configuration (K, O, batch, CFG)
-runs warm-ups and N measured runs, alternating the backends run by run (A B B A ...) with the
+One command, one report. For each model (FAR or FAR-Causal, and MAR when given beside FAR)
+it starts one worker process per backend, loads the model once, then for every configuration
+(K, O, the variant's loop, batch, CFG) runs warm-ups and N measured runs, alternating the backends run by run (A B B A ...) with the
 same seeds, so every speed ratio is measured under the same machine load. The report holds:
 
 - per backend: images/s, latency per image (median, p90), the time split into backbone, head,
   VAE decoder and overhead (end-to-end time minus the time inside those components), peak RSS;
 - the MAR (diffusion head, its own step count, 100 by default) against FAR (shortcut head,
   O = 8) end to end on the same backbone, with each head's share of time;
-- a K x O sweep of the FAR model;
+- a K x O sweep of the FAR model; for FAR-Causal (K is L) its loops x O, with the KV cache
+  against recomputing the prefix (``loops``);
 - the machine's measured matmul peak per dtype next to the backbone's achieved FLOP/s, each
   backbone against the peak of the dtype it runs in.
 
 How time is split. Reference: forward hooks time ``backbone``, ``head`` and ``vae`` module
-calls (``perf_counter``); the CFG combine and Euler/DDPM updates between head calls are
+calls (``perf_counter``; FAR-Causal's ``prefill`` and ``step``, called directly, are wrapped); the CFG combine and Euler/DDPM updates between head calls are
 outside the head module and count as overhead, as the runtime's numpy code between graph
 calls does. Runtime: ``backend.timer`` (time inside ``run_with_iobinding`` per graph).
 

@@ -11,12 +11,12 @@ from .sweep import run_bench
 
 
 
-def calibration_settings(kind: str, K: int):
+def calibration_settings(kind: str, K: int | None):
     """The calibration runs of the bench's int8 bundle: ``full`` is far-export build's."""
     from ..precision.calibration import CalibrationSettings
     if kind == "full":
         return CalibrationSettings()
-    return CalibrationSettings(seeds=(0,), batch=2, num_iter=min(K, 16), max_samples=16)
+    return CalibrationSettings(seeds=(0,), batch=2, num_iter=min(K or 16, 16), max_samples=16)
 
 
 def command_line(source, **opts) -> str:
@@ -33,19 +33,21 @@ def _command():
     import click
 
     @click.command()
-    @click.argument("source", required=False)
+    @click.argument("source", required=False)           # FAR, or FAR-Causal (its loops swept)
     @click.option("--preset", type=click.Choice(["tiny", "small", "B"]),
                   help="Random FAR and MAR models with the same backbone (and a random VAE) instead of SOURCE.")
     @click.option("--mar", "mar_path", help="MAR checkpoint or bundle with the same backbone, for MAR vs FAR.")
     @click.option("--vae", "vae_path", help="VAE checkpoint (for a CHECKPOINT source).")
-    @click.option("--K", "num_iter", default=16, show_default=True, help="Autoregressive iterations.")
+    @click.option("--K", "num_iter", type=int,
+                  help="Autoregressive iterations (default 16; FAR-Causal: L, its only K).")
     @click.option("--O", "head_steps", default=8, show_default=True, help="FAR head steps.")
     @click.option("--batch", default=1, show_default=True)
     @click.option("--cfg", default=3.0, show_default=True, help="Classifier-free guidance (1.0: none).")
     @click.option("--threads", type=int, help="Threads for both backends (default: all cores).")
     @click.option("--runs", default=5, show_default=True, help="Measured runs per backend and configuration.")
     @click.option("--warmup", default=1, show_default=True, help="Warm-up runs per backend and configuration.")
-    @click.option("--sweep-K", "sweep_k", default="16,64", show_default=True, help="K values of the sweep ('' for none).")
+    @click.option("--sweep-K", "sweep_k", help="K values of the sweep ('' for none; default 16,64; FAR-Causal: "
+                                               "L, in each of its loops, KV cache and recompute).")
     @click.option("--sweep-O", "sweep_o", default="1,2,4,8", show_default=True, help="O values of the sweep.")
     @click.option("--seed", default=0, show_default=True)
     @click.option("--matmul-seconds", default=1.0, show_default=True,
@@ -71,8 +73,9 @@ def _command():
         if source is None and preset is None:
             from ..defaults import default_paths
             source, vae_path = default_paths(None, vae_path)
-        sk, so = parse_int_list(sweep_k, "--sweep-K"), parse_int_list(sweep_o, "--sweep-O")
-        if not sk or not so:
+        sk = None if sweep_k is None else parse_int_list(sweep_k, "--sweep-K")
+        so = parse_int_list(sweep_o, "--sweep-O")
+        if sk == [] or not so:
             sk, so = [], []
         report = run_bench(source, out, preset, mar_path, vae_path, num_iter, head_steps, batch, cfg,
                            threads, runs, warmup, sk, so, seed, matmul_seconds,

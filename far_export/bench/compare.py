@@ -69,10 +69,10 @@ def summary(entry: dict) -> dict:
             "speedup_vs_best_pytorch": lat[bp] / lat[br] if bp and br else None,
             "speedup_vs_eager_fp32": lat[REFERENCE] / lat[br] if br and REFERENCE in lat else None,
             "latency_s": {"best_pytorch": lat.get(bp), "best_runtime": lat.get(br), "eager_fp32": lat.get(REFERENCE)},
-            "K": entry["K"], "O": entry["O"], "batch": entry["batch"], "cfg": entry["cfg"],
+            "K": entry["K"], "O": entry["O"], "mode": entry.get("mode"), "batch": entry["batch"], "cfg": entry["cfg"],
             "passing": {b: bool(acc.get(b, {}).get("passed")) for b in lat}}
 
 
-def output_path(folder: str, model: str, peer: str, K: int, O: int) -> str:
+def output_path(folder: str, model: str, peer: str, K: int, O: int, mode: str | None = None) -> str:
     os.makedirs(folder, exist_ok=True)
-    return os.path.join(folder, f"{model}_K{K}_O{O}_{peer}.npz")
+    return os.path.join(folder, f"{model}_K{K}_O{O}{'_' + mode if mode else ''}_{peer}.npz")

@@ -1,6 +1,8 @@
 """The engines under test, each behind the same three calls (``generate_tokens``, ``decode``,
 ``timer``): the PyTorch eager reference timed by module hooks, the runtime over ONNX
-Runtime, and the runtime's loop over a GPU backend; ``measure_run`` times one run of any."""
+Runtime, and the runtime's loop over a GPU backend; ``measure_run`` times one run of any.
+A run names the variant's loop ``mode`` (FAR-Causal: ``cache`` or ``recompute``; FAR/MAR:
+None), which every engine runs."""
 from __future__ import annotations
 
 import time
@@ -8,8 +10,15 @@ from collections import defaultdict
 
 import numpy as np
 
+from far_runtime.variants import VARIANTS
+
 from .models import TENSORRT
-from .report import COMPONENTS, REFERENCE, RUNTIME
+from .report import COMPONENTS, RUNTIME
+
+BACKBONE_GRAPHS = {g for v in VARIANTS.values() for g in v.backbone_graphs}
+# FAR-Causal's reference backbone is called through these, not through forward: timed too
+BACKBONE_METHODS = ("prefill", "step")
+
 
 class ModuleTimer:
     """Seconds per named torch module, from forward pre-hooks and hooks (same shape as the
@@ -30,13 +39,26 @@ class ModuleTimer:
         module.register_forward_pre_hook(pre)
         module.register_forward_hook(post)
 
+    def wrap(self, name: str, module, method: str) -> None:
+        """Time a method called directly (not through ``forward``) as ``name``."""
+        inner = getattr(module, method)
+
+        def timed(*args, **kw):
+            t0 = time.perf_counter()
+            try:
+                return inner(*args, **kw)
+            finally:
+                self.seconds[name] += time.perf_counter() - t0
+                self.calls[name] += 1
+        setattr(module, method, timed)
+
     def reset(self) -> None:
         self.seconds.clear()
         self.calls.clear()
 
 
 def component_of(graph: str) -> str:
-    if graph == "backbone":
+    if graph in BACKBONE_GRAPHS or graph == "backbone":
         return "backbone"
     if graph.startswith("head"):
         return "head"
@@ -59,8 +81,8 @@ class RuntimeEngine:
         self.dims = (m["seq_len"], m["token_dim"], m["diffusion_steps"])
         self.decodes = self.pipe.bundle.has("vae_decoder")
 
-    def generate_tokens(self, labels, K, O, cfg, rnd):
-        return self.pipe.generate_tokens(labels, K=K, O=O, cfg=cfg, randomness=rnd)
+    def generate_tokens(self, labels, K, O, cfg, rnd, mode=None):
+        return self.pipe.generate_tokens(labels, K=K, O=O, cfg=cfg, randomness=rnd, mode=mode)
 
     def decode(self, tokens):
         return self.pipe.decode(tokens)
@@ -134,36 +156,45 @@ class ReferenceEngine:
         modules = {"backbone": self.pipe.backbone, "head": self.pipe.head}
         if self.pipe.vae is not None:
             modules["vae"] = self.pipe.vae
+        methods = [m for m in BACKBONE_METHODS if hasattr(self.pipe.backbone, m)]
         if spec.get("compile"):
             for m in modules.values():
                 m.forward = torch.compile(m.forward, dynamic=True)
+            for m in methods:
+                setattr(self.pipe.backbone, m, torch.compile(getattr(self.pipe.backbone, m), dynamic=True))
         bf16 = spec.get("dtype", "fp32") == "bf16"
         self.context = ((lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16
                         else contextlib.nullcontext)
         self.timer = ModuleTimer()
         for n, m in modules.items():
             self.timer.attach(n, m)
+        for m in methods:
+            self.timer.wrap("backbone", self.pipe.backbone, m)
         self.decodes = self.pipe.vae is not None
         bb, hd = self.pipe.ckpt.config.backbone, self.pipe.ckpt.config.head
         self.dims = (bb.seq_len, bb.token_dim, hd.diffusion_steps if hd.kind == "diffusion" else 0)
 
-    def generate_tokens(self, labels, K, O, cfg, rnd):
+    def generate_tokens(self, labels, K, O, cfg, rnd, mode=None):
+        # the reference's FAR-Causal loop recomputes the prefix with use_cache=False
+        loop = {} if mode is None else {"use_cache": mode != "recompute"}
         with self.context():
-            return self.pipe.tokens(labels, num_iter=K, head_steps=O, cfg=cfg, randomness=rnd).float()
+            return self.pipe.tokens(labels, num_iter=K, head_steps=O, cfg=cfg, randomness=rnd,
+                                    **loop).float()
 
     def decode(self, tokens):
         with self.torch.no_grad(), self.context():
             return self.pipe.vae(tokens).float().numpy()
 
 
-def measure_run(engine, labels, K: int, O: int, cfg: float, seed: int) -> dict:
-    """One timed end-to-end run: K iterations to token latents, then the VAE decode."""
+def measure_run(engine, labels, K: int | None, O: int, cfg: float, seed: int, mode=None) -> dict:
+    """One timed end-to-end run: K iterations (the variant's loop ``mode``) to token latents,
+    then the VAE decode."""
     from far_runtime.randomness import draw_randomness
     L, C, S = engine.dims
     rnd = draw_randomness(seed, len(labels), L, C, S)        # drawn outside the timed region
     engine.timer.reset()
     t0 = time.perf_counter()
-    tokens = engine.generate_tokens(labels, K, O, cfg, rnd)
+    tokens = engine.generate_tokens(labels, K, O, cfg, rnd, mode)
     t1 = time.perf_counter()
     gen_graph = sum(engine.timer.seconds.values())
     images = engine.decode(tokens) if engine.decodes else None

@@ -117,10 +117,11 @@ def reference_source(bundle: str) -> dict:
         if sha256_file(path) != digest:
             raise FarError(f"The {what} {path} is not the one bundle {bundle} was exported from "
                            "(sha256 differs); pass the checkpoint instead of the bundle.")
+    bb = man["config"]["backbone"]
     return {"checkpoint": src["checkpoint"], "vae": src["vae"],
             "weights": "model" if src["weights"] == "model" else "ema",
-            "heads": (man["config"]["backbone"]["encoder_heads"]
-                      if man["config"]["backbone"].get("heads_rule") == "user option" else None)}
+            "heads": (bb.get("encoder_heads", bb.get("heads"))           # FAR/MAR, FAR-Causal
+                      if bb.get("heads_rule") == "user option" else None)}
 
 
 def precision_bundle(fp32_bundle: str, folder: str, options, say) -> str:

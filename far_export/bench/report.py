@@ -26,7 +26,9 @@ def markdown(report: dict) -> str:
              f"{report['warmup']} warm-up per backend and configuration, backends alternated run by run "
              f"with equal seeds. Load average before/after: {ld['before']['loadavg_1m']:.2f} / "
              f"{ld['after']['loadavg_1m']:.2f} (1 min, {ld['before']['cpus']} CPUs).\n")
-    L.append(f"## Main: FAR, K={main['K']}, O={main['O']}, batch {main['batch']}, CFG {main['cfg']}\n")
+    title = report.get("variant_title", "FAR")
+    loop = f", {main['mode']} loop" if main.get("mode") else ""
+    L.append(f"## Main: {title}, K={main['K']}, O={main['O']}{loop}, batch {main['batch']}, CFG {main['cfg']}\n")
     L.append("| backend | images/s | latency/image median (ms) | p90 (ms) | best (ms) | vs eager | backbone | head | "
              "VAE | overhead | overhead in generate | peak RSS (MB) |")
     L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -60,15 +62,19 @@ def markdown(report: dict) -> str:
         L.append("")
     if report["sweep"]:
         backends = list(report["sweep"][0]["backends"])
-        L.append(f"## K x O sweep (FAR, batch {main['batch']}, CFG {main['cfg']}): median latency per image (ms)\n")
-        L.append("| K | O | " + " | ".join(backends) + " | speed-up | head share (" + backends[-1] + ") |")
-        L.append("|---:|---:|" + "---:|" * (len(backends) + 2))
+        loops = any(e.get("mode") for e in report["sweep"])
+        L.append(f"## {'Loop' if loops else 'K'} x O sweep ({title}, batch {main['batch']}, CFG {main['cfg']}): "
+                 "median latency per image (ms)\n")
+        L.append("| K | O | " + ("loop | " if loops else "") + " | ".join(backends)
+                 + " | speed-up | head share (" + backends[-1] + ") |")
+        L.append("|---:|---:|" + ("---|" if loops else "") + "---:|" * (len(backends) + 2))
         for e in report["sweep"]:
             lat = [_ms(e["backends"][b]["latency_median_s"]) for b in backends]
             sp = f"{e['speedup']:.2f}x" if "speedup" in e else "-"
-            L.append(f"| {e['K']} | {e['O']} | " + " | ".join(lat) + f" | {sp} | "
-                     f"{100 * e['backends'][backends[-1]]['shares']['head']:.0f}% |")
+            L.append(f"| {e['K']} | {e['O']} | " + (f"{e.get('mode')} | " if loops else "") + " | ".join(lat)
+                     + f" | {sp} | {100 * e['backends'][backends[-1]]['shares']['head']:.0f}% |")
         L.append("")
+    L.extend(_loops(report))
     tp = report["throughput"]
     mm = report["matmul_peak"]
     nom = mm.get("nominal")
@@ -135,6 +141,24 @@ def _peers_and_accuracy(report: dict) -> list[str]:
     return L
 
 
+def _loops(report: dict) -> list[str]:
+    """The variant's loop modes against each other (FAR-Causal: recompute over KV cache)."""
+    rows = report.get("loops")
+    if not rows:
+        return []
+    modes = list(rows[0]["backends"][next(iter(rows[0]["backends"]))]["latency_median_s"])
+    base, others = rows[0]["baseline"], [m for m in modes if m != rows[0]["baseline"]]
+    L = [f"## {' and '.join(others)} against {base} ({report.get('variant_title', '')}): median latency per "
+         "image (ms)\n", "| O | backend | " + " | ".join(modes) + " | "
+         + " | ".join(f"{m} / {base}" for m in others) + " |", "|---:|---|" + "---:|" * (len(modes) + len(others))]
+    for r in rows:
+        for b, v in r["backends"].items():
+            L.append(f"| {r['O']} | {b} | " + " | ".join(_ms(v["latency_median_s"][m]) for m in modes) + " | "
+                     + " | ".join(f"{v['ratio_to_baseline'][m]:.2f}x" for m in others) + " |")
+    L.append("")
+    return L
+
+
 def _peaks(report: dict) -> list[str]:
     pk = report.get("peaks")
     if not pk:
@@ -158,7 +182,7 @@ def plot(report: dict, path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    rows = [(f"FAR K={report['main']['K']} O={report['main']['O']}", report["main"])]
+    rows = [(f"{report.get('variant_title', 'FAR')} K={report['main']['K']} O={report['main']['O']}", report["main"])]
     if report.get("mar_vs_far"):
         m = report["mar_vs_far"]
         if (m["far"]["K"], m["far"]["O"]) != (report["main"]["K"], report["main"]["O"]):
@@ -188,16 +212,20 @@ def plot(report: dict, path: str) -> None:
     if sweep:
         ax = axes[0][1]
         Os = sorted({e["O"] for e in sweep})
+        lines = list(dict.fromkeys((e["K"], e.get("mode")) for e in sweep))
         for b in sweep[0]["backends"]:
-            for k in sorted({e["K"] for e in sweep}):
-                pts = sorted((e["O"], 1000 * e["backends"][b]["latency_median_s"]) for e in sweep if e["K"] == k)
-                ax.plot(*zip(*pts), marker="o", linestyle="-" if b == RUNTIME else "--", label=f"{b} K={k}")
+            for k, mode in lines:
+                pts = sorted((e["O"], 1000 * e["backends"][b]["latency_median_s"]) for e in sweep
+                             if (e["K"], e.get("mode")) == (k, mode))
+                ax.plot(*zip(*pts), marker="o", linestyle="-" if b == RUNTIME else "--",
+                        label=f"{b} K={k}" + (f" {mode}" if mode else ""))
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks(Os, [str(o) for o in Os])
         ax.set_xlabel("O (head steps)")
         ax.set_ylabel("ms per image (median)")
-        ax.set_title("K x O sweep (FAR)", fontsize=10)
+        ax.set_title(f"{'Loop' if any(m for _, m in lines) else 'K'} x O sweep "
+                     f"({report.get('variant_title', 'FAR')})", fontsize=10)
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -1,5 +1,9 @@
 """Measuring: every configuration with the backends alternated run by run, the summaries,
-FLOP rates against the matmul peak, which backends can run here, and ``run_bench``."""
+FLOP rates against the matmul peak, which backends can run here, and ``run_bench``.
+
+A configuration is (K, O, loop mode) of the model's variant (``far_runtime.variants``): FAR
+and MAR sweep K x O in their one loop; FAR-Causal's K is L, so its sweep is its loop modes
+(KV cache, recompute) x O, which gives the cache-vs-recompute comparison (``loops``)."""
 from __future__ import annotations
 
 import logging
@@ -9,9 +13,11 @@ import time
 import numpy as np
 
 from far_runtime.errors import FarError
+from far_runtime.variants import variant_for
 
 from ..flops import plan_flops
 from .compare import MIN_PSNR_DB, accuracy, output_path, summary
+from .engines import component_of
 from .models import (MAR_VS_FAR_O, TENSORRT, TORCH_CUDA, backbone_digest, bundle_manifest, ensure_bundle,
                      precision_bundle, reference_source, write_preset_models)
 from .peers import BY_NAME, choose, parse_peers
@@ -19,19 +25,21 @@ from .report import COMPONENTS, REFERENCE, RUNTIME, write_report
 
 log = logging.getLogger(__name__)
 
+SWEEP_K = (16, 64)               # FAR/MAR's K of the sweep when none is given
+
 
 def labels_for(batch: int, num_classes: int) -> list[int]:
     return [(3 * i + 1) % num_classes for i in range(batch)]
 
 
 def measure_config(workers: list, K: int, O: int, batch: int, cfg: float, runs: int, warmup: int,
-                   seed: int, num_classes: int, say, save=None) -> dict:
+                   seed: int, num_classes: int, say, save=None, mode=None) -> dict:
     """Warm-ups, then ``runs`` measured runs per backend, alternating backends A B B A ...;
     run r of every backend uses seed ``seed + r``. A worker whose warm-up fails is dropped
     from ``workers`` (in place) and listed under ``failed`` with its error. ``save(backend)``
     names the file its first measured run's outputs go to (for ``compare.accuracy``)."""
     labels = labels_for(batch, num_classes)
-    base = {"cmd": "run", "labels": labels, "K": K, "O": O, "cfg": cfg}
+    base = {"cmd": "run", "labels": labels, "K": K, "O": O, "cfg": cfg, "mode": mode}
     failed = {}
 
     def drop(w, error):
@@ -75,9 +83,9 @@ def measure_config(workers: list, K: int, O: int, batch: int, cfg: float, runs: 
             if "tokens" in res:
                 tokens[w.backend] = np.asarray(res.pop("tokens"), np.float32)
             results[w.backend].append(res)
-        say(f"  K={K} O={O} batch={batch} cfg={cfg}: run {r + 1}/{runs}: "
+        say(f"  K={K} O={O}{' ' + mode if mode else ''} batch={batch} cfg={cfg}: run {r + 1}/{runs}: "
             + ", ".join(f"{b} {results[b][-1]['total']:.3f}s" for b in results))
-    out = {"K": K, "O": O, "batch": batch, "cfg": cfg, "runs": runs, "warmup": warmup,
+    out = {"K": K, "O": O, "mode": mode, "batch": batch, "cfg": cfg, "runs": runs, "warmup": warmup,
            "peak_rss_scope": "this configuration" if reset else "worker lifetime (reset refused)",
            "labels": labels, "seeds": [seed + r for r in range(runs)], "backends": {}, "failed": failed}
     if save:
@@ -129,14 +137,15 @@ def add_flops(entry: dict, manifest: dict, batch: int, K: int, cfg: float) -> No
     whole head (time, step and condition embedders included) on every row at every step, a
     fused runtime graph embeds the condition once and the time/step once per step.
     """
-    from far_runtime.variants.masked import make_plan
     from far_runtime.specs import fused_name
     model = manifest["model"]
+    variant = variant_for(model)
     steps = entry["O"]
     fused = model["head_kind"] == "shortcut" and fused_name(steps) in manifest["graphs"]
     for b, r in entry["backends"].items():
         mode = "fused" if fused and (b not in BY_NAME or BY_NAME[b].engine != "pytorch") else "step"
-        fl = plan_flops(manifest["config"], make_plan(model, batch, K, steps, cfg != 1.0, mode, False))
+        plan = variant.plan(model, batch, K, steps, cfg != 1.0, mode, False, None, entry.get("mode"))
+        fl = plan_flops(manifest["config"], plan)
         t = r["breakdown_s"]
         r["flops"] = fl
         r["head_mode"] = mode
@@ -147,7 +156,6 @@ def backend_availability(bundle: str | None = None) -> dict:
     """Which backends can run here; the others with the reason. The GPU backends run the
     runtime's own loop (fp32) where PyTorch sees a CUDA device (CUDA graphs) and, for
     TensorRT, where it is installed and fp32 engines were built for the bundle."""
-    out = {REFERENCE: {"available": True}, RUNTIME: {"available": True}}
     try:
         import torch
         cuda = torch.cuda.is_available()
@@ -155,14 +163,20 @@ def backend_availability(bundle: str | None = None) -> dict:
                    + ("" if torch.version.cuda else " (a CPU-only build)"))
     except ImportError:
         cuda, why_not = False, "PyTorch is not installed"
-    out[TORCH_CUDA] = {"available": cuda, "reason": None if cuda else why_not}
     from far_runtime.info import missing_engines, tensorrt_import_problem
-    trt_why = tensorrt_import_problem()
-    if trt_why is None and not cuda:
-        trt_why = why_not
-    if trt_why is None and bundle:
-        trt_why = missing_engines(bundle, "fp32")
-    out[TENSORRT] = {"available": trt_why is None, "reason": trt_why}
+    trt_problem = tensorrt_import_problem()
+    missing = missing_engines(bundle, "fp32") if bundle and cuda and trt_problem is None else None
+    return availability(cuda, why_not, trt_problem, missing)
+
+
+def availability(cuda: bool, no_cuda: str, trt_problem: str | None, missing_engines: str | None) -> dict:
+    """The decision from what this machine has: CUDA (else ``no_cuda`` says why), TensorRT
+    (``trt_problem``: why it does not import, or None) and the bundle's fp32 engines
+    (``missing_engines``: what is missing, or None). The CPU backends always run."""
+    out = {REFERENCE: {"available": True}, RUNTIME: {"available": True}}
+    out[TORCH_CUDA] = {"available": cuda, "reason": None if cuda else no_cuda}
+    why = trt_problem or (None if cuda else no_cuda) or missing_engines
+    out[TENSORRT] = {"available": why is None, "reason": why}
     return out
 
 
@@ -174,16 +188,19 @@ def machine_load() -> dict:
 
 
 def run_bench(source: str | None, out: str, preset: str | None = None, mar: str | None = None,
-              vae: str | None = None, K: int = 16, O: int = 8, batch: int = 1, cfg: float = 3.0,
-              threads: int | None = None, runs: int = 5, warmup: int = 1, sweep_K=(16, 64),
+              vae: str | None = None, K: int | None = None, O: int = 8, batch: int = 1, cfg: float = 3.0,
+              threads: int | None = None, runs: int = 5, warmup: int = 1, sweep_K=None,
               sweep_O=(1, 2, 4, 8), seed: int = 0, matmul_seconds: float = 1.0, say=None,
               peers: str | None = None, int8_min_speedup: float | None = 1.0, min_psnr: float = MIN_PSNR_DB,
               calibration=None, skip_mar: bool = False) -> dict:
-    """Measure everything, write ``bench.json``, ``bench.md`` and ``bench.png`` into ``out``."""
+    """Measure everything, write ``bench.json``, ``bench.md`` and ``bench.png`` into ``out``.
+
+    ``K`` None: the variant's default; ``sweep_K`` None: ``SWEEP_K`` (FAR-Causal: its L)."""
     say = say or log.info
     from far_runtime.schedule import check_head_steps, check_k
-    for k in [K, *sweep_K]:
-        check_k(k)
+    for k in [K, *(sweep_K or ())]:
+        if k is not None:
+            check_k(k)
     for o in [O, *sweep_O]:
         check_head_steps(o)
     if runs < 1 or warmup < 0 or batch < 1:
@@ -215,14 +232,24 @@ def run_bench(source: str | None, out: str, preset: str | None = None, mar: str 
                                     head_steps_needed, batch, say)
         m["reference"] = reference_source(m["bundle"])
         m["manifest"] = bundle_manifest(m["bundle"])
+    model = models["far"]["manifest"]["model"]
+    variant = variant_for(model)
+    if model["head_kind"] != "shortcut":
+        raise FarError("The model to benchmark must be FAR or FAR-Causal (shortcut head); pass a "
+                       "MAR model with --mar next to its FAR twin.")
     if "mar" in models:
-        same_backbone = (backbone_digest(models["far"]["reference"]["checkpoint"])
-                         == backbone_digest(models["mar"]["reference"]["checkpoint"]))
+        if variant.family != "masked":
+            raise FarError(f"--mar compares MAR with FAR on one backbone; {variant.title} has its own "
+                           "backbone, so leave out --mar.")
         if models["mar"]["manifest"]["model"]["head_kind"] != "diffusion":
             raise FarError("--mar must be a MAR model (diffusion head); its head is a shortcut head.")
-    if models["far"]["manifest"]["model"]["head_kind"] != "shortcut":
-        raise FarError("The model to benchmark must be a FAR model (shortcut head); pass a MAR "
-                       "model with --mar next to its FAR twin.")
+        same_backbone = (backbone_digest(models["far"]["reference"]["checkpoint"])
+                         == backbone_digest(models["mar"]["reference"]["checkpoint"]))
+    K = variant.check_k(K, model)
+    loops = [m for m in variant.modes if m is not None] or [None]
+    sweep_K = [variant.check_k(k, model) for k in (
+        sweep_K if sweep_K is not None else SWEEP_K if loops == [None] else (K,))]
+    sweep = [(k, o, loop) for loop in loops for k in sweep_K for o in sweep_O]
 
     say(f"measuring the matmul peak per dtype ({threads} threads, ~{8 * matmul_seconds:.0f}s)")
     from .peaks import measure_peaks
@@ -236,6 +263,7 @@ def run_bench(source: str | None, out: str, preset: str | None = None, mar: str 
     chosen, skipped = choose(wanted, peaks, explicit)
 
     report = {"command": None, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t_start)),
+              "variant": variant.name, "variant_title": variant.title,
               "threads": threads, "runs": runs, "warmup": warmup, "seed": seed, "preset": preset,
               "backends": backend_availability(models["far"]["bundle"]), "matmul_peak": matmul,
               "peaks": peaks, "peers": {p.name: p.to_dict() for p in chosen}, "peers_not_run": skipped,
@@ -286,13 +314,15 @@ def run_bench(source: str | None, out: str, preset: str | None = None, mar: str 
                 "head_kind": man["model"]["head_kind"], "config": man["config"],
                 "model": man["model"], "idle_rss_mb": {b: i["rss_mb"] for b, i in info.items()},
                 "torch_imported": {b: i["torch_imported"] for b, i in info.items()}}
-            for (k, o) in configs:
-                if (name, k, o) in configs_done:
+            for (k, o, loop) in configs:
+                if (name, k, o, loop) in configs_done:
                     continue
-                say(f"{name}: K={k} O={o if man['model']['head_kind'] == 'shortcut' else man['model']['diffusion_steps']}")
+                say(f"{name}: K={k} O={o if man['model']['head_kind'] == 'shortcut' else man['model']['diffusion_steps']}"
+                    + (f" {loop}" if loop else ""))
                 entry = measure_config(workers, k, o, batch, cfg, runs, warmup, seed,
                                        man["model"]["num_classes"], say,
-                                       save=lambda b: output_path(os.path.join(out, "outputs"), name, b, k, o))
+                                       save=lambda b: output_path(os.path.join(out, "outputs"), name, b, k, o, loop),
+                                       mode=loop)
                 for b, why in entry["failed"].items():
                     skipped[b] = f"failed on its first run: {why}"
                 entry["accuracy"] = accuracy(entry.pop("outputs", {}), min_psnr)
@@ -304,7 +334,7 @@ def run_bench(source: str | None, out: str, preset: str | None = None, mar: str 
                     entry["head"] = "shortcut"
                 entry["load"] = machine_load()
                 add_flops(entry, man, batch, k, cfg)
-                configs_done[(name, k, o)] = entry
+                configs_done[(name, k, o, loop)] = entry
                 # what is measured so far survives an interrupted run
                 from far_runtime.files import write_json
                 write_json(os.path.join(out, "bench.partial.json"), list(configs_done.values()))
@@ -315,16 +345,15 @@ def run_bench(source: str | None, out: str, preset: str | None = None, mar: str 
                     report["models"][name].setdefault("lifetime_peak_rss_mb", {})[w.backend] = \
                         life.get("lifetime_peak_rss_mb")
 
-    far_configs = [(K, O)] + ([(K, MAR_VS_FAR_O)] if "mar" in models else []) + \
-                  [(k, o) for k in sweep_K for o in sweep_O]
-    run_model("far", far_configs)
-    report["main"] = configs_done[("far", K, O)]
+    run_model("far", [(K, O, loops[0])] + ([(K, MAR_VS_FAR_O, None)] if "mar" in models else []) + sweep)
+    report["main"] = configs_done[("far", K, O, loops[0])]
     report["summary"] = summary(report["main"])
-    report["sweep"] = [configs_done[("far", k, o)] for k in sweep_K for o in sweep_O]
+    report["sweep"] = [configs_done[("far", *c)] for c in sweep]
+    report["loops"] = loop_comparison(report["sweep"]) if len(loops) > 1 else None
     if "mar" in models:
-        run_model("mar", [(K, 0)])
-        report["mar_vs_far"] = mar_vs_far(configs_done[("far", K, MAR_VS_FAR_O)],
-                                          configs_done[("mar", K, 0)], same_backbone)
+        run_model("mar", [(K, 0, None)])
+        report["mar_vs_far"] = mar_vs_far(configs_done[("far", K, MAR_VS_FAR_O, None)],
+                                          configs_done[("mar", K, 0, None)], same_backbone)
     report["throughput"] = throughput(report)
     report["load"] = {"before": load_before, "after": machine_load()}
     report["seconds"] = time.time() - t_start
@@ -357,6 +386,21 @@ def bundle_precisions(path: str) -> dict:
     return {"precision": man.get("precision", "fp32"), "graphs": graphs}
 
 
+def loop_comparison(sweep: list) -> list:
+    """Per O, each backend's median latency per image in each loop mode of the variant and
+    its ratio to the first mode's (FAR-Causal: recompute / KV cache)."""
+    rows = []
+    for o in sorted({e["O"] for e in sweep}):
+        by_mode = {e["mode"]: e for e in sweep if e["O"] == o}
+        base = next(iter(by_mode))
+        backends = [b for b in by_mode[base]["backends"] if all(b in e["backends"] for e in by_mode.values())]
+        lat = {b: {m: e["backends"][b]["latency_median_s"] for m, e in by_mode.items()} for b in backends}
+        rows.append({"O": o, "baseline": base, "backends": {
+            b: {"latency_median_s": lat[b], "ratio_to_baseline": {m: v / lat[b][base] for m, v in lat[b].items()}}
+            for b in backends}})
+    return rows
+
+
 def mar_vs_far(far: dict, mar: dict, same_backbone: bool | None) -> dict:
     out = {"K": far["K"], "far_O": far["O"], "mar_steps": mar["O"], "same_backbone_weights": same_backbone,
            "far": far, "mar": mar, "backends": {}}
@@ -370,9 +414,14 @@ def mar_vs_far(far: dict, mar: dict, same_backbone: bool | None) -> dict:
 
 def backbone_dtype(report: dict, backend: str) -> str:
     """What the backend's backbone matrix products run in: a PyTorch peer's dtype, or the
-    precision of the backbone graph in the runtime peer's bundle (fp32 where int8 stayed off)."""
+    precision in the runtime peer's bundle of the backbone graph its main run called most
+    (FAR-Causal: its step graph; fp32 where int8 stayed off)."""
     if backend in report.get("bundles", {}):
-        return report["bundles"][backend]["graphs"].get("backbone", {}).get("precision", "fp32")
+        calls = report["main"]["backends"][backend]["calls"]
+        graphs = report["bundles"][backend]["graphs"]
+        called = [g for g in calls if g in graphs and component_of(g) == "backbone"]
+        graph = max(called, key=calls.get) if called else "backbone"
+        return graphs.get(graph, {}).get("precision", "fp32")
     return BY_NAME[backend].dtype if backend in BY_NAME else "fp32"
 
 

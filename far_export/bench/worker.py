@@ -69,7 +69,7 @@ def worker_main() -> None:
             send({"peak_rss_mb": (hwm or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024})
             continue
         try:
-            r = measure_run(engine, req["labels"], req["K"], req["O"], req["cfg"], req["seed"])
+            r = measure_run(engine, req["labels"], req["K"], req["O"], req["cfg"], req["seed"], req.get("mode"))
         except FarError as e:
             send({"error": str(e)})
             continue

@@ -152,8 +152,3 @@ def make_dataset(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         sl = slice(start, min(n, start + CHUNK))
         images[sl] = _render(p, sl, np.random.Generator(np.random.PCG64([seed, i])))
     return images, p["label"]
-
-
-def to_tensor_range(images: np.ndarray) -> np.ndarray:
-    """uint8 [N, H, W, 3] to float32 [N, 3, H, W] in [-1, 1] (the VAE's and classifier's input)."""
-    return (images.astype(np.float32) / 127.5 - 1.0).transpose(0, 3, 1, 2).copy()

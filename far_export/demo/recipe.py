@@ -21,14 +21,12 @@ import torch
 from far_runtime.files import write_json, write_text
 
 from ..checkpoint import build_model, load_model_checkpoint, write_vae_checkpoint
-from ..config import infer_vae_config
-from ..reference.vae import AutoencoderKL
+from ..quality.score import DEMO_SAMPLING, sampler_kwargs
 from .classifier import save_classifier, train_classifier
 from .dataset import NUM_CLASSES, make_dataset
 from .evaluate import evaluate, generate
-from .score import DEMO_SAMPLING, sampler_kwargs
-from .train_far import FarRecipe, save_far, train_far
-from .train_vae import encode_tokens, train_vae
+from .train import FarRecipe, save_far, train
+from .train_vae import encode_tokens, load_full_vae, train_vae
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +109,10 @@ def run_demo(out: str, recipe: DemoRecipe, resume: bool = True, mar: bool = Fals
     for name, far_recipe, file, st_file, model_name in runs:
         t = _stage(f"{name} ({far_recipe.objective}, {far_recipe.steps} steps)")
         if not have(file):
-            bb, head, ema_bb, ema_head, opt, report[name] = train_far(
-                mean, std, labels, far_recipe, NUM_CLASSES)
-            save_far(path(file), bb, head, ema_bb, ema_head, opt, far_recipe, model_name,
-                     path(st_file) if st_file else None)
+            def save(models, step, metrics):          # called by train() before it returns
+                save_far(path(file), *models, far_recipe, model_name,
+                         path(st_file) if st_file else None)
+            *_, report[name] = train(mean, std, labels, far_recipe, NUM_CLASSES, save=save)
         trained[name] = build_model(load_model_checkpoint(path(file), "ema", with_hash=False))
         report["seconds"][name] = time.time() - t
     report["seconds"]["training_total"] = time.time() - t_all
@@ -159,12 +157,3 @@ def write_sample_grid(path: str, model, vae, recipe: DemoRecipe, per_class: int 
     labels = np.repeat(np.arange(NUM_CLASSES), per_class)
     images = generate(*model, vae, labels, seed=recipe.seed + 7, **sampler_kwargs(recipe.sampling))
     write_png(path, grid(images, cols=per_class))
-
-
-def load_full_vae(path: str) -> AutoencoderKL:
-    """The demo VAE with its encoder (``load_vae_checkpoint`` keeps only the decoder)."""
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    cfg = infer_vae_config(obj["model"], obj["scale_factor"])
-    vae = AutoencoderKL(cfg)
-    vae.load_state_dict(obj["model"], strict=True)
-    return vae.eval()

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import VAEConfig
+from ..config import VAEConfig, infer_vae_config
+from ..quality.classifier import to_tensor_range
 from ..reference.vae import AutoencoderKL, latent_to_tokens
-from .dataset import make_dataset, to_tensor_range
+from .dataset import make_dataset
 
 log = logging.getLogger(__name__)
 
@@ -97,3 +98,12 @@ def encode_tokens(vae: AutoencoderKL, images: np.ndarray):
     mean, std = encode_moments(vae, images)
     s = vae.cfg.scale_factor
     return latent_to_tokens(mean, s), latent_to_tokens(std, s)
+
+
+def load_full_vae(path: str) -> AutoencoderKL:
+    """The demo VAE with its encoder (``load_vae_checkpoint`` keeps only the decoder)."""
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    cfg = infer_vae_config(obj["model"], obj["scale_factor"])
+    vae = AutoencoderKL(cfg)
+    vae.load_state_dict(obj["model"], strict=True)
+    return vae.eval()

@@ -27,7 +27,8 @@ import onnx
 from far_runtime.bundle import Bundle, sha256_file
 from far_runtime.errors import FarError
 
-from .calibration import CalibrationSettings, collect_feeds, sampling_runs
+from ..tensorrt.bundle_readiness import graph_readiness
+from .calibration import CalibrationSettings, check_loop_graphs, collect_feeds, sampling_runs
 from .fp16 import KeepRules, fp32_nodes, to_fp16
 from .int8 import Int8Settings, output_error, quantize_graph
 
@@ -120,9 +121,7 @@ def convert_bundle(out_dir: str, manifest: dict, options: PrecisionOptions,
     if precision == "fp32":
         return manifest, {}
     bundle = Bundle(out_dir, manifest)
-    if not bundle.has("backbone"):
-        raise FarError(f"--precision {precision} records real inputs by running the sampling loop, "
-                       "which needs the backbone graph: export all components.")
+    check_loop_graphs(bundle, f"--precision {precision}")
     cache_dir = options.cache_dir or default_cache_dir()
     cache = FeedCache(cache_dir, bundle, options.calibration)
     feeds, hits = {}, {}
@@ -171,7 +170,7 @@ def convert_bundle(out_dir: str, manifest: dict, options: PrecisionOptions,
             g["files"] = {g["file"]: sha256_file(path)}
             g["nodes"] = len(m.graph.node)
             g["bytes"] = os.path.getsize(path)
-            readiness[name] = _readiness(path)
+            readiness[name] = graph_readiness(path)
         if precision == "int8":
             for e in info.get("excluded", []):
                 if e["reason"].startswith(("sensitivity", "option")):
@@ -203,11 +202,6 @@ def _fp16(path: str, new: str, feeds: dict, rules: KeepRules, say, name: str) ->
     for k in info["kept"]:
         say(f"  kept {k['node']} ({k['op']}): {k['reasons'][0]}")
     return info
-
-
-def _readiness(path: str) -> dict:
-    from ..tensorrt.readiness import check_graph
-    return check_graph(path).to_dict()
 
 
 def _short(d: dict) -> str:

@@ -25,7 +25,7 @@ from far_runtime.images import to_uint8
 from far_runtime.pipeline import Pipeline
 from far_runtime.randomness import draw_randomness
 
-from ..demo.score import DEMO_SAMPLING
+from ..quality.score import DEMO_SAMPLING
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +99,10 @@ def main(argv=None):
         report["rows"][name] = latent_and_psnr(p, ref, configs)
     classifier = args.classifier
     if classifier is None:
-        from ..demo.score import DEFAULT_CLASSIFIER
+        from ..quality.score import DEFAULT_CLASSIFIER
         classifier = DEFAULT_CLASSIFIER if os.path.isfile(DEFAULT_CLASSIFIER) else None
     if classifier and m["image_size"] == 32 and m["num_classes"] == 10:
-        from ..demo.score import score_images
+        from ..quality.score import score_images
         labels = np.tile(np.arange(m["num_classes"]), args.per_class)
         batch = first.bundle.manifest["max_batch"]
         log.info("reference: %d images for accuracy / Frechet", len(labels))

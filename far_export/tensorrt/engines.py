@@ -2,9 +2,12 @@
 
     far-export engines graphs/demo --precision fp16 --k 16:64 --batch 1:4
 
-1. Profiles. Every shape a generate() can ask of a graph comes from ``far_runtime.plan.
-   make_plan`` run over the requested K range, batch range, CFG on and off, fused and
-   per-step heads. Per graph, the shapes are split on their widest dim into at most
+1. Profiles. Every shape a generate() can ask of a graph comes from the plans of the
+   bundle's variant (``far_runtime.variants``: ``variant.plan``) over the requested K range
+   (the K the variant accepts in it: FAR-Causal's is L), batch range, CFG on and off, fused
+   and per-step heads, and every loop mode of the variant (FAR-Causal: KV cache and
+   recompute). Dims a graph's spec does not have are dropped (the ``slot`` of FAR-Causal's
+   two step bindings: both share the step engine). Per graph, the shapes are split on their widest dim into at most
    ``max_profiles`` geometric buckets; each bucket becomes one optimisation profile with
    min/max of its shapes and, as opt, the call-weighted median (the shape TensorRT should
    be fastest at is the one called most). The dims and their limits are the component
@@ -38,9 +41,9 @@ from collections import Counter, defaultdict
 
 from far_runtime.bundle import Bundle, load_bundle, sha256_file
 from far_runtime.errors import FarError
-from far_runtime.variants.masked import make_plan
 from far_runtime.schedule import MAX_K
 from far_runtime.specs import ComponentSpec, fused_name
+from far_runtime.variants import variant_for
 from far_runtime.gpu.cuda_runtime import device_facts, import_cudart, import_tensorrt
 
 from .builder import TimingCache, atomic_write, build_engine, builder_code_sha256
@@ -73,22 +76,28 @@ def plan_shapes(bundle: Bundle, k_range: tuple[int, int], batch_range: tuple[int
     """``{graph: Counter({dims: calls})}`` over every plan in the K and batch ranges.
 
     Covers CFG on and off, the fused head of every exported O and the per-step head (each
-    with its O calls per iteration), and the VAE decode; only graphs the bundle has.
+    with its O calls per iteration), every loop mode of the variant, and the VAE decode; only
+    graphs the bundle has. A call's dims are those of its graph's spec.
     """
     model, manifest = bundle.model, bundle.manifest
+    variant = variant_for(model)
+    specs = bundle.specs()
     diffusion = model["head_kind"] == "diffusion"
     head_steps = [model["diffusion_steps"]] if diffusion else list(manifest["head_steps"]) or [1]
     modes = ["step"] if diffusion else (["fused"] if bundle.has(fused_name(head_steps[0])) else []) + (
         ["step"] if bundle.has("head_step") else [])
+    loops = [m for m in variant.modes if m is not None] or [None]
+    ks = variant_ks(variant, model, k_range)
     calls = Counter()
-    for K in range(k_range[0], k_range[1] + 1):
+    for K in ks:
         for batch in range(batch_range[0], batch_range[1] + 1):
             for use_cfg in (False, True):
                 for mode in modes or ["fused"]:
                     steps = head_steps[0] if mode == "fused" else max(head_steps)
-                    plan = make_plan(model, batch, K, steps, use_cfg, mode, bundle.has("vae_decoder"),
-                                     manifest["max_batch"])
-                    calls.update(c.key for c in plan.calls())
+                    for loop in loops:
+                        plan = variant.plan(model, batch, K, steps, use_cfg, mode, bundle.has("vae_decoder"),
+                                            manifest["max_batch"], loop)
+                        calls.update(profile_key(c.key, specs) for c in plan.calls())
     out: dict = defaultdict(Counter)
     for (graph, dims), n in calls.items():
         out[graph][dims] = n
@@ -98,6 +107,31 @@ def plan_shapes(bundle: Bundle, k_range: tuple[int, int], batch_range: tuple[int
             if first in out:
                 out[fused_name(o)] = Counter(out[first])
     return {g: c for g, c in out.items() if bundle.has(g)}
+
+
+def variant_ks(variant, model: dict, k_range: tuple[int, int]) -> list[int]:
+    """The K values in ``k_range`` the variant runs (FAR/MAR: all; FAR-Causal: L alone)."""
+    ks = []
+    for K in range(k_range[0], k_range[1] + 1):
+        try:
+            ks.append(variant.check_k(K, model))
+        except FarError:
+            continue
+    if not ks:
+        raise FarError(f"{variant.title} runs K = {variant.default_k(model)} only, outside --k "
+                       f"{k_range[0]}:{k_range[1]}; widen --k (or leave it out).")
+    return sorted(set(ks))
+
+
+def profile_key(key: tuple, specs: dict) -> tuple:
+    """A call's shape key with only its graph's spec dims (FAR-Causal's two step bindings,
+    told apart by ``slot``, are one shape to TensorRT)."""
+    graph, dims = key
+    spec = specs.get(graph)
+    if spec is None:
+        return key
+    names = set(spec.dynamic_dims)
+    return graph, tuple((d, v) for d, v in dims if d in names)
 
 
 def _weighted_median(values_counts: list[tuple[int, int]]) -> int:

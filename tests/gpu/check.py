@@ -10,11 +10,12 @@ checkpoint, no network, no ONNX needed):
 2. PyTorch CUDA backend parity against the FP32 reference at fp32, fp16 and bf16 with CUDA
    graphs (tiny FAR + tiny VAE: latent error and image PSNR);
 3. eager vs CUDA-graph replay for the O-step head loop at batch 1 and end to end, for a
-   B-sized FAR model (random weights) at K = 64, O = 8, batch 1 (``torch_cuda_backend.bench``);
+   B-sized FAR model (random weights) at K = 64, O = 8, batch 1 (``bench.torch_cuda.bench``);
 4. thread safety: one CUDA-graph backend shared by 4 threads, each result equal to the
    single-threaded one;
 5. where TensorRT (and onnx + onnxruntime for the export) import: engines built for the tiny
-   bundle, parity against ONNX Runtime, and the same speed measurement.
+   bundle, parity against ONNX Runtime, the same speed measurement, and the backend's stream
+   (non-blocking, destroyed by ``close``).
 
 Prints one table (each target, measured value, pass/fail) and writes ``gpu_check.json``.
 Without a usable GPU it stops after the doctor with one line saying so (exit 0), which is
@@ -112,6 +113,17 @@ def threads(pipe, n=4, K=8, O=2) -> dict:
     return {"threads": n, "errors": errors, "max_abs_diff": worst, "passed": not errors and len(got) == n and worst == 0.0}
 
 
+def stream_check(backend) -> dict:
+    """The TensorRT backend's stream does not sync implicitly with the legacy default stream
+    (created non-blocking), and ``close`` destroys it."""
+    rt = backend.cuda.rt
+    flags = backend.cuda.check(rt.cudaStreamGetFlags(backend.stream), "cudaStreamGetFlags")
+    non_blocking = int(flags) == int(rt.cudaStreamNonBlocking)
+    backend.close()
+    destroyed = backend.stream is None
+    return {"non_blocking": non_blocking, "destroyed": destroyed, "passed": non_blocking and destroyed}
+
+
 def tensorrt_part(tiny_ckpt: str, vae: str, work: str) -> dict:
     from far_export.doctor import tensorrt_gpu
     usable, why = tensorrt_gpu()
@@ -124,7 +136,7 @@ def tensorrt_part(tiny_ckpt: str, vae: str, work: str) -> dict:
         return {"skipped": f"TensorRT imports, but the export needs onnx and onnxruntime ({e})"}
     from far_export.export.bundle import export_bundle
     from far_export.tensorrt.engines import build_engines
-    from far_export.torch_cuda_backend import bench
+    from far_export.bench.torch_cuda import bench
     from far_runtime.bundle import load_bundle
     from far_runtime.pipeline import Pipeline
     from far_runtime.gpu.trt_backend import TrtBackend
@@ -140,6 +152,7 @@ def tensorrt_part(tiny_ckpt: str, vae: str, work: str) -> dict:
     out["parity_vs_onnxruntime_max_abs"] = float(np.abs(a - b).max())
     out["threads"] = threads(trt)
     out["speed"] = bench(bundle, K=16, O=8, batch=1, dtype="fp32", repeats=3, parity=False, backend="tensorrt")
+    out["stream"] = stream_check(trt.backend)
     return out
 
 
@@ -200,7 +213,8 @@ def main(argv=None) -> int:
         return 0
     import torch
     from far_export.synthetic import write_random_checkpoint, write_random_vae
-    from far_export.torch_cuda_backend import TorchCudaBackend, bench
+    from far_export.bench.torch_cuda import bench
+    from far_export.torch_cuda_backend import TorchCudaBackend
     from far_runtime.pipeline import Pipeline
     report.update(gpu=torch.cuda.get_device_name(), torch=torch.__version__, cuda=torch.version.cuda)
     rows, failures = [], []
@@ -260,6 +274,8 @@ def main(argv=None) -> int:
                      "pass" if r["threads"]["passed"] else "FAIL"))
         rows.append(("tensorrt end to end: graphs vs no graphs (x)", "-",
                      r["speed"]["end_to_end"]["speedup_vs_no_graphs"], "measured"))
+        rows.append(("tensorrt stream non-blocking, destroyed by close", "yes",
+                     "yes" if r["stream"]["passed"] else "no", "pass" if r["stream"]["passed"] else "FAIL"))
     for name in failures:
         rows.append((name, "-", "error", "FAIL"))
     report.update(rows=[dict(zip(("check", "target", "measured", "result"), row)) for row in rows],

@@ -1,6 +1,6 @@
 """The demo VAE decoder in fp16 and int8 on real latents (encoded demo images), scored.
 
-    python -m far_export.precision.vae_check --vae far_export/demo/assets/vae_demo.pth
+    python -m far_export.demo.vae_precision --vae far_export/demo/assets/vae_demo.pth
 
 Needs the whole demo VAE (encoder included, as the demo recipe writes it) and the demo
 classifier. Latents of freshly drawn labelled demo images are the decoder's real inputs:
@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 
 
 def _latents(vae, n: int, seed: int):
-    from ..demo.dataset import make_dataset
-    from ..demo.train_vae import encode_moments
+    from .dataset import make_dataset
+    from .train_vae import encode_moments
     from ..reference.vae import latent_to_tokens
     images, labels = make_dataset(n, seed)
     with torch.no_grad():
@@ -40,13 +40,13 @@ def main(argv=None):
     from far_runtime.images import to_uint8
     from ..checkpoint import load_vae_checkpoint
     from ..config import infer_vae_config
-    from ..demo.score import score_images
+    from ..quality.score import score_images
     from ..export.modules import graph_module
     from ..export.onnx_export import export_onnx
     from ..reference.vae import AutoencoderKL
     from ..verify import psnr
-    from .fp16 import to_fp16
-    from .int8 import Int8Settings, quantize_graph
+    from ..precision.fp16 import to_fp16
+    from ..precision.int8 import Int8Settings, quantize_graph
     from far_runtime.variants import component_specs
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

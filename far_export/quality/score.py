@@ -1,7 +1,8 @@
 """Image quality of generated demo images: class accuracy and an FID-style Fréchet distance.
 
-``score_images(images, labels)`` runs the shipped classifier
-(``far_export/demo/assets/classifier.safetensors``) on uint8 images [N, 32, 32, 3]:
+``score_images(images, labels)`` runs the shipped classifier (``classifier.py``; its file,
+``classifier.safetensors``, ships with the embedded default in ``defaults.ASSETS``) on uint8
+images [N, 32, 32, 3]:
 ``accuracy`` is how often the top class is the requested label, ``frechet`` the Fréchet
 distance between the Gaussian of the images' penultimate features and that of 10k held-out
 real images (stored with the classifier). Like FID it is biased upward for small N; compare
@@ -14,9 +15,9 @@ import os
 
 import numpy as np
 
+from ..defaults import ASSETS
 from .classifier import classify, feature_stats, load_classifier
 
-ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 DEFAULT_CLASSIFIER = os.path.join(ASSETS, "classifier.safetensors")
 
 # How the demo's images are drawn wherever they are scored (train-demo's evaluation, verify's
