@@ -19,7 +19,7 @@ from far_runtime.files import write_json
 from far_runtime.randomness import draw_randomness
 
 from .checkpoint import build_model, build_vae, load_model_checkpoint, load_vae_checkpoint
-from .reference.causal_sampler import sample_causal
+from .families.causal import sample_causal
 
 
 def causal_reference(pipe, checkpoint: str | None = None, vae: str | None = None):

@@ -58,8 +58,8 @@ def write_random_vae(path: str, cfg: VAEConfig = TINY_VAE, seed: int = 0) -> VAE
 
 def tiny_causal_config(seq_len: int = 16, class_tokens: int = 2):
     """The causal twin of the ``tiny`` preset (4-channel tokens, fits ``TINY_VAE``)."""
+    from .config import CausalConfig, CausalModelConfig
     from .demo.train_causal import causal_head_config
-    from .reference.causal import CausalConfig, CausalModelConfig
     bb = CausalConfig(token_dim=4, seq_len=seq_len, class_tokens=class_tokens, num_classes=10,
                       width=32, depth=2, heads=2)
     return CausalModelConfig(bb, causal_head_config(bb, 2, 32))

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from far_export.checkpoint import build_model, load_model_checkpoint
 from far_export.cli import main
-from far_export.reference.causal_sampler import sample_causal
+from far_export.families.causal import sample_causal
 from far_export.synthetic import (tiny_causal_config, write_random_causal_checkpoint,
                                   write_random_checkpoint, write_random_vae)
 from far_export.verify import psnr
@@ -435,3 +435,14 @@ def test_evaluate_causal_refuses_a_bad_checkpoint_in_one_sentence(capsys, tmp_pa
         evaluate_main(["--checkpoint", str(bad), "--per-class", "1"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_heads_contradicting_a_causal_checkpoint_need_force(causal_files):
+    """The checkpoint's args say 2 heads: --heads 4 is refused unless forced (as for FAR/MAR)."""
+    with pytest.raises(FarError, match="contradicts the checkpoint"):
+        load_model_checkpoint(causal_files["ckpt"], heads=4)
+    forced = load_model_checkpoint(causal_files["ckpt"], heads=4, force_heads=True).config.backbone
+    assert forced.heads == 4 and forced.heads_rule == "user option (forced)"
+    same = load_model_checkpoint(causal_files["ckpt"], heads=2).config.backbone
+    assert same.heads == 2 and same.heads_rule == "user option"
+    _one_sentence_exit_2(CliRunner().invoke(main, ["inspect", causal_files["ckpt"], "--heads", "4"]))

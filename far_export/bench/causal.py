@@ -58,7 +58,7 @@ def causal_bench_bundle(folder: str, seq_len: int, width: int, depth: int, heads
     same configuration was exported by the same source code (its key is in the name)."""
     from ..demo.train_causal import causal_head_config
     from ..export.bundle import export_bundle
-    from ..reference.causal import CausalConfig, CausalModelConfig
+    from ..config import CausalConfig, CausalModelConfig
     from ..synthetic import write_random_causal_checkpoint
     name = f"causal_L{seq_len}_w{width}_d{depth}_h{heads}_p{class_tokens}_o{head_steps}_s{seed}_b{max_batch}"
     name += "_" + hashlib.sha256(f"{name}:{source_hash()}".encode()).hexdigest()[:12]

@@ -21,7 +21,7 @@ import torch
 from far_runtime.images import to_uint8
 
 from ..checkpoint import build_model, load_model_checkpoint, load_vae_checkpoint, build_vae
-from ..reference.causal_sampler import sample_causal
+from ..families.causal import sample_causal
 from .evaluate import balanced_labels, evaluate
 from .score import score_images
 

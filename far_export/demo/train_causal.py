@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from ..checkpoint import write_training_checkpoint
-from ..config import HeadConfig
-from ..reference.causal import CausalBackbone, CausalConfig, CausalModelConfig
+from ..config import CausalConfig, CausalModelConfig, HeadConfig
+from ..reference.causal import CausalBackbone
 from ..reference.heads import SimpleMLPAdaLN
 from .objectives import make_objective
 from .train_far import lr_at, optimisation, optimiser_step
