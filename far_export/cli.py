@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 
 import click
@@ -135,8 +136,8 @@ def _run_export(checkpoint, vae_path, out, components, head_steps, opset, export
                              validate_batches=parse_int_list(validate_batches, '--validate-batches'),
                              precision=precision, precision_options=precision_options,
                              force_heads=force_heads)
-    reports = "validation.json" if manifest["model"].get("kind") == "causal" else \
-        "validation.json, trt_readiness.json"               # no readiness report for FAR-Causal
+    reports = ", ".join(f for f in ("validation.json", "trt_readiness.json")
+                        if os.path.isfile(os.path.join(out, f)))
     click.echo(f"wrote {len(manifest['graphs'])} graphs, {reports} and manifest.json to {out}")
     return manifest
 
