@@ -1,7 +1,9 @@
 """Reading and writing checkpoints in the layouts users have, without running pickled code.
 
-Reads: MAR-trainer ``.pth`` (``model``, ``model_ema``, ``optimizer``, ``epoch``, ``scaler``,
-``args`` as an ``argparse.Namespace``), bare state dicts, ``.safetensors``, and the VAE's
+One reader for every model family: the state dict says which family it is
+(``families.family_for_state_dict``), the family infers the config and names the tensors
+it expects. Reads: MAR-trainer ``.pth`` (``model``, ``model_ema``, ``optimizer``, ``epoch``,
+``scaler``, ``args`` as an ``argparse.Namespace``), bare state dicts, ``.safetensors``, and the VAE's
 ``{"model": state_dict}``. ``torch.load(weights_only=True)`` with ``argparse.Namespace`` as
 the only extra allowed type, so a checkpoint can never execute code.
 Writes: the same layouts, atomically (temporary name, then rename), for tests and the demo.
@@ -23,8 +25,8 @@ from far_runtime.bundle import sha256_file  # noqa: F401  (one hash for bundles 
 from far_runtime.errors import FarError
 from far_runtime.files import atomic_write  # noqa: F401  (re-exported for the builders)
 
-from .config import (DEFAULT_VAE_SCALE, ModelConfig, VAEConfig, infer_model_config,
-                     infer_vae_config)
+from .config import DEFAULT_VAE_SCALE, ModelConfig, VAEConfig, infer_vae_config
+from .families import family_for_state_dict, family_of_config
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +98,7 @@ def _is_state_dict(obj) -> bool:
 class ModelCheckpoint:
     path: str
     state_dict: dict
-    config: ModelConfig
+    config: ModelConfig                # or CausalModelConfig: ``families.family_of_config``
     weights: str                       # "model_ema", "model", "state_dict" or "safetensors"
     sha256: str
     args: argparse.Namespace | None = None
@@ -113,7 +115,8 @@ class ModelCheckpoint:
 
 def load_model_checkpoint(path: str, weights: str = "ema", heads: int | None = None,
                           with_hash: bool = True, force_heads: bool = False) -> ModelCheckpoint:
-    """A MAR/FAR checkpoint in any supported layout; ``weights`` is ``ema`` or ``model``."""
+    """A FAR, MAR or FAR-Causal checkpoint in any supported layout; ``weights`` is ``ema`` or
+    ``model``."""
     if weights not in ("ema", "model"):
         raise FarError(f"--weights must be 'ema' or 'model', got {weights!r}.")
     obj, meta = _read_raw(path, "checkpoint")
@@ -140,25 +143,11 @@ def load_model_checkpoint(path: str, weights: str = "ema", heads: int | None = N
                        "with 'model'/'model_ema'.")
     if not _is_state_dict(sd):
         raise FarError(f"The '{used}' entry of {path} is not a state dict of tensors.")
-    from .causal_checkpoint import expected_causal_keys, infer_causal_config, is_causal_state_dict
-    if is_causal_state_dict(sd):                       # FAR-Causal (config.kind == "causal")
-        cfg = infer_causal_config(sd, args, meta, heads)
-        _compare_keys(sd, expected_causal_keys(cfg), path, ignore=())
-    else:
-        cfg = infer_model_config(sd, args, meta, heads, force_heads)
-        _check_keys(sd, cfg, path)
+    family = family_for_state_dict(sd)
+    cfg = family.infer_config(sd, args, meta, heads, force_heads)
+    _compare_keys(sd, family.expected_keys(cfg), path, ignore=())
     digest = sha256_file(path) if with_hash else ""
     return ModelCheckpoint(path, sd, cfg, used, digest, args, extra)
-
-
-def _check_keys(sd: dict, cfg: ModelConfig, path: str) -> None:
-    """Every expected key present with the right shape, and nothing unexpected."""
-    from .reference import Backbone, SimpleMLPAdaLN
-    with torch.device("meta"):
-        expected = {k: v.shape for k, v in Backbone(cfg.backbone).state_dict().items()}
-        for k, v in SimpleMLPAdaLN(cfg.head).state_dict().items():
-            expected[cfg.head.prefix + k] = v.shape
-    _compare_keys(sd, expected, path, ignore=())
 
 
 def _compare_keys(sd, expected, path, ignore):
@@ -218,15 +207,7 @@ def load_vae_checkpoint(path: str, scale_factor: float | None = None,
 
 def build_model(ckpt: ModelCheckpoint):
     """Backbone and head with the checkpoint's weights, in eval mode."""
-    from .reference import Backbone, SimpleMLPAdaLN
-    from .reference.causal import CausalBackbone
-    kind = CausalBackbone if getattr(ckpt.config, "kind", "") == "causal" else Backbone
-    bb_sd, head_sd = ckpt.split()
-    backbone = kind(ckpt.config.backbone)
-    backbone.load_state_dict(bb_sd, strict=True)
-    head = SimpleMLPAdaLN(ckpt.config.head)
-    head.load_state_dict(head_sd, strict=True)
-    return backbone.eval(), head.eval()
+    return family_of_config(ckpt.config).build_modules(ckpt.config, *ckpt.split())
 
 
 def build_vae(ckpt: VAECheckpoint):
@@ -272,14 +253,9 @@ def write_vae_checkpoint(path: str, state_dict: dict, scale_factor: float | None
 
 def param_counts(cfg: ModelConfig, vae_cfg: VAEConfig | None = None) -> dict:
     """Parameters per component, counted on meta tensors (no memory)."""
-    from .reference import Backbone, SimpleMLPAdaLN, VAEDecoder
-    with torch.device("meta"):
-        if getattr(cfg, "kind", "") == "causal":
-            from .causal_checkpoint import causal_param_counts
-            out = causal_param_counts(cfg)
-        else:
-            out = {"backbone": sum(p.numel() for p in Backbone(cfg.backbone).parameters()),
-                   "head": sum(p.numel() for p in SimpleMLPAdaLN(cfg.head).parameters())}
-        if vae_cfg is not None:
+    out = family_of_config(cfg).param_counts(cfg)
+    if vae_cfg is not None:
+        from .reference import VAEDecoder
+        with torch.device("meta"):
             out["vae_decoder"] = sum(p.numel() for p in VAEDecoder(vae_cfg).parameters())
     return out

@@ -21,7 +21,7 @@ log = logging.getLogger("far_export")
 @click.group(cls=FarGroup)
 @click.option("-v", "--verbose", is_flag=True, help="Show debug logging.")
 def main(verbose: bool):
-    """Export FAR/MAR checkpoints to ONNX, build engines, and run/verify/bench the runtime."""
+    """Export FAR, MAR and FAR-Causal checkpoints to ONNX, build engines, run, verify, bench."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(levelname).1s %(name)s: %(message)s")
 
@@ -42,47 +42,33 @@ def inspect(checkpoint, vae_path, weights, heads, force_heads, as_json):
     """Print the inferred config, parameter counts, head kind, weights used and file hash."""
     from .checkpoint import load_model_checkpoint, load_vae_checkpoint, param_counts
     from .defaults import default_paths
+    from .families import family_of_config
     checkpoint, vae_path = default_paths(checkpoint, vae_path)
     ck = load_model_checkpoint(checkpoint, weights, heads, force_heads=force_heads)
     vae = load_vae_checkpoint(vae_path) if vae_path else None
+    family = family_of_config(ck.config)
     counts = param_counts(ck.config, vae.config if vae else None)
     report = {"checkpoint": ck.path, "sha256": ck.sha256, "weights": ck.weights,
               "head_kind": ck.config.head.kind, "heads_rule": ck.config.backbone.heads_rule,
-              "config": ck.config.to_dict(), "parameters": counts, **ck.extra}
-    causal = getattr(ck.config, "kind", "") == "causal"
-    report["kind"] = "far-causal" if causal else ("far" if ck.config.head.kind == "shortcut" else "mar")
+              "config": ck.config.to_dict(), "parameters": counts, **ck.extra,
+              "kind": family.variant(ck.config).name}
     if vae:
         from dataclasses import asdict
         report["vae"] = {"path": vae.path, "sha256": vae.sha256, "config": asdict(vae.config)}
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
-    bb, hd = ck.config.backbone, ck.config.head
     click.echo(f"checkpoint  {ck.path}")
     click.echo(f"kind        {report['kind']}")
     click.echo(f"sha256      {ck.sha256}")
     click.echo(f"weights     {ck.weights}" + (f" (epoch {ck.extra['epoch']})" if "epoch" in ck.extra else ""))
-    if causal:
-        from .causal_checkpoint import describe_causal
-        for line in describe_causal(ck.config, counts):
-            click.echo(line)
-    else:
-        _describe_mar(bb, hd, counts)
+    for line in family.describe(ck.config, counts):
+        click.echo(line)
     if vae:
         v = vae.config
         click.echo(f"vae decoder {_fmt_m(counts['vae_decoder'])} params: embed {v.embed_dim}, ch {v.ch}, "
                    f"ch_mult {v.ch_mult}, res blocks {v.num_res_blocks}, scale {v.scale_factor}, "
                    f"sha256 {vae.sha256[:16]}")
-
-
-def _describe_mar(bb, hd, counts):
-    click.echo(f"backbone    {_fmt_m(counts['backbone'])} params: width {bb.encoder_width}/{bb.decoder_width}, "
-               f"depth {bb.encoder_depth}+{bb.decoder_depth}, heads {bb.encoder_heads}/{bb.decoder_heads} "
-               f"({bb.heads_rule}), tokens {bb.seq_len}x{bb.token_dim}, buffer {bb.buffer_size}, "
-               f"classes {bb.num_classes}")
-    click.echo(f"head        {_fmt_m(counts['head'])} params: {hd.kind} "
-               f"({'MAR diffusion, ' + str(hd.diffusion_steps) + ' steps' if hd.kind == 'diffusion' else 'FAR shortcut'}), "
-               f"width {hd.width}, depth {hd.depth}, out {hd.out_dim}, prefix {hd.prefix}")
 
 
 @main.command()

@@ -1,17 +1,21 @@
 """Model configuration: one dataclass per component, presets, and inference from tensor shapes.
 
-Users pass only files; widths, depths, token sizes and head kind are read off the state dict.
+Two backbone families (``far_export/families/``): masked (FAR, MAR: ``BackboneConfig`` in a
+``ModelConfig``) and causal (FAR-Causal: ``CausalConfig`` in a ``CausalModelConfig``); both
+carry a ``HeadConfig``. Users pass only files; widths, depths, token sizes and head kind are
+read off the state dict (``infer_model_config``, ``infer_causal_config``).
 The one thing shapes cannot tell is the number of attention heads (MAR-H has 16 heads of 80
 dims), so ``attention_heads`` takes it from, in order: the user, the checkpoint's own metadata,
-``args.model`` (mar_base/mar_large/mar_huge), else ``width // 64``, and says which rule it used.
-A ``--heads`` that contradicts the checkpoint's own record (metadata, ``args.*_num_heads`` or
-``args.model``) is an error unless forced: a wrong head count exports, validates against an
-equally wrong reference, and draws worse images.
+``args.*num_heads``, ``args.model`` (mar_base/mar_large/mar_huge), else ``width // 64``, and
+says which rule it used. A ``--heads`` that contradicts the checkpoint's own record is an error
+unless forced, in every family: a wrong head count exports, validates against an equally wrong
+reference, and draws worse images.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 from far_runtime.errors import FarError
 
@@ -69,7 +73,34 @@ class VAEConfig:
 
 
 @dataclass
+class CausalConfig:
+    """FAR-Causal's backbone (``reference/causal.py``): a GPT-style stack over raster tokens."""
+    token_dim: int = 16
+    seq_len: int = 256
+    class_tokens: int = 1
+    num_classes: int = 1000
+    width: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    heads_rule: str = "preset"
+
+    @property
+    def context(self) -> int:
+        """T: sequence positions the transformer ever sees (class slots + L - 1 tokens)."""
+        return self.class_tokens + self.seq_len - 1
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.heads
+
+    def cache_shape(self, rows: int) -> tuple:
+        return (self.depth, 2, rows, self.heads, self.context, self.head_dim)
+
+
+@dataclass
 class ModelConfig:
+    family: ClassVar[str] = "masked"      # far_export.families: FAR and MAR
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
 
@@ -79,6 +110,21 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         return cls(BackboneConfig(**d["backbone"]), HeadConfig(**d["head"]))
+
+
+@dataclass
+class CausalModelConfig:
+    family: ClassVar[str] = "causal"      # far_export.families: FAR-Causal
+    backbone: CausalConfig = field(default_factory=CausalConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    kind: str = "causal"
+
+    def to_dict(self) -> dict:
+        return {"kind": "causal", "backbone": asdict(self.backbone), "head": asdict(self.head)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CausalModelConfig":
+        return cls(CausalConfig(**d["backbone"]), HeadConfig(**d["head"]))
 
 
 def vae_config_from_dict(d: dict) -> VAEConfig:
@@ -147,18 +193,21 @@ def _count_blocks(sd, prefix: str) -> int:
 
 
 def _recorded_heads(args, metadata, which: str):
-    """The checkpoint's own record of its head count, and where it is written."""
-    if metadata and metadata.get(f"{which}_heads"):
+    """The checkpoint's own record of its head count, and where it is written. ``which`` is
+    the stack (``encoder``, ``decoder``; empty for a single stack): the metadata key is
+    ``{which}_heads`` and the args field ``{which}_num_heads`` (``heads``, ``num_heads``)."""
+    pre = f"{which}_" if which else ""
+    if metadata and metadata.get(f"{pre}heads"):
         try:
-            return int(metadata[f"{which}_heads"]), "checkpoint metadata"
+            return int(metadata[f"{pre}heads"]), "checkpoint metadata"
         except (TypeError, ValueError):
-            raise FarError(f"The checkpoint metadata {which}_heads={metadata[f'{which}_heads']!r} "
+            raise FarError(f"The checkpoint metadata {pre}heads={metadata[f'{pre}heads']!r} "
                            "is not an integer.") from None
-    if args is not None and getattr(args, f"{which}_num_heads", None):
+    if args is not None and getattr(args, f"{pre}num_heads", None):
         try:
-            return int(getattr(args, f"{which}_num_heads")), f"args.{which}_num_heads"
+            return int(getattr(args, f"{pre}num_heads")), f"args.{pre}num_heads"
         except (TypeError, ValueError):
-            raise FarError(f"args.{which}_num_heads={getattr(args, f'{which}_num_heads')!r} in the "
+            raise FarError(f"args.{pre}num_heads={getattr(args, f'{pre}num_heads')!r} in the "
                            "checkpoint is not an integer.") from None
     if args is not None and getattr(args, "model", None) in MAR_HEADS:
         return MAR_HEADS[args.model], f"args.model={args.model}"
@@ -170,19 +219,20 @@ def attention_heads(width: int, args=None, metadata: dict | None = None,
                     force: bool = False) -> tuple[int, str]:
     """Number of heads and the rule that gave it (see module docstring)."""
     recorded, where = _recorded_heads(args, metadata, which)
+    stack = f"{which} " if which else ""
     if user is not None:
         if isinstance(user, bool) or not isinstance(user, int) or not 1 <= user <= width:
-            raise FarError(f"--heads must be an integer in 1..{width} (the {which} width), got {user!r}.")
+            raise FarError(f"--heads must be an integer in 1..{width} (the {stack}width), got {user!r}.")
         if recorded is not None and recorded != user and not force:
             raise FarError(f"--heads {user} contradicts the checkpoint, whose {where} says {recorded} "
-                           f"{which} heads; drop --heads, or pass --force-heads if the checkpoint is wrong.")
+                           f"{stack}heads; drop --heads, or pass --force-heads if the checkpoint is wrong.")
         rule, n = ("user option (forced)" if recorded not in (None, user) else "user option"), user
     elif recorded is not None:
         rule, n = where, recorded
     else:
         rule, n = "width/64", max(1, width // 64)
     if n < 1 or width % n:
-        raise FarError(f"The {which} width {width} is not divisible by {n} attention heads "
+        raise FarError(f"The {stack}width {width} is not divisible by {n} attention heads "
                        f"(rule: {rule}); pass the right count with --heads.")
     return n, rule
 
@@ -247,6 +297,47 @@ def infer_model_config(sd: dict, args=None, metadata: dict | None = None,
         raise FarError(f"The head outputs {out} channels; a token has {C}, so expected {C} "
                        f"(shortcut) or {2 * C} (diffusion with learned variance).")
     return ModelConfig(bb, head)
+
+
+def infer_causal_config(sd: dict, args=None, metadata: dict | None = None,
+                        heads: int | None = None, force_heads: bool = False) -> CausalModelConfig:
+    """Backbone and head configuration from a FAR-Causal state dict: ``tok_embed.weight``
+    [E, C], ``head_pos_embed`` [1, L, E], ``pos_embed`` [1, P + L - 1, E] (so P class slots),
+    ``class_emb.weight`` [classes, E], ``blocks.{i}`` (depth), ``blocks.0.mlp.fc1.weight``
+    [hidden, E]; heads from metadata ``heads`` / ``args.num_heads`` (``attention_heads``).
+    The head must be a FAR shortcut head (``step_embed`` present) under ``diffloss.net.`` or
+    ``head.``."""
+    what = "a FAR-Causal model"
+    E, C = _shape(sd, "tok_embed.weight", 2, what)
+    _, L, E2 = _shape(sd, "head_pos_embed", 3, what)
+    _, T, _ = _shape(sd, "pos_embed", 3, what)
+    ncls, _ = _shape(sd, "class_emb.weight", 2, what)
+    hidden, _ = _shape(sd, "blocks.0.mlp.fc1.weight", 2, what)
+    P = T - L + 1
+    if E2 != E or P < 1:
+        raise FarError(f"The causal checkpoint's position tables do not fit together: pos_embed "
+                       f"has {T} positions and head_pos_embed {L} (need at least L - 1 + 1 class slot).")
+    n_heads, rule = attention_heads(E, args, metadata, heads, "", force_heads)
+    bb = CausalConfig(token_dim=C, seq_len=L, class_tokens=P, num_classes=ncls, width=E,
+                      depth=_count_blocks(sd, "blocks."), heads=n_heads, mlp_ratio=hidden / E,
+                      heads_rule=rule)
+    prefix = next((p for p in HEAD_PREFIXES if f"{p}input_proj.weight" in sd), None)
+    if prefix is None:
+        raise FarError("The causal checkpoint has no head ('diffloss.net.input_proj.weight').")
+    if f"{prefix}step_embed.mlp.0.weight" not in sd:
+        raise FarError("The causal checkpoint's head has no step_embed, so it is a diffusion head; "
+                       "FAR-Causal needs the FAR shortcut head.")
+    W, _ = _shape(sd, f"{prefix}input_proj.weight", 2, what)
+    out, _ = _shape(sd, f"{prefix}final_layer.linear.weight", 2, what)
+    _, freq = _shape(sd, f"{prefix}time_embed.mlp.0.weight", 2, what)
+    _, zc = _shape(sd, f"{prefix}cond_embed.weight", 2, what)
+    if zc != E or out != C:
+        raise FarError(f"The head takes conditions of width {zc} and outputs {out} channels; the "
+                       f"causal backbone has width {E} and tokens of {C}.")
+    head = HeadConfig(kind="shortcut", width=W, depth=_count_blocks(sd, f"{prefix}res_blocks."),
+                      token_dim=C, cond_dim=E, out_dim=C, freq_dim=freq, prefix=prefix,
+                      diffusion_steps=0)
+    return CausalModelConfig(bb, head)
 
 
 def infer_vae_config(sd: dict, scale_factor: float = DEFAULT_VAE_SCALE) -> VAEConfig:

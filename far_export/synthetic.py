@@ -58,8 +58,8 @@ def write_random_vae(path: str, cfg: VAEConfig = TINY_VAE, seed: int = 0) -> VAE
 
 def tiny_causal_config(seq_len: int = 16, class_tokens: int = 2):
     """The causal twin of the ``tiny`` preset (4-channel tokens, fits ``TINY_VAE``)."""
-    from .causal_checkpoint import causal_head_config
-    from .reference.causal import CausalConfig, CausalModelConfig
+    from .config import CausalConfig, CausalModelConfig
+    from .families.causal import causal_head_config
     bb = CausalConfig(token_dim=4, seq_len=seq_len, class_tokens=class_tokens, num_classes=10,
                       width=32, depth=2, heads=2)
     return CausalModelConfig(bb, causal_head_config(bb, 2, 32))
@@ -77,7 +77,7 @@ def random_causal_model(cfg, seed: int = 0, std: float = 0.02):
 
 def write_random_causal_checkpoint(path: str, cfg=None, seed: int = 0, std: float = 0.2):
     """A random FAR-Causal model in the trainer layout (model, model_ema, args)."""
-    from .causal_checkpoint import causal_args, causal_state_dict
+    from .families.causal import causal_args, causal_state_dict
     cfg = cfg or tiny_causal_config()
     backbone, head = random_causal_model(cfg, seed, std)
     sd = causal_state_dict(backbone, head)

@@ -1,10 +1,13 @@
 """``far-export verify``: the runtime against the PyTorch reference with identical randomness.
 
-For each configuration it records the latent error after every iteration k (so drift
-accumulation is visible), the final latent error and the decoded-image PSNR, and judges them
-against the tolerances of the bundle's precision: fp32: final latent max abs <= 1e-3 and
-PSNR >= 50 dB; fp16: PSNR >= 35 dB (latent error reported); int8: latent error and PSNR
-reported. Every precision must stay finite at every iteration and in the image.
+One path for every model family: the family (``far_export/families``) gives the runs, as
+``(K, O, cfg, batch, mode)`` (FAR/MAR: K x every fused O x CFG 1 and 3; FAR-Causal: K = L,
+the cache loop at every O and CFG, the recompute loop once more). For each run it records
+the latent error after every iteration k (so drift accumulation is visible), the final
+latent error and the decoded-image PSNR, and judges them against the tolerances of the
+bundle's precision: fp32: final latent max abs <= 1e-3 and PSNR >= 50 dB; fp16: PSNR >= 35
+dB (latent error reported); int8: latent error and PSNR reported. Every run, of every
+family and precision, must stay finite at every iteration and in the image.
 
 On the demo model (10 classes, 32x32 images, shipped classifier present) reduced-precision
 bundles are also judged by what the images are for: classifier accuracy and Fréchet distance
@@ -17,7 +20,6 @@ bundle was re-exported since, so a stale PASSED never speaks for other graphs.
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import os
@@ -33,6 +35,7 @@ from far_runtime.schedule import check_head_steps, check_k
 from far_runtime.pipeline import Pipeline
 from far_runtime.randomness import draw_randomness
 
+from .families import family_for_model
 from .reference.pipeline import ReferencePipeline
 
 log = logging.getLogger(__name__)
@@ -62,8 +65,9 @@ def reference_for_bundle(pipe: Pipeline, checkpoint: str | None = None,
             raise FarError(f"The bundle's source {what} {path} is not there; pass it with --{what.lower()}.")
     bb = pipe.bundle.manifest["config"]["backbone"]
     user = str(bb.get("heads_rule", "")).startswith("user option")
+    heads_key = family_for_model(pipe.model).heads_key
     ref = ReferencePipeline.load(ck, vk, weights="model" if src["weights"] == "model" else "ema",
-                                 heads=bb["encoder_heads"] if user else None,
+                                 heads=bb[heads_key] if user else None,
                                  force_heads=bb.get("heads_rule") == "user option (forced)")
     # The loaders hash each file once; compare those hashes rather than reading the files again.
     loaded = ((ck, ref.ckpt.sha256, src["sha256"], "checkpoint"),
@@ -76,7 +80,10 @@ def reference_for_bundle(pipe: Pipeline, checkpoint: str | None = None,
 
 
 def verify_one(pipe: Pipeline, ref: ReferencePipeline, labels, K: int, O: int, cfg: float,
-               seed: int, temperature: float = 1.0, cfg_schedule: str = "linear") -> dict:
+               seed: int, temperature: float = 1.0, cfg_schedule: str = "linear",
+               mode: str | None = None) -> dict:
+    """One run of the runtime (loop ``mode``) and the reference with the same randomness; it
+    is finite when the runtime's latent is finite after every iteration and in the image."""
     model = pipe.model
     B, L, C = len(labels), model["seq_len"], model["token_dim"]
     S = model["diffusion_steps"] if model["head_kind"] == "diffusion" else 0
@@ -86,18 +93,21 @@ def verify_one(pipe: Pipeline, ref: ReferencePipeline, labels, K: int, O: int, c
     t0 = time.perf_counter()
     ref_tokens = ref.tokens(labels, num_iter=K, head_steps=O, trace=t_ref, **kw).numpy()
     t1 = time.perf_counter()
-    rt_tokens = pipe.generate_tokens(labels, K=K, O=O, trace=t_rt, **kw)
+    rt_tokens = pipe.generate_tokens(labels, K=K, O=O, trace=t_rt, mode=mode, **kw)
     t2 = time.perf_counter()
     scale = float(np.abs(ref_tokens).max())
     per_iter = [float(np.abs(a.numpy() - b).max()) for a, b in zip(t_ref, t_rt)]
     result = {"K": K, "O": O if model["head_kind"] == "shortcut" else S, "cfg": cfg, "batch": B,
-              "seed": seed, "per_iteration_latent_max_abs": per_iter,
+              "seed": seed, **({"mode": mode} if mode is not None else {}),
+              "per_iteration_latent_max_abs": per_iter,
               "latent_max_abs": float(np.abs(ref_tokens - rt_tokens).max()),
               "latent_scale": scale, "reference_seconds": t1 - t0, "runtime_seconds": t2 - t1}
+    image = None
     if ref.vae is not None and pipe.bundle.has("vae_decoder"):
-        result["psnr_db"] = psnr(ref.decode(torch.from_numpy(ref_tokens)), pipe.decode(rt_tokens))
+        image = pipe.decode(rt_tokens)
+        result["psnr_db"] = psnr(ref.decode(torch.from_numpy(ref_tokens)), image)
     result["finite"] = bool(np.isfinite(rt_tokens).all() and all(np.isfinite(t).all() for t in t_rt)
-                            and ("psnr_db" not in result or bool(np.isfinite(pipe.decode(rt_tokens)).all())))
+                            and (image is None or np.isfinite(image).all()))
     return result
 
 
@@ -116,17 +126,10 @@ def check_verify_options(K=None, O=None, cfg=None, batch=None, seed=0, quality_p
         raise FarError(f"--quality-per-class must be at least 1, got {quality_per_class}.")
 
 
-def default_configs(pipe: Pipeline, K=None, O=None, cfg=None, batch=None):
+def default_configs(pipe: Pipeline, K=None, O=None, cfg=None, batch=None) -> list[tuple]:
+    """``(K, O, cfg, batch, mode)`` per run: the bundle's family says which."""
     check_verify_options(K, O, cfg, batch)
-    head_steps = pipe.bundle.manifest["head_steps"] or [1]
-    Ks = [K] if K is not None else [min(16, pipe.model["seq_len"])]
-    Os = [O] if O is not None else head_steps
-    cfgs = [cfg] if cfg is not None else [1.0, 3.0]
-    batches = [batch] if batch is not None else [2]
-    max_batch = pipe.bundle.manifest["max_batch"]
-    if any(b > max_batch for b in batches):
-        raise FarError(f"--batch {batches[0]} is larger than the bundle's max batch {max_batch}.")
-    return list(itertools.product(Ks, Os, cfgs, batches))
+    return family_for_model(pipe.model).verify_configs(pipe, K, O, cfg, batch)
 
 
 def judged(bundle) -> dict:
@@ -188,19 +191,16 @@ def verify_bundle(bundle_dir: str, out: str | None = None, K=None, O=None, cfg=N
     check_verify_options(K, O, cfg, batch, seed, quality_per_class)
     report_path = check_writable_file(out or os.path.join(bundle_dir, "verify.json"), "--out")
     pipe = Pipeline.load(bundle_dir)
-    if pipe.model.get("kind") == "causal":                 # FAR-Causal: K = L, its own loop
-        from .causal_verify import verify_causal_bundle
-        return verify_causal_bundle(pipe, bundle_dir, out, K, O, cfg, batch, seed, checkpoint,
-                                    vae, progress)
+    configs = default_configs(pipe, K, O, cfg, batch)
     ref = reference_for_bundle(pipe, checkpoint, vae)
     precision = precision or pipe.bundle.manifest.get("precision", "fp32")
     tol = TOLERANCES[precision]
-    results = judge_runs(default_configs(pipe, K, O, cfg, batch), tol, progress,
-                         lambda k, o, c, b: verify_one(pipe, ref, verify_labels(pipe, seed, b),
-                                                       k, o, c, seed))
+    results = judge_runs(configs, tol, progress,
+                         lambda k, o, c, b, mode: verify_one(pipe, ref, verify_labels(pipe, seed, b),
+                                                             k, o, c, seed, mode=mode))
     report = {"bundle": os.path.abspath(bundle_dir), "judged": judged(pipe.bundle),
-              "precision": precision, "tolerances": tol,
-              "results": results, "passed": all(r["passed"] for r in results)}
+              "precision": precision, **({"kind": pipe.model["kind"]} if "kind" in pipe.model else {}),
+              "tolerances": tol, "results": results, "passed": all(r["passed"] for r in results)}
     if quality is None:
         quality = precision != "fp32" and demo_scorer_available(pipe)
     if quality:
@@ -212,7 +212,8 @@ def verify_bundle(bundle_dir: str, out: str | None = None, K=None, O=None, cfg=N
             q["passed"] = bool(q["accuracy_drop"] <= gate["accuracy_drop"]
                                and q["frechet_ratio"] <= gate["frechet_ratio"])
             report["passed"] = report["passed"] and q["passed"]
-    report["summary"] = summary(report)
+    note = family_for_model(pipe.model).verify_note
+    report["summary"] = summary(report) + (f"\n  {note}" if note else "")
     write_json(report_path, report)
     return report
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from far_export.checkpoint import build_model, load_model_checkpoint
 from far_export.cli import main
-from far_export.reference.causal_sampler import sample_causal
+from far_export.families.causal import sample_causal
 from far_runtime.errors import FarError
 from far_runtime.pipeline import Pipeline
 from far_runtime.randomness import draw_randomness
@@ -282,3 +282,46 @@ def test_causal_build_replaces_a_far_bundle_whole(causal_files, tmp_path):
     assert set(os.listdir(out)) == files | {"manifest.json", "validation.json", "trt_readiness.json"}
     assert set(json.load(open(os.path.join(out, "trt_readiness.json")))) == set(manifest["graphs"])
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]     # no staging, no lock
+
+
+# --- one path for every family: the drifts of the causal twins, each fixed by construction ---
+
+def test_heads_contradicting_a_causal_checkpoint_need_force(causal_files, tmp_path):
+    """The checkpoint's args say 2 heads: --heads 4 is refused unless forced (as for FAR/MAR),
+    and a bundle exported with forced heads verifies against a reference with those heads."""
+    with pytest.raises(FarError, match="contradicts the checkpoint"):
+        load_model_checkpoint(causal_files["ckpt"], heads=4)
+    forced = load_model_checkpoint(causal_files["ckpt"], heads=4, force_heads=True).config.backbone
+    assert forced.heads == 4 and forced.heads_rule == "user option (forced)"
+    same = load_model_checkpoint(causal_files["ckpt"], heads=2).config.backbone
+    assert same.heads == 2 and same.heads_rule == "user option"
+    r = CliRunner()
+    _one_sentence_exit_2(r.invoke(main, ["inspect", causal_files["ckpt"], "--heads", "4"]))
+    out = str(tmp_path / "forced")
+    res = r.invoke(main, ["build", causal_files["ckpt"], "--out", out, "--components", "backbone,head",
+                          "--head-steps", "1", "--validate-batches", "1", "--heads", "4",
+                          "--force-heads"])
+    assert res.exit_code == 0, res.output
+    assert json.load(open(os.path.join(out, "manifest.json")))["model"]["heads"] == 4
+    assert json.load(open(os.path.join(out, "verify.json")))["passed"]
+
+
+@pytest.mark.parametrize("kind", ["far", "causal"])
+def test_verify_requires_every_iteration_finite(bundles, built, kind, tmp_path, monkeypatch):
+    """A runtime whose latent is NaN after one iteration (and finite at the end) fails verify,
+    whatever the family: one finiteness rule, every iteration."""
+    from far_export.verify import verify_bundle
+    real = Pipeline.generate_tokens
+
+    def nan_midway(self, *a, trace=None, **kw):
+        out = real(self, *a, trace=trace, **kw)
+        if trace:
+            trace[len(trace) // 2] = trace[len(trace) // 2].copy()
+            trace[len(trace) // 2][0, 0, 0] = np.nan
+        return out
+
+    monkeypatch.setattr(Pipeline, "generate_tokens", nan_midway)
+    bundle = bundles["far"] if kind == "far" else built[0]
+    rep = verify_bundle(bundle, str(tmp_path / "v.json"), O=1, cfg=1.0, batch=1)
+    assert not rep["passed"]
+    assert rep["results"] and not any(r["finite"] for r in rep["results"])

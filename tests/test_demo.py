@@ -215,7 +215,7 @@ def test_shipped_causal_demo_draws_its_classes():
 def test_evaluate_samples_each_family_with_its_loop(tmp_path):
     """One ``generate`` for both families: FAR-Causal through its own loop (K only L), FAR at K 16."""
     from far_export.demo.evaluate import BATCH, family, sample
-    from far_export.reference.causal_sampler import sample_causal
+    from far_export.families.causal import sample_causal
     from far_export.synthetic import random_causal_model, random_model, tiny_causal_config
     from far_export.config import preset
     cb, ch = random_causal_model(tiny_causal_config(16), seed=1)

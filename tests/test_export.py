@@ -198,3 +198,46 @@ def test_cli_export_errors_exit_nonzero(tmp_path, tiny_files):
         r = subprocess.run(exe + args + ["--out", str(tmp_path / "o")], capture_output=True, text=True)
         assert r.returncode == 2, (args, r.stderr)
         assert r.stderr.strip().startswith("error: ") and "Traceback" not in r.stderr
+
+
+def _perturb_weights(path: str) -> None:
+    """Rewrite an ONNX file with its largest initializer doubled (same inputs and outputs)."""
+    from onnx import numpy_helper
+    m = onnx.load(path)
+    init = max(m.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 2.0, init.name))
+    onnx.save(m, path)
+
+
+@pytest.mark.parametrize("kind", ["far", "causal"])
+def test_export_records_only_the_bytes_it_validated(tiny_files, tmp_path, kind):
+    """Another process rewrites a graph in the staging folder as soon as it is written. Whatever
+    the family, the export either validates the rewritten bytes (and refuses them) or records
+    the hash of the bytes it validated (so the bundle refuses to load): it never records a
+    graph it did not validate."""
+    import glob
+    from far_runtime.bundle import load_bundle
+    from far_export.synthetic import tiny_causal_config, write_random_causal_checkpoint
+    ckpt, target = tiny_files["far"], "backbone.onnx"
+    if kind == "causal":
+        ckpt, target = str(tmp_path / "causal.pth"), "causal_step.onnx"
+        write_random_causal_checkpoint(ckpt, tiny_causal_config(16), seed=4)
+    out = str(tmp_path / "out")
+    rewritten = []
+
+    def progress(msg):
+        staged = glob.glob(str(tmp_path / ".out.staging-*" / target))
+        if staged and not rewritten:
+            _perturb_weights(staged[0])
+            rewritten.append(msg)
+
+    try:
+        export_bundle(ckpt, None, out, components=["backbone"], validate_batches=[1],
+                      progress=progress)
+    except FarError as e:
+        assert rewritten and "Validation failed" in str(e)
+        assert not os.path.exists(os.path.join(out, "manifest.json"))
+        return
+    assert rewritten
+    with pytest.raises(FarError, match="sha256"):
+        load_bundle(out)

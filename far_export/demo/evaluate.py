@@ -23,7 +23,7 @@ from far_runtime.images import to_uint8
 
 from ..quality.score import score_images
 from ..reference.causal import CausalBackbone
-from ..reference.causal_sampler import sample_causal
+from ..families.causal import sample_causal
 from ..reference.sampler import sample_tokens
 from .dataset import NUM_CLASSES
 

@@ -39,11 +39,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..causal_checkpoint import causal_args, causal_head_config, causal_state_dict
 from ..checkpoint import model_state_dict, write_safetensors, write_training_checkpoint
 from ..config import BackboneConfig, ModelConfig, head_config_for
 from ..reference import Backbone, SimpleMLPAdaLN
-from ..reference.causal import CausalBackbone, CausalConfig, CausalModelConfig
+from ..config import CausalConfig, CausalModelConfig
+from ..families.causal import causal_args, causal_head_config, causal_state_dict
+from ..reference.causal import CausalBackbone
 from .objectives import make_objective
 
 log = logging.getLogger(__name__)

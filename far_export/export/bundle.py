@@ -6,6 +6,11 @@ last and atomically: a folder without one is not a bundle. Everything is built i
 folder beside ``out_dir`` under a lock and swapped in whole at the end (``staging.py``), so a
 failed, killed or concurrent export never damages the bundle already there. Every option is
 checked before the checkpoint is read.
+
+One path for every model family (``far_export/families``): the family gives the model entry,
+its backbone graphs (the runtime variant's) and their wrappers and validation points; each
+graph is exported, its bytes hashed once, and a session made from those very bytes is
+validated, so what the manifest records is what was validated.
 """
 from __future__ import annotations
 
@@ -23,11 +28,12 @@ from far_runtime.errors import FarError
 from far_runtime.files import write_json
 from far_runtime.schedule import MAX_HEAD_STEPS, valid_head_steps
 from far_runtime.specs import fused_name
-from far_runtime.variants import component_specs
+from far_runtime.variants import component_specs, variant_for
 
 from .. import __version__
-from ..checkpoint import (atomic_write, build_model, build_vae, load_model_checkpoint,
-                          load_vae_checkpoint, sha256_file)
+from ..checkpoint import (build_model, build_vae, load_model_checkpoint, load_vae_checkpoint,
+                          sha256_file)
+from ..families import family_of_config
 from .modules import graph_module
 from .onnx_export import MIN_OPSET, export_onnx
 from .staging import check_out_folder, staged_bundle
@@ -36,21 +42,6 @@ from .validate import validate_graph
 log = logging.getLogger(__name__)
 
 COMPONENTS = ("backbone", "head", "vae")
-
-
-def model_entry(ck, vae_ck) -> dict:
-    bb, hd = ck.config.backbone, ck.config.head
-    side = int(round(bb.seq_len ** 0.5))
-    if side * side != bb.seq_len:
-        raise FarError(f"The token sequence has {bb.seq_len} tokens, which is not a square grid.")
-    return {"seq_len": bb.seq_len, "token_dim": bb.token_dim, "cond_dim": bb.decoder_width,
-            "num_classes": bb.num_classes, "head_kind": hd.kind,
-            "diffusion_steps": hd.diffusion_steps if hd.kind == "diffusion" else 0,
-            "image_size": side * vae_ck.config.downsample if vae_ck else 0,
-            "image_channels": vae_ck.config.out_ch if vae_ck else 0,
-            "vae_scale": vae_ck.config.scale_factor if vae_ck else 0.0,
-            **({"timestep_respacing": hd.timestep_respacing}
-               if hd.kind == "diffusion" and hd.timestep_respacing else {})}
 
 
 def parse_components(text: str) -> list[str]:
@@ -126,6 +117,21 @@ def check_export_options(out_dir, components, head_steps, opset, exporter, max_b
     return components, head_steps, opset, max_batch, heads
 
 
+def wanted_graphs(model: dict, components, head_steps) -> list[str]:
+    """The graphs of the requested components, in manifest order: the variant's backbone
+    graphs, the head step (and a fused graph per O for shortcut heads), the VAE decoder."""
+    out = []
+    if "backbone" in components:
+        out += list(variant_for(model).backbone_graphs)
+    if "head" in components:
+        out.append("head_step")
+        if model["head_kind"] == "shortcut":
+            out += [fused_name(o) for o in head_steps]
+    if "vae" in components:
+        out.append("vae_decoder")
+    return out
+
+
 def check_vae_fits(vae_ck, model: dict) -> None:
     """Refuse a VAE whose latent channels are not the model's token channels."""
     if vae_ck and vae_ck.config.embed_dim != model["token_dim"]:
@@ -150,25 +156,14 @@ def export_bundle(checkpoint: str, vae: str | None, out_dir: str, components=COM
     ort = import_onnxruntime()
     ck = load_model_checkpoint(checkpoint, weights, heads, force_heads=force_heads)
     vae_ck = load_vae_checkpoint(vae) if vae else None
-    if getattr(ck.config, "kind", "") == "causal":       # FAR-Causal: its own graphs
-        from .causal_bundle import export_causal_bundle
-        return export_causal_bundle(ck, vae_ck, out_dir, components, head_steps, opset, exporter,
-                                    max_batch, external_data, say, validate_batches, precision,
-                                    versions())
+    family = family_of_config(ck.config)
+    family.check_precision(ck.config, precision)
     backbone, head = build_model(ck)
     vae_mod = build_vae(vae_ck) if vae_ck else None
-    model = model_entry(ck, vae_ck)
+    model = family.model_entry(ck.config, vae_ck.config if vae_ck else None)
     check_vae_fits(vae_ck, model)
     specs = component_specs(model, max_batch, head_steps if model["head_kind"] == "shortcut" else ())
-    wanted = []
-    if "backbone" in components:
-        wanted.append("backbone")
-    if "head" in components:
-        wanted.append("head_step")
-        if model["head_kind"] == "shortcut":
-            wanted += [fused_name(o) for o in head_steps]
-    if "vae" in components:
-        wanted.append("vae_decoder")
+    wanted = wanted_graphs(model, components, head_steps)
     with staged_bundle(out_dir) as stage:
         graphs, reports, readiness = {}, {}, {}
         for i, name in enumerate(wanted):

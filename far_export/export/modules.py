@@ -1,7 +1,8 @@
 """The torch modules that are exported: each maps a component spec's inputs to its outputs.
 
 They wrap the reference modules without changing their arithmetic, so a graph can be
-validated against the reference at any shape.
+validated against the reference at any shape. The head and VAE graphs are every family's and
+are here; each family gives the wrappers of its own backbone graphs (``families/``).
 """
 from __future__ import annotations
 
@@ -10,16 +11,8 @@ import math
 import torch
 from torch import nn
 
+from ..families import family_for_graph
 from ..reference.heads import TIME_SCALE, SimpleMLPAdaLN
-
-
-class BackboneGraph(nn.Module):
-    def __init__(self, backbone):
-        super().__init__()
-        self.backbone = backbone
-
-    def forward(self, tokens, labels, known_idx, pred_idx):
-        return self.backbone(tokens, labels, known_idx, pred_idx)
 
 
 class ShortcutStepGraph(nn.Module):
@@ -89,8 +82,7 @@ class VAEGraph(nn.Module):
 
 
 def graph_module(name: str, backbone, head, vae, head_steps: int | None = None) -> nn.Module:
-    if name == "backbone":
-        return BackboneGraph(backbone).eval()
+    """The module of graph ``name``: a head or VAE graph, or a family's backbone graph."""
     if name == "head_step":
         cls = ShortcutStepGraph if head.cfg.kind == "shortcut" else DiffusionStepGraph
         return cls(head).eval()
@@ -98,4 +90,7 @@ def graph_module(name: str, backbone, head, vae, head_steps: int | None = None) 
         return FusedShortcutGraph(head, head_steps).eval()
     if name == "vae_decoder":
         return VAEGraph(vae).eval()
-    raise ValueError(name)
+    family = family_for_graph(name)
+    if family is None:
+        raise ValueError(name)
+    return family.graph_module(name, backbone)

@@ -1,7 +1,11 @@
 """Validate a graph against the PyTorch reference on a grid of shapes unlike the export shape.
 
-Results are data (Polygraphy-style): per grid point and output, max abs and max relative
-error, the output's magnitude, NaN/Inf counts, and pass/fail.
+Every graph of every family the same way: the family gives the validation points (dims,
+inputs and any extra comparison; by default the runtime's grid with inputs drawn like the
+sampling loop's, for FAR-Causal's backbone graphs real caches at chosen token positions), the
+graph's torch module gives the reference outputs. Results are data (Polygraphy-style): per
+grid point and output, max abs and max relative error, the output's magnitude, NaN/Inf
+counts, and pass/fail.
 
 The verdict: a graph passes a point when its error against the fp32 reference is within the
 spec tolerance (max abs error <= tolerance * max |reference|). When it is not, the point is
@@ -21,9 +25,9 @@ import time
 import numpy as np
 import torch
 
-from far_runtime.specs import ComponentSpec, sample_inputs
-from far_runtime.variants import validation_grid
+from far_runtime.specs import ComponentSpec
 
+from ..families import family_for_model
 from ..reference.sampler import shortcut_sample
 
 log = logging.getLogger(__name__)
@@ -80,18 +84,22 @@ def judge_against_float64(got: np.ndarray, ref32: np.ndarray, ref64: np.ndarray,
 
 def validate_graph(session, spec: ComponentSpec, module, model: dict, head=None,
                    tolerance: float | None = None, seed: int = 1, batches=(1, 3, 8)) -> dict:
+    """The session against the reference at every validation point of the model's family.
+    An extra comparison a point names (``{name: (output, reference)}``) is judged at the
+    fp32 tolerance alone."""
     tol = spec.tolerance if tolerance is None else tolerance
     fn = reference_fn(spec, module, head)
     fn64 = None
     rng = np.random.default_rng(seed)
+    names = spec.output_names()
     points = []
     t0 = time.perf_counter()
-    for dims in validation_grid(spec, model, batches):
-        inputs = sample_inputs(spec, dims, model, rng)
+    for dims, inputs, extra in family_for_model(model).validation_points(spec, module, model,
+                                                                          batches, rng):
         with torch.no_grad():
             refs = [r.numpy() for r in _outputs(fn(*_as_torch(inputs)))]
-        gots = session.run(spec.output_names(), inputs)
-        outs = {name: compare(g, r, tol) for name, g, r in zip(spec.output_names(), gots, refs)}
+        gots = session.run(names, inputs)
+        outs = {name: compare(g, r, tol) for name, g, r in zip(names, gots, refs)}
         if not all(o["passed"] for o in outs.values()):
             if fn64 is None:       # only now: a float64 copy of the reference costs memory
                 fn64 = reference_fn(spec, copy.deepcopy(module).double(),
@@ -101,6 +109,8 @@ def validate_graph(session, spec: ComponentSpec, module, model: dict, head=None,
             for (name, o), g, r32, r64 in zip(outs.items(), gots, refs, refs64):
                 o["float64"] = judge_against_float64(g, r32, r64, tol)
                 o["passed"] = bool(o["nan_inf"] == 0 and o["float64"]["passed"])
+        for key, (output, ref) in extra.items():
+            outs[key] = compare(gots[names.index(output)], ref, tol)
         points.append({"dims": dims, "outputs": outs,
                        "passed": all(o["passed"] for o in outs.values())})
     worst = max((o["rel_to_max"] for p in points for o in p["outputs"].values()), default=0.0)

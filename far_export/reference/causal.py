@@ -8,7 +8,8 @@ Pre-norm blocks with causal attention (timm names: ``norm1``, ``attn.qkv``, ``at
 ``norm2``, ``mlp.fc1``, ``mlp.fc2``), a final ``norm``. The output at position ``P - 1 + i``
 plus ``head_pos_embed[i]`` is the condition z of token ``i`` (so token 0 is conditioned on
 the class alone, and z_i sees x_0..x_{i-1}). The head (``diffloss.net.*``) is the FAR
-shortcut head of ``heads.py`` with ``cond_dim = E``.
+shortcut head of ``heads.py`` with ``cond_dim = E``. Its configuration is ``config.CausalConfig``;
+the family that reads, exports and verifies it is ``far_export/families/causal.py``.
 
 Inference runs ``prefill`` (the P class slots -> z_0 and the KV cache) then ``L - 1`` calls of
 ``step`` (token x_{i-1} at sequence position ``P + i - 1`` -> z_i, cache updated). The cache is
@@ -19,56 +20,15 @@ training path and the no-cache recompute path.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import HeadConfig
+from ..config import CausalConfig
 from .backbone import Mlp, random_init_
 
 LN_EPS = 1e-6
 NEG = -1e9          # attention logit of a masked slot (finite: exp underflows to 0 exactly)
-
-
-@dataclass
-class CausalConfig:
-    token_dim: int = 16
-    seq_len: int = 256
-    class_tokens: int = 1
-    num_classes: int = 1000
-    width: int = 768
-    depth: int = 12
-    heads: int = 12
-    mlp_ratio: float = 4.0
-    heads_rule: str = "preset"
-
-    @property
-    def context(self) -> int:
-        """T: sequence positions the transformer ever sees (class slots + L - 1 tokens)."""
-        return self.class_tokens + self.seq_len - 1
-
-    @property
-    def head_dim(self) -> int:
-        return self.width // self.heads
-
-    def cache_shape(self, rows: int) -> tuple:
-        return (self.depth, 2, rows, self.heads, self.context, self.head_dim)
-
-
-@dataclass
-class CausalModelConfig:
-    backbone: CausalConfig = field(default_factory=CausalConfig)
-    head: HeadConfig = field(default_factory=HeadConfig)
-    kind: str = "causal"
-
-    def to_dict(self) -> dict:
-        return {"kind": "causal", "backbone": asdict(self.backbone), "head": asdict(self.head)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "CausalModelConfig":
-        return cls(CausalConfig(**d["backbone"]), HeadConfig(**d["head"]))
 
 
 class CausalAttention(nn.Module):

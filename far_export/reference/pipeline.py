@@ -1,4 +1,8 @@
-"""Backbone + head + VAE decoder loaded from files: the eager PyTorch pipeline end to end."""
+"""Backbone + head + VAE decoder loaded from files: the eager PyTorch pipeline end to end.
+
+The checkpoint's family (``far_export/families``) gives the sampling loop: K iterations over a
+random order for FAR/MAR (``reference/sampler.py``), L steps of one token for FAR-Causal.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,7 +12,7 @@ import torch
 
 from ..checkpoint import (ModelCheckpoint, VAECheckpoint, build_model, build_vae,
                           load_model_checkpoint, load_vae_checkpoint)
-from .sampler import sample_tokens
+from ..families import Family, family_of_config
 
 
 @dataclass
@@ -27,24 +31,21 @@ class ReferencePipeline:
         backbone, head = build_model(ck)
         return cls(ck, vk, backbone, head, build_vae(vk) if vk else None)
 
+    @property
+    def family(self) -> Family:
+        return family_of_config(self.ckpt.config)
+
     def model_info(self) -> dict:
         """``kind``, ``head_kind`` and ``seq_len`` as a bundle manifest's model records them."""
-        info = {"head_kind": self.ckpt.config.head.kind, "seq_len": self.backbone.cfg.seq_len}
-        if getattr(self.ckpt.config, "kind", "") == "causal":
-            info["kind"] = "causal"
-        return info
+        return self.family.model_info(self.ckpt.config)
 
     def check_k(self, K) -> int:
         """K as given, or the variant's default (FAR-Causal: K is L or left out)."""
-        from far_runtime.variants import variant_for
-        return variant_for(self.model_info()).check_k(K, self.model_info())
+        return self.family.variant(self.ckpt.config).check_k(K, self.model_info())
 
     def tokens(self, labels, **kw) -> torch.Tensor:
-        if self.model_info().get("kind") == "causal":          # FAR-Causal: its own loop, K is L
-            from .causal_sampler import sample_causal
-            self.check_k(kw.pop("num_iter", None))
-            return sample_causal(self.backbone, self.head, labels, **kw)
-        return sample_tokens(self.backbone, self.head, labels, **kw)
+        """Token latents [B, L, C] of the family's reference sampler (``num_iter`` is K)."""
+        return self.family.sample(self.backbone, self.head, labels, **kw)
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor) -> np.ndarray:

@@ -15,7 +15,7 @@ Graphs (``name``) of every variant (a variant adds its backbone graphs, ``varian
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
