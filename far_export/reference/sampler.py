@@ -7,7 +7,6 @@ given a list) receives the token latent after every iteration, for drift reports
 from __future__ import annotations
 
 import logging
-import math
 
 import numpy as np
 import torch
