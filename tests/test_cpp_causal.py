@@ -6,12 +6,9 @@ import threading
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from cpp_helpers import cpp_build, edited_copy, far_generate, last_lines, python_generate  # noqa: F401 (a fixture)
 from far_cpp import CError, CRuntime, RunStats
-from far_export.cli import main as export_cli
-from far_export.synthetic import tiny_causal_config, write_random_causal_checkpoint, write_random_vae
 from far_runtime.bundle import load_bundle
 from far_runtime.errors import FarError
 from far_runtime.pipeline import Pipeline
@@ -21,16 +18,9 @@ GRID = [(B, cfg, O, head) for B in (1, 3) for cfg in (1.0, 3.0) for O in (1, 2) 
 
 
 @pytest.fixture(scope="module")
-def causal_bundle(tmp_path_factory):
-    """``far-export build`` of a tiny random FAR-Causal checkpoint (as tests/test_causal.py)."""
-    d = tmp_path_factory.mktemp("cpp_causal")
-    ck, vae, out = str(d / "causal.pth"), str(d / "vae.pth"), str(d / "bundle")
-    write_random_causal_checkpoint(ck, tiny_causal_config(L, class_tokens=2), seed=4)
-    write_random_vae(vae, seed=3)
-    res = CliRunner().invoke(export_cli, ["build", ck, "--vae", vae, "--out", out, "--head-steps", "1,2",
-                                          "--validate-batches", "1,3"])
-    assert res.exit_code == 0, res.output
-    return out
+def causal_bundle(built):
+    """The session's tiny FAR-Causal bundle (tests/conftest.py: ``far-export build``, O in 1, 2)."""
+    return built[0]
 
 
 @pytest.fixture(scope="module")

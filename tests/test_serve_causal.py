@@ -6,11 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from serve_helpers import Server, assert_batched_equal_direct, assert_png_is_generate
 
-from far_export.cli import main
-from far_export.synthetic import tiny_causal_config, write_random_causal_checkpoint, write_random_vae
 from far_runtime.pipeline import Pipeline
 from far_runtime.serve.batching import run_batch
 from far_runtime.serve.requests import GenerateRequest, RequestChecker, RequestError
@@ -19,16 +16,9 @@ L = 16
 
 
 @pytest.fixture(scope="module")
-def causal_bundle(tmp_path_factory):
-    """``far-export build`` of a tiny causal checkpoint, as tests/test_causal.py builds it."""
-    d = tmp_path_factory.mktemp("serve_causal")
-    ckpt, vae, out = str(d / "causal.pth"), str(d / "vae.pth"), str(d / "bundle")
-    write_random_causal_checkpoint(ckpt, tiny_causal_config(L, class_tokens=2), seed=4)
-    write_random_vae(vae, seed=3)
-    res = CliRunner().invoke(main, ["build", ckpt, "--vae", vae, "--out", out, "--head-steps", "1,2",
-                                    "--validate-batches", "1,3"])
-    assert res.exit_code == 0, res.output
-    return out
+def causal_bundle(built):
+    """The session's tiny FAR-Causal bundle (tests/conftest.py: ``far-export build``, O in 1, 2)."""
+    return built[0]
 
 
 @pytest.fixture(scope="module")
