@@ -92,6 +92,7 @@ def test_compiled_models_compute_in_the_precision_asked(pipes):
     assert backend.precision == "fp32" and backend.config()["INFERENCE_PRECISION_HINT"] == "f32"
     compiled = backend.compiled("backbone")
     assert compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == "f32"
+    assert compiled.get_property("ENABLE_CPU_PINNING") is False       # shared machines: never pinned
 
 
 @needs_openvino
