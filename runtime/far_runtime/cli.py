@@ -55,6 +55,17 @@ def sampling_options(defaults: dict = SAMPLING):
     return option_group(opts)
 
 
+backend_options = option_group([
+    click.option("--backend", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime",
+                 show_default=True, help="Execution library: ONNX Runtime (far-runtime[cpu]) or OpenVINO "
+                 "(far-runtime[openvino])."),
+    click.option("--precision", help="Compute precision: fp32 (default) or bf16 (OpenVINO on a CPU with "
+                 "bf16 units); an int8 bundle runs its Q/DQ graphs as int8 either way."),
+    click.option("--threads", type=int, help="The backend's operator threads (ONNX Runtime intra-op, "
+                 "OpenVINO INFERENCE_NUM_THREADS)."),
+])
+
+
 def resolve_k(num_iter, model: dict) -> int:
     """``--K`` as given, or the variant's default when left out (16 for FAR/MAR, L for FAR-Causal)."""
     from .variants import variant_for
@@ -93,11 +104,11 @@ def main(verbose: bool):
 @sampling_options(SAMPLING)
 @click.option("--head", type=click.Choice(list(HEAD_MODES)), default=SAMPLING["head"], show_default=True,
               help="Fused O-step head graph or one call per step.")
-@click.option("--threads", type=int, help="ONNX Runtime intra-op threads.")
+@backend_options
 @click.option("--save-randomness", help="Write the run's orders and noise to this .npz.")
 @click.option("--out", default="out/grid.png", show_default=True, help="PNG grid to write.")
 def generate(bundle, classes, num, num_iter, head_steps, cfg, cfg_schedule, temperature, seed,
-             head, threads, save_randomness, out):
+             head, backend, precision, threads, save_randomness, out):
     """Generate images with the torch-free runtime and write a PNG grid."""
     from .files import check_writable_file
     from .images import grid, write_png
@@ -113,7 +124,7 @@ def generate(bundle, classes, num, num_iter, head_steps, cfg, cfg_schedule, temp
     check_writable_file(out, "--out")
     if save_randomness:
         check_writable_file(save_randomness, "--save-randomness")
-    pipe = Pipeline.load(bundle, threads=threads)
+    pipe = Pipeline.load(bundle, threads=threads, backend=backend, precision=precision)
     num_iter = pipe.variant.check_k(num_iter, pipe.model)      # left out: the variant's default
     max_batch = pipe.bundle.manifest["max_batch"]
     if num > max_batch:
@@ -134,15 +145,22 @@ def generate(bundle, classes, num, num_iter, head_steps, cfg, cfg_schedule, temp
 
 
 @main.command()
-@click.argument("bundle")
+@click.argument("bundle", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def info(bundle, as_json):
-    """What a bundle holds (its sha256 checked), and which backends can run it here."""
-    from .info import bundle_info
-    report = bundle_info(bundle)
+    """This machine's CPU precisions and backends; with BUNDLE, what it holds (its sha256
+    checked) and which backends can run it here."""
+    from .info import bundle_info, machine_info
+    report = bundle_info(bundle) if bundle else {"machine": machine_info()}
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
+    if bundle:
+        print_bundle(report)
+    print_machine(report["machine"])
+
+
+def print_bundle(report: dict) -> None:
     m = report["model"]
     click.echo(f"bundle      {report['bundle']} (format {report['format_version']}, hashes checked)")
     click.echo(f"model       {m['head_kind']} head, {m['seq_len']} tokens x {m['token_dim']}, "
@@ -156,6 +174,21 @@ def info(bundle, as_json):
     for name, b in report["backends"].items():
         click.echo(f"backend     {name}: " + ("can run it" if b["available"] else f"no ({b['reason']})"))
 
+
+def print_machine(machine: dict) -> None:
+    click.echo(f"cpu         {machine['cpu']}, {machine['usable_cores']} usable core(s)"
+               + ("" if machine["flags_read"] else " (no /proc/cpuinfo: flags unknown)"))
+    for name, p in machine["precisions"].items():
+        units = ", ".join(p["units"]) or "no flags"
+        native = "native" if p["native"] else ("emulated" if name == "bf16" else "no VNNI/AMX")
+        users = ", ".join(p["backends"]) or "none installed here"
+        how = f"; {p['how']}" if p.get("how") and p["backends"] else ""
+        click.echo(f"precision   {name}: {native} ({units}); backends: {users}{how}")
+    for name, b in machine["cpu_backends"].items():
+        detail = (f"{b.get('version', '')} " + (f"(CPU capabilities: {', '.join(b['cpu_capabilities'])})"
+                                                 if b.get("cpu_capabilities") else "")).strip()
+        click.echo(f"cpu backend {name}: " + (f"installed {detail}".rstrip() if b["available"]
+                                               else f"no ({b['reason']})"))
 
 
 # far-runtime[serve]: Ray Serve behind HTTP, and a load test for it (Ray is imported lazily).

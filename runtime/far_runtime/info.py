@@ -1,15 +1,20 @@
-"""``far-runtime info``: what a bundle holds, its hashes checked, and which backends can run it.
+"""``far-runtime info``: this machine's CPU precisions, and what a bundle holds and which
+backends can run it.
 
 The report is data (a dict); the command prints it. Backends are probed without running a
 graph: ONNX Runtime's providers (a GPU provider counts only when the installed build lists
-it), TensorRT when it imports and engines were built for the bundle's precision.
+it), OpenVINO when it imports (with its view of the CPU), TensorRT when it imports and
+engines were built for the bundle's precision. The CPU's precisions come from its flags
+(``cpu.py``): fp32 always, bf16 with bf16 units, int8 with VNNI or AMX (else plain AVX2).
 """
 from __future__ import annotations
 
 import importlib.util
 import os
 
+from .backends.base import usable_cores
 from .bundle import load_bundle
+from .cpu import cpu_name, machine_precisions, read_cpu_flags
 from .gpu.engine_manifest import ENGINE_MANIFEST, default_engine_dir
 
 
@@ -26,6 +31,31 @@ def _onnxruntime_backends() -> dict:
         out[label] = {"available": ok, "reason": None if ok else
                       f"onnxruntime {onnxruntime.__version__} has no {provider} (install far-runtime[gpu] on a CUDA machine)"}
     return out
+
+
+def _openvino_backend() -> dict:
+    if importlib.util.find_spec("openvino") is None:
+        return {"available": False, "reason": "OpenVINO is not installed (install far-runtime[openvino])"}
+    from .backends.openvino import cpu_capabilities, import_openvino
+    from .errors import FarError
+    try:
+        ov = import_openvino()
+        caps = cpu_capabilities(ov.Core())
+    except (FarError, RuntimeError) as e:
+        return {"available": False, "reason": str(e)}
+    return {"available": True, "reason": None, "version": ov.__version__, "cpu_capabilities": caps}
+
+
+def machine_info() -> dict:
+    """This machine's CPU, its precisions and the CPU backends installed here."""
+    flags = read_cpu_flags()
+    ort = _onnxruntime_backends()["onnxruntime-cpu"]
+    ov = _openvino_backend()
+    return {"cpu": cpu_name(), "usable_cores": usable_cores(),
+            "flags_read": flags is not None,
+            "precisions": machine_precisions(flags, {"onnxruntime": ort["available"],
+                                                     "openvino": ov["available"]}),
+            "cpu_backends": {"onnxruntime": ort, "openvino": ov}}
 
 
 def tensorrt_import_problem() -> str | None:
@@ -68,4 +98,6 @@ def bundle_info(root: str) -> dict:
             "head_steps": man.get("head_steps", []), "graphs": graphs,
             "source": (f"{os.path.basename(src['checkpoint'])} sha256 {src['sha256'][:16]}"
                        if src.get("checkpoint") and src.get("sha256") else None),
-            "backends": {**_onnxruntime_backends(), "tensorrt": _tensorrt_backend(b.root, precision)}}
+            "backends": {**_onnxruntime_backends(), "openvino": _openvino_backend(),
+                         "tensorrt": _tensorrt_backend(b.root, precision)},
+            "machine": machine_info()}

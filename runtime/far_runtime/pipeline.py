@@ -1,6 +1,7 @@
 """The runtime's sampling loop over compiled graphs, for every model variant.
 
-    pipe = Pipeline.load("graphs/demo")
+    pipe = Pipeline.load("graphs/demo")                       # ONNX Runtime, fp32
+    pipe = Pipeline.load("graphs/demo", backend="openvino", precision="bf16", threads=2)
     images = pipe.generate([3, 7], K=16, O=8, cfg=3.0, seed=0)   # uint8 [B, H, W, 3]
 
 One class for FAR, MAR and FAR-Causal: the bundle's variant (``variants/``) owns what
@@ -19,7 +20,7 @@ import logging
 import numpy as np
 
 from . import heads
-from .backends import Backend, OrtBackend
+from .backends import CPU_ONLY, Backend, make_backend
 from .bundle import Bundle, load_bundle
 from .errors import FarError
 from .images import check_finite, to_uint8
@@ -40,10 +41,13 @@ class Pipeline:
         self.variant: Variant = bundle.variant
 
     @classmethod
-    def load(cls, root: str, providers=("CPUExecutionProvider",), threads: int | None = None,
-             check_hashes: bool = True) -> "Pipeline":
+    def load(cls, root: str, providers=CPU_ONLY, threads: int | None = None, check_hashes: bool = True,
+             *, backend: str = "onnxruntime", precision: str | None = None) -> "Pipeline":
+        """The bundle at ``root`` (every file's sha256 checked) on ``backend`` ("onnxruntime" or
+        "openvino") computing in ``precision`` ("fp32", or "bf16" on OpenVINO and a CPU with
+        bf16 units; None: fp32). ``threads``: the backend's operator threads."""
         bundle = load_bundle(root, check_hashes)
-        return cls(bundle, OrtBackend(bundle, providers, threads))
+        return cls(bundle, make_backend(bundle, backend, precision, threads, providers))
 
     # --- checks -------------------------------------------------------------------------
 

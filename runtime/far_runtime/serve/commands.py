@@ -17,19 +17,24 @@ from ..files import write_json
 @click.option("--max-batch", type=int, help="Largest batch per replica (default and upper bound: the bundle's).")
 @click.option("--batch-wait-ms", default=10.0, show_default=True,
               help="How long a batch waits for more requests after its first.")
-@click.option("--threads", type=int, help="ONNX Runtime intra-op threads per replica "
+@click.option("--backend", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime",
+              show_default=True, help="Execution library of every replica.")
+@click.option("--precision", help="Compute precision: fp32 (default) or bf16 (OpenVINO on a CPU with bf16 units).")
+@click.option("--threads", type=int, help="The backend's operator threads per replica "
               "(default: this machine's cores / replicas).")
 @click.option("--max-queued", type=int, help="Requests waiting at the proxy beyond which it answers 503 "
               "(default 4 x max batch x replicas).")
 @click.option("--address", help="Join this Ray cluster (e.g. auto, or HEAD:6379) instead of starting one.")
-def serve(bundle, host, port, replicas, max_batch, batch_wait_ms, threads, max_queued, address):
+def serve(bundle, host, port, replicas, max_batch, batch_wait_ms, backend, precision, threads, max_queued,
+          address):
     """Serve BUNDLE over HTTP: POST /generate, GET /healthz, GET /info (Ray Serve)."""
     from .server import serve_bundle
 
     def announce():
         click.echo(f"serving {bundle} at http://{host}:{port} ({replicas} replica(s)); Ctrl-C stops", err=True)
     serve_bundle(bundle, announce=announce, host=host, port=port, replicas=replicas, max_batch=max_batch,
-                 batch_wait_ms=batch_wait_ms, threads=threads, max_queued=max_queued, address=address)
+                 batch_wait_ms=batch_wait_ms, threads=threads, max_queued=max_queued, address=address,
+                 backend=backend, precision=precision)
     click.echo("stopped", err=True)
 
 

@@ -6,7 +6,7 @@ Routes (Ray's proxy forwards every path under ``/`` to ``__call__``):
 
     POST /generate   JSON {"class": 3, "seed": 7, ...} -> image/png (?format=npy, ?latents=1)
     GET  /healthz    200 once the bundle is loaded (the constructor loads it)
-    GET  /info       the bundle's model, precision, head steps, max batch, backend
+    GET  /info       the bundle's model, precision, head steps, max batch, backend and its precision
 
 Requests are checked in ``__call__`` (HTTP 400 on any error), then join one ``@serve.batch``
 queue; the batch handler groups them by settings (``batching.run_batch``) and runs the
@@ -62,8 +62,10 @@ def no_spinning(pipe) -> None:
     """ONNX Runtime's intra-op threads spin while they wait for work; beside other replicas
     (and other programs) on a few cores that steals the CPU the work needs.
     Sessions are created on first use, so setting the backend's session config right after
-    loading covers all of them."""
-    pipe.backend.session_config.update(NO_SPINNING)
+    loading covers all of them. (OpenVINO has no such setting; other backends keep theirs.)"""
+    config = getattr(pipe.backend, "session_config", None)
+    if config is not None:
+        config.update(NO_SPINNING)
 
 
 def error(status: int, sentence: str) -> JSONResponse:
@@ -72,8 +74,9 @@ def error(status: int, sentence: str) -> JSONResponse:
 
 @serve.deployment(name="far-runtime")
 class FarServer:
-    def __init__(self, bundle: str, max_batch: int, batch_wait_ms: float, threads: int | None):
-        self.pipe = Pipeline.load(bundle, threads=threads)
+    def __init__(self, bundle: str, max_batch: int, batch_wait_ms: float, threads: int | None,
+                 backend: str = "onnxruntime", precision: str | None = None):
+        self.pipe = Pipeline.load(bundle, threads=threads, backend=backend, precision=precision)
         no_spinning(self.pipe)
         self.checker = RequestChecker(self.pipe)
         self.settings = {"max_batch": max_batch, "batch_wait_ms": batch_wait_ms, "threads": threads}
@@ -83,8 +86,8 @@ class FarServer:
         self.batches = 0
         self.served = 0
         self.largest_batch = 0
-        log.info("replica %d serving %s (max batch %d, wait %g ms, %s ORT threads)", os.getpid(),
-                 bundle, max_batch, batch_wait_ms, threads or "default")
+        log.info("replica %d serving %s (max batch %d, wait %g ms, %s, %s threads)", os.getpid(),
+                 bundle, max_batch, batch_wait_ms, self.pipe.backend.name, threads or "default")
 
     def info(self) -> dict:
         b = self.pipe.bundle
@@ -92,6 +95,7 @@ class FarServer:
         return {"model": b.model, "precision": m.get("precision", "fp32"),
                 "head_steps": m.get("head_steps", []), "max_batch": m["max_batch"],
                 "backend": self.pipe.backend.name,
+                "backend_precision": getattr(self.pipe.backend, "precision", "fp32"),
                 "serve": {**self.settings, "pid": os.getpid(), "rss_mb": rss_megabytes(),
                           "batches": self.batches, "requests": self.served,
                           "largest_batch": self.largest_batch}}
@@ -151,8 +155,10 @@ def replica_options(max_batch: int, max_queued: int, replicas: int, cpus_per_rep
 
 def build_app(bundle: str, max_batch: int | None = None, batch_wait_ms: float = 10.0,
               replicas: int = 1, threads: int | None = None, max_queued: int | None = None,
-              cpus_per_replica: float | None = None):
+              cpus_per_replica: float | None = None, backend: str = "onnxruntime",
+              precision: str | None = None):
     """The Ray Serve application for ``bundle``; every option is checked here, before Ray starts."""
+    from ..backends import check_choice
     from ..bundle import load_bundle
     bundle = os.path.abspath(bundle)
     loaded = load_bundle(bundle)
@@ -166,18 +172,19 @@ def build_app(bundle: str, max_batch: int | None = None, batch_wait_ms: float = 
         raise FarError(f"--replicas must be at least 1, got {replicas}.")
     if threads is not None and threads < 1:
         raise FarError(f"--threads must be at least 1, got {threads}.")
+    precision = check_choice(backend, precision)       # the library installed, the precision on this CPU
     max_queued = 4 * max_batch * replicas if max_queued is None else max_queued
     if max_queued < 1:
         raise FarError(f"--max-queued must be at least 1, got {max_queued}.")
     cpus = cpus_per_replica if cpus_per_replica is not None else float(threads or 1)
     opts = replica_options(max_batch, max_queued, replicas, cpus)
-    return FarServer.options(**opts).bind(bundle, max_batch, float(batch_wait_ms), threads)
+    return FarServer.options(**opts).bind(bundle, max_batch, float(batch_wait_ms), threads, backend, precision)
 
 
 def app_builder(args: dict):
     """For ``serve run far_runtime.serve.deployment:app_builder bundle=/path [max_batch=8 ...]``."""
     known = {"bundle": str, "max_batch": int, "batch_wait_ms": float, "replicas": int,
-             "threads": int, "max_queued": int, "cpus_per_replica": float}
+             "threads": int, "max_queued": int, "cpus_per_replica": float, "backend": str, "precision": str}
     unknown = sorted(set(args) - set(known))
     if unknown or "bundle" not in args:
         raise FarError(f"serve run takes bundle=PATH and optionally {', '.join(list(known)[1:])}"

@@ -40,13 +40,14 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def default_threads(replicas: int) -> int:
-    """ONNX Runtime intra-op threads per replica: this machine's cores shared among replicas."""
+    """Operator threads per replica: this machine's cores shared among replicas."""
     return max(1, (os.cpu_count() or 1) // max(1, replicas))
 
 
 def start(bundle: str, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1,
           max_batch: int | None = None, batch_wait_ms: float = 10.0, threads: int | None = None,
-          max_queued: int | None = None, address: str | None = None):
+          max_queued: int | None = None, address: str | None = None, backend: str = "onnxruntime",
+          precision: str | None = None):
     """Deploy and return once the replicas serve; the caller then waits and calls ``stop``."""
     require_ray()
     if threads is not None and (type(threads) is not int or threads < 1):
@@ -56,7 +57,7 @@ def start(bundle: str, host: str = "127.0.0.1", port: int = 8000, replicas: int 
     if threads is None and local:
         threads = default_threads(replicas)
     cpus = float(threads or 1)
-    app = build_app(bundle, max_batch, batch_wait_ms, replicas, threads, max_queued, cpus)
+    app = build_app(bundle, max_batch, batch_wait_ms, replicas, threads, max_queued, cpus, backend, precision)
     check_port_free(host, port)
     import ray
     from ray import serve

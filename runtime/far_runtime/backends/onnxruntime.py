@@ -1,27 +1,22 @@
-"""Execution backends: the small interface the sampling loop drives, and ONNX Runtime.
+"""ONNX Runtime: sessions made from the verified bytes, IOBinding, per-thread workspaces.
 
-The loop only ever calls ``prepare(plan)`` once per plan and ``run(call, feeds)`` per graph
-call. ``call`` carries the graph name and its dims (the shape key of the plan), so a backend
-can keep one set of buffers (and, on a GPU, one captured CUDA graph) per distinct shape.
-``run`` returns arrays owned by the backend: valid until the next ``run`` of the same shape
-on the same thread. That is the whole contract; a TensorRT or CUDA-graph backend implements
-the same two methods and the loop does not change.
+The reference backend of the CPU runtime (and, with onnxruntime-gpu, of CUDA machines). It runs
+each graph in the precision the bundle stores (fp32, fp16 or int8 Q/DQ): its CPU provider has
+no bf16 kernels, so a bf16 run is OpenVINO's (``openvino.py``).
 """
 from __future__ import annotations
 
-import numbers
 import os
 import threading
 import time
-from collections import defaultdict
-from typing import Protocol
 
 import numpy as np
 
-from .bundle import Bundle
-from .errors import FarError
-from .lru import LRU
-from .plan import Call, Plan
+from ..bundle import Bundle
+from ..errors import FarError
+from ..lru import LRU
+from ..plan import Call, Plan
+from .base import GraphTimer, check_threads, default_max_shapes, usable_cores
 
 EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider",
@@ -37,44 +32,7 @@ def import_onnxruntime():
     return onnxruntime
 
 
-class Backend(Protocol):
-    name: str
-
-    def prepare(self, plan: Plan) -> None:
-        """Allocate what every distinct shape of ``plan`` needs, before the loop starts."""
-
-    def run(self, call: Call, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Execute one graph call; returns its outputs by name."""
-
-
-class GraphTimer:
-    """Wall time spent inside graph execution, per graph (for overhead and breakdowns)."""
-
-    def __init__(self):
-        self.seconds = defaultdict(float)
-        self.calls = defaultdict(int)
-        self._lock = threading.Lock()
-
-    def add(self, graph: str, seconds: float) -> None:
-        with self._lock:
-            self.seconds[graph] += seconds
-            self.calls[graph] += 1
-
-    def reset(self) -> None:
-        with self._lock:
-            self.seconds.clear()
-            self.calls.clear()
-
-
 SPIN_KEYS = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity mask, not the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:                  # not Linux
-        return os.cpu_count() or 1
 
 
 class OrtBackend:
@@ -96,16 +54,12 @@ class OrtBackend:
         if missing:
             raise FarError(f"Execution provider {missing[0]} is not available in this onnxruntime "
                            f"(available: {', '.join(available)}).")
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1):
-            raise FarError(f"The ONNX Runtime thread count must be at least 1, got {threads!r}.")
-        self.threads = None if threads is None else int(threads)
+        self.threads = check_threads(threads, "ONNX Runtime")
         # ONNX Runtime session config entries for every session made from now on
         # (e.g. {"session.intra_op.allow_spinning": "0"}); sessions are created on first use.
         self.session_config = dict(session_config or {})
-        # Per-thread bindings and buffers are kept for the ``max_shapes`` most recently used
-        # shapes: a server's clients choose K, batch sizes and CFG, so the distinct shapes are
-        # unbounded over time. One plan needs about seq_len + 2 of them; four plans fit.
-        self.max_shapes = max_shapes or 4 * (int(bundle.model.get("seq_len", 256)) + 8)
+        # Per-thread bindings and buffers for the ``max_shapes`` most recently used shapes.
+        self.max_shapes = max_shapes or default_max_shapes(bundle)
         self.specs = bundle.specs()
         self._sessions = {}
         self._lock = threading.Lock()
