@@ -175,8 +175,7 @@ class ReferenceEngine:
         self.dims = (bb.seq_len, bb.token_dim, hd.diffusion_steps if hd.kind == "diffusion" else 0)
 
     def generate_tokens(self, labels, K, O, cfg, rnd, mode=None):
-        # the reference's FAR-Causal loop recomputes the prefix with use_cache=False
-        loop = {} if mode is None else {"use_cache": mode != "recompute"}
+        loop = {} if mode is None else {"mode": mode}       # the family's loop mode (FAR-Causal)
         with self.context():
             return self.pipe.tokens(labels, num_iter=K, head_steps=O, cfg=cfg, randomness=rnd,
                                     **loop).float()
