@@ -192,7 +192,8 @@ def export_bundle(checkpoint: str, vae: str | None, out_dir: str, components=COM
                             "export_seconds": facts["export_seconds"], "spec": spec.to_dict(),
                             "tolerance_achieved": rep["worst_rel_to_max"], "validated": rep["passed"]}
         write_json(os.path.join(stage, "validation.json"), reports)
-        write_json(os.path.join(stage, "trt_readiness.json"), readiness)
+        # in the order of the variant's specs, as tensorrt.bundle_readiness writes it
+        write_json(os.path.join(stage, "trt_readiness.json"), {g: readiness[g] for g in specs if g in readiness})
         manifest = {
             "format": rt_bundle.FORMAT, "format_version": rt_bundle.FORMAT_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
