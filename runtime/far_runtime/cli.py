@@ -96,9 +96,11 @@ def main(verbose: bool):
 @click.option("--threads", type=int, help="ONNX Runtime intra-op threads.")
 @click.option("--save-randomness", help="Write the run's orders and noise to this .npz.")
 @click.option("--out", default="out/grid.png", show_default=True, help="PNG grid to write.")
+@click.option("--digest", help="Run the bundle only if its digest is this one (far-runtime info prints it).")
 def generate(bundle, classes, num, num_iter, head_steps, cfg, cfg_schedule, temperature, seed,
-             head, threads, save_randomness, out):
+             head, threads, save_randomness, out, digest):
     """Generate images with the torch-free runtime and write a PNG grid."""
+    from .bundle import check_digest_text
     from .files import check_writable_file
     from .images import grid, write_png
     from .options import check_sampling
@@ -113,7 +115,9 @@ def generate(bundle, classes, num, num_iter, head_steps, cfg, cfg_schedule, temp
     check_writable_file(out, "--out")
     if save_randomness:
         check_writable_file(save_randomness, "--save-randomness")
-    pipe = Pipeline.load(bundle, threads=threads)
+    if digest is not None:
+        check_digest_text(digest, "--digest")
+    pipe = Pipeline.load(bundle, threads=threads, digest=digest)
     num_iter = pipe.variant.check_k(num_iter, pipe.model)      # left out: the variant's default
     max_batch = pipe.bundle.manifest["max_batch"]
     if num > max_batch:
@@ -144,7 +148,8 @@ def info(bundle, as_json):
         click.echo(json.dumps(report, indent=2))
         return
     m = report["model"]
-    click.echo(f"bundle      {report['bundle']} (format {report['format_version']}, hashes checked)")
+    click.echo(f"bundle      {report['bundle']} (format {report['format_version']}, hashes and graph shapes checked)")
+    click.echo(f"digest      {report['digest']}")
     click.echo(f"model       {m['head_kind']} head, {m['seq_len']} tokens x {m['token_dim']}, "
                f"{m['num_classes']} classes, precision {report['precision']}, max batch {report['max_batch']}")
     click.echo(f"head steps  {', '.join(map(str, report['head_steps'])) or 'step graph only'}")

@@ -41,8 +41,10 @@ class Pipeline:
 
     @classmethod
     def load(cls, root: str, providers=("CPUExecutionProvider",), threads: int | None = None,
-             check_hashes: bool = True) -> "Pipeline":
-        bundle = load_bundle(root, check_hashes)
+             check_hashes: bool = True, digest: str | None = None) -> "Pipeline":
+        """The bundle at ``root`` on ONNX Runtime. ``digest``: the bundle digest an app pinned
+        (``far-runtime info`` prints it); any other bundle is refused in one sentence."""
+        bundle = load_bundle(root, check_hashes, digest)
         return cls(bundle, OrtBackend(bundle, providers, threads))
 
     # --- checks -------------------------------------------------------------------------
