@@ -86,11 +86,13 @@ def read_randomness(f, name: str) -> Randomness:
             if len(set(names)) != len(names) or not set(names) <= set(MEMBERS) or \
                     not {"orders.npy", "noise.npy"} <= set(names):
                 bad(f"it holds {shown(sorted(names)[:4], 120)}, not orders, noise and optionally step_noise")
+            if any(i.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) for i in infos):
+                bad("a member is compressed other than as numpy's savez writes it (stored or deflated)")
             arrays = {i.filename[:-4]: _read_member(z, i, bad) for i in infos}
     except FarError:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, NotImplementedError,
-            RuntimeError, zlib.error) as e:          # RuntimeError: an encrypted member
+            RuntimeError, OSError, zlib.error) as e:     # RuntimeError: an encrypted member
         bad(f"not a readable .npz ({type(e).__name__})")
     orders, noise, step = arrays["orders"], arrays["noise"], arrays.get("step_noise")
     if noise.shape[:2] != orders.shape or (step is not None and step.shape[1:] != noise.shape):
