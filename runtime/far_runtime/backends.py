@@ -217,7 +217,11 @@ class OrtBackend:
         return entry
 
     def prepare(self, plan: Plan) -> None:
-        for call in plan.distinct():
+        """Every graph of ``plan`` made and its declared shapes checked, then its buffers."""
+        calls = plan.distinct()
+        for graph in dict.fromkeys(c.graph for c in calls):
+            self.session(graph)
+        for call in calls:
             self._entry(call)
 
     def run(self, call: Call, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

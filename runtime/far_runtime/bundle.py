@@ -2,7 +2,7 @@
 
 A bundle is untrusted input. Loading refuses, in one sentence, a manifest over 64 MB (checked
 before it is read), a manifest of the wrong structure, a model entry with a field outside its
-bounds or buffers over ``MAX_BUFFER_BYTES`` at the bundle's largest shapes, a path that
+bounds or buffers over ``limits.MAX_BUFFER_BYTES`` at the bundle's largest shapes, a path that
 resolves outside the bundle folder (``..``, absolute, or a symlink leading out), a graph whose
 ``file`` is not among its hashed ``files``, and any file whose sha256 differs from the
 manifest. ``Bundle.read_verified`` reads a graph file once, hashes those very bytes and
@@ -26,7 +26,7 @@ import numpy as np
 
 from .errors import FarError
 from .heads import randomness_steps
-from .limits import MAX_BUFFER_BYTES, buffer_bytes, check_bounds, is_int, shown
+from .limits import buffer_bytes, check_bounds, is_int, shown
 from .schedule import valid_head_steps
 from .specs import ComponentSpec
 from .variants import Variant, check_model, component_specs, variant_for
@@ -157,7 +157,7 @@ def check_digest(bundle: Bundle, expected: str, option: str = "digest") -> None:
 
 def check_sizes(manifest: dict, bad) -> None:
     """Every buffer a run of this bundle can allocate, at the largest shape each graph's
-    profile allows, and the randomness of a full batch: each under ``MAX_BUFFER_BYTES``."""
+    profile allows, and the randomness of a full batch: each under ``limits.MAX_BUFFER_BYTES``."""
     model, mb = manifest["model"], manifest["max_batch"]
     try:
         for spec in component_specs(model, mb, manifest["head_steps"]).values():
@@ -222,12 +222,15 @@ def check_structure(manifest, mpath: str) -> None:
 
 
 def _check_graphs(graphs: dict, mpath: str, bad) -> None:
-    if len(graphs) > MAX_GRAPHS or sum(len(g.get("files") or ()) for g in graphs.values()
-                                       if isinstance(g, dict)) > MAX_FILES:
-        bad(f"it names over {MAX_GRAPHS} graphs or {MAX_FILES} files")
+    if len(graphs) > MAX_GRAPHS:
+        bad(f"it names over {MAX_GRAPHS} graphs")
+    total = 0
     for name, g in graphs.items():
         if not isinstance(g, dict) or not isinstance(g.get("files"), dict) or not g["files"]:
             bad(f"graph {shown(name, 60)} has no 'files' object")
+        total += len(g["files"])
+        if total > MAX_FILES:
+            bad(f"it names over {MAX_FILES} files")
         for fname, digest in g["files"].items():
             if not isinstance(digest, str) or not SHA256_HEX.match(digest):
                 bad(f"graph {shown(name, 60)} lists {shown(fname, 60)} without a sha256")

@@ -124,7 +124,9 @@ def generate(bundle, classes, num, num_iter, head_steps, cfg, cfg_schedule, temp
         raise FarError(f"--num {num} is larger than the bundle's max batch {max_batch}; "
                        f"re-export with --max-batch {num} or generate fewer.")
     pipe.check_labels(labels)
-    pipe.plan(num, num_iter, head_steps, cfg, head)
+    # The whole run's graphs made and their shapes checked against the manifest (one sentence
+    # on a mismatch) before the randomness is drawn or anything is written.
+    pipe.backend.prepare(pipe.plan(num, num_iter, head_steps, cfg, head))
     m = pipe.model
     rnd = draw_randomness(seed, num, m["seq_len"], m["token_dim"], pipe.randomness_steps())
     with click.progressbar(length=num_iter, label="iterations", file=sys.stderr) as bar:
@@ -148,7 +150,7 @@ def info(bundle, as_json):
         click.echo(json.dumps(report, indent=2))
         return
     m = report["model"]
-    click.echo(f"bundle      {report['bundle']} (format {report['format_version']}, hashes and graph shapes checked)")
+    click.echo(f"bundle      {report['bundle']} (format {report['format_version']}, hashes checked, graph shapes checked)")
     click.echo(f"digest      {report['digest']}")
     click.echo(f"model       {m['head_kind']} head, {m['seq_len']} tokens x {m['token_dim']}, "
                f"{m['num_classes']} classes, precision {report['precision']}, max batch {report['max_batch']}")

@@ -105,11 +105,11 @@ class Pipeline:
         lab = self.check_labels(labels)
         B, L, C = len(lab), m["seq_len"], m["token_dim"]
         plan = self.plan(B, K, O, cfg, head, decode=False, mode=mode)
+        self.backend.prepare(plan)          # the graphs' shapes checked before anything is drawn
         S = self.randomness_steps()
         if randomness is None:
             randomness = draw_randomness(seed, B, L, C, S)
         randomness.check(B, L, C, S)
-        self.backend.prepare(plan)
         return v.sample(self, lab, plan, K, O, cfg, cfg_schedule, temperature, randomness,
                         trace, progress, mode)
 
