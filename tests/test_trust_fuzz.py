@@ -39,6 +39,7 @@ def test_long_fuzz_run_finds_nothing(target, tmp_path):
     corpus = tmp_path / "corpus"
     shutil.copytree(FUZZ / "corpus" / target, corpus)
     r = subprocess.run([sys.executable, str(FUZZ / "run.py"), target, str(corpus), f"-max_total_time={seconds}",
-                        "-max_len=65536", "-timeout=20", "-rss_limit_mb=6144", f"-artifact_prefix={tmp_path}/"],
+                        "-max_len=65536", "-timeout=20", "-rss_limit_mb=6144", f"-artifact_prefix={tmp_path}/",
+                        *([f"-dict={FUZZ / (target + '.dict')}"] if (FUZZ / (target + ".dict")).exists() else [])],
                        capture_output=True, text=True, timeout=seconds + 300)
     assert r.returncode == 0, r.stderr[-4000:]

@@ -1,6 +1,7 @@
 """Run one fuzz target under atheris (libFuzzer's options after the target's name):
 
-    python tests/fuzz/run.py manifest tests/fuzz/corpus/manifest -max_total_time=600 -max_len=65536
+    python tests/fuzz/run.py manifest tests/fuzz/corpus/manifest -max_total_time=600 -max_len=65536 \
+        -dict=tests/fuzz/manifest.dict
 
 New inputs that reach new code are written to the first corpus folder given; a finding
 (an exception other than ``FarError``) stops the run and is written as ``crash-*``.

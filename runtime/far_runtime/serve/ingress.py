@@ -72,6 +72,9 @@ class FarIngress:
         except asyncio.TimeoutError:
             return error(503, f"The request was not answered within {self.request_timeout_s:g} s "
                               "(the server's --request-timeout-s); retry later.")
+        except BackPressureError as e:          # the model replicas' queue is full: Ray's own sentence
+            retry = None if e.retry_after_s is None else {"Retry-After": str(max(1, round(e.retry_after_s)))}
+            return error(e.status_code, e.message, retry)
 
     async def _handle(self, request: Request) -> Response:
         path = request.url.path.rstrip("/") or "/"
@@ -90,11 +93,7 @@ class FarIngress:
                               "(the server's --read-timeout-s); send the whole body at once.")
         except RequestError as e:
             return error(400, str(e))
-        try:
-            out = await self._call(self.model.generate.remote(body, dict(request.query_params)))
-        except BackPressureError as e:
-            retry = None if e.retry_after_s is None else {"Retry-After": str(max(1, round(e.retry_after_s)))}
-            return error(e.status_code, e.message, retry)
+        out = await self._call(self.model.generate.remote(body, dict(request.query_params)))
         if out.error:
             return error(out.status, out.error)
         return Response(out.body, media_type=out.media_type)
