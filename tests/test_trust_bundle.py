@@ -96,7 +96,7 @@ def test_buffer_sizes_over_the_cap_are_one_sentence(bundles, change):
     assert "\n" not in str(e.value) and str(e.value).endswith(".")
 
 
-def test_respacing_and_head_steps_are_checked(bundles):
+def test_respacing_head_steps_precision_and_names_are_checked(bundles):
     m = _manifest(bundles["mar"])
     m["model"]["timestep_respacing"] = "ddim" + "9" * 5000
     with pytest.raises(FarError, match="respacing cannot be used|timestep_respacing"):
@@ -108,6 +108,14 @@ def test_respacing_and_head_steps_are_checked(bundles):
     m = _manifest(bundles["far"])
     m["precision"] = "../../elsewhere"             # names the engine folder: a path in disguise
     with pytest.raises(FarError, match="precision"):
+        check_structure(m, "x/manifest.json")
+    m = _manifest(bundles["far"])
+    m["graphs"]["x\x1b[2J"] = m["graphs"]["backbone"]  # printed by info: no terminal escapes
+    with pytest.raises(FarError, match="not a plain name"):
+        check_structure(m, "x/manifest.json")
+    m = _manifest(bundles["far"])
+    m["graphs"]["backbone"]["files"] = 1.5             # found by the manifest fuzz target
+    with pytest.raises(FarError, match="has no 'files' object"):
         check_structure(m, "x/manifest.json")
 
 

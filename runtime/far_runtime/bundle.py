@@ -41,6 +41,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+GRAPH_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # Every field of the shared model entry: (smallest, largest). The largest are far beyond any
 # FAR/MAR model (FAR-H: 256 tokens of 16, width 1280, 1000 classes) yet keep every product
 # of them finite and checkable; a variant bounds its own fields (variants/*.py).
@@ -226,6 +227,8 @@ def _check_graphs(graphs: dict, mpath: str, bad) -> None:
         bad(f"it names over {MAX_GRAPHS} graphs")
     total = 0
     for name, g in graphs.items():
+        if not GRAPH_NAME.match(name):
+            bad(f"it names a graph {shown(name, 60)}, not a plain name of letters, digits, '_', '.' or '-'")
         if not isinstance(g, dict) or not isinstance(g.get("files"), dict) or not g["files"]:
             bad(f"graph {shown(name, 60)} has no 'files' object")
         total += len(g["files"])
