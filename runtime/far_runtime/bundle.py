@@ -241,7 +241,7 @@ def _check_graphs(graphs: dict, mpath: str, bad) -> None:
                 bad(f"graph {shown(name, 60)} names a file with control characters, {shown(fname, 60)}")
         if g.get("precision", "fp32") not in PRECISIONS:
             bad(f"graph {shown(name, 60)} has precision {shown(g.get('precision'), 40)}")
-        if g.get("file") not in g["files"]:
+        if not isinstance(g.get("file"), str) or g["file"] not in g["files"]:
             raise FarError(f"{mpath} names {shown(g.get('file'))} as the file of graph {shown(name, 60)}, but that "
                            "file is not among the graph's hashed files; refusing an unverified graph.")
 

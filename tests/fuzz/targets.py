@@ -6,6 +6,8 @@ Each target takes any bytes and must either accept them or refuse them with one
 - ``manifest``: ``manifest.json`` bytes through ``bundle.parse_manifest`` (JSON, structure,
   model bounds, buffer sizes), then what a loader computes from an accepted one: the specs,
   the digest, the variant's plan of one request and every path's containment.
+- ``manifest_fields``: the same, from a valid FAR, MAR or FAR-Causal manifest with fields
+  replaced or removed as the bytes say (byte mutations rarely get past the JSON).
 - ``engines``: ``engines.json`` bytes through ``engine_manifest.parse_engine_manifest``, then
   each engine path's containment and the rebuild advice, which must never quote the file.
 - ``randomness``: saved-randomness ``.npz`` bytes through ``randomness.read_randomness``.
@@ -18,11 +20,14 @@ replays every corpus file (``corpus/<target>/``) as an ordinary test.
 """
 from __future__ import annotations
 
+import copy
 import io
+import json
 import os
 import re
 import shlex
 import tempfile
+from pathlib import Path
 
 from far_runtime.bundle import Bundle, digest_of, inside, parse_manifest
 from far_runtime.errors import FarError
@@ -77,6 +82,44 @@ def manifest(data: bytes) -> None:
         pass
 
 
+_SEEDS = [json.loads((Path(__file__).parent / "corpus" / "manifest" / f"{n}.json").read_bytes())
+          for n in ("far", "mar", "causal")]
+
+
+def _leaves(obj, path=()):
+    """Every (path, value) of a JSON tree, containers included."""
+    yield path, obj
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for k, v in items:
+        yield from _leaves(v, path + (k,))
+
+
+def _value(kind: int, raw: bytes):
+    """A JSON value of one of a dozen kinds, from ``raw`` (8 bytes)."""
+    n = int.from_bytes(raw, "little", signed=True)
+    return [n, n % 70000, -(n % 5), 2 ** (n % 80), float(n) / 7, None, True, raw.hex()[: n % 17],
+            "../" * (n % 4) + "x", [n % 9] * (n % 5), {"a": n % 3}, 1e308 * (n % 3)][kind % 12]
+
+
+def manifest_fields(data: bytes) -> None:
+    """Valid manifests (FAR, MAR, FAR-Causal) with fields replaced or removed as ``data`` says
+    (9 bytes an edit: which field, what value), so the checks past the JSON are reached."""
+    m = copy.deepcopy(_SEEDS[data[0] % 3] if data else _SEEDS[0])
+    for i in range(1, len(data) - 9, 10):
+        paths = [p for p, _ in _leaves(m) if p]
+        if not paths:
+            break
+        path = paths[int.from_bytes(data[i:i + 2], "little") % len(paths)]
+        parent = m
+        for k in path[:-1]:
+            parent = parent[k]
+        if data[i + 2] % 16 == 15:
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = _value(data[i + 2], data[i + 3:i + 11] if i + 11 <= len(data) else b"\0" * 8)
+    manifest(json.dumps(m).encode())
+
+
 def engines(data: bytes) -> None:
     try:
         m = parse_engine_manifest(data, "fuzz/engines.json", REBUILD)
@@ -113,4 +156,5 @@ def request(data: bytes) -> None:
                 pass
 
 
-TARGETS = {"manifest": manifest, "engines": engines, "randomness": randomness, "request": request}
+TARGETS = {"manifest": manifest, "manifest_fields": manifest_fields, "engines": engines,
+           "randomness": randomness, "request": request}
