@@ -321,10 +321,13 @@ def test_rebuild_command_parses_back_to_the_same_key(opts):
 
 
 def test_rebuild_sentence_of_one_engine_is_its_own_command():
-    manifest = {"command": "far-export engines b --precision fp16 --k 1:256 --batch 1:8"}
-    entry = {"command": "far-export engines b --precision fp16 --k 1:64 --batch 1:8 --graphs backbone"}
-    assert rebuild_command("b", "fp16", manifest, entry) == f"`{entry['command']}`"
-    assert rebuild_command("b", "fp16", manifest) == f"`{manifest['command']}`"
+    """Composed from the entry's checked ranges and graph (issue 26: never the manifest's
+    ``command`` text, which a tampered manifest could fill with anything)."""
+    manifest = {"command": "rm -rf ~", "k_range": [1, 256], "batch_range": [1, 8]}
+    entry = {"command": "rm -rf ~", "k_range": [1, 64], "batch_range": [1, 8], "key": {"graph": "backbone"}}
+    assert rebuild_command("b", "fp16", manifest, entry) == \
+        "`far-export engines b --precision fp16 --k 1:64 --batch 1:8 --graphs backbone`"
+    assert rebuild_command("b", "fp16", manifest) == "`far-export engines b --precision fp16 --k 1:256 --batch 1:8`"
     assert rebuild_command("b", "fp16") == "`far-export engines b --precision fp16`"
 
 

@@ -107,9 +107,11 @@ def main(verbose: bool):
 @backend_options
 @click.option("--save-randomness", help="Write the run's orders and noise to this .npz.")
 @click.option("--out", default="out/grid.png", show_default=True, help="PNG grid to write.")
+@click.option("--digest", help="Run the bundle only if its digest is this one (far-runtime info prints it).")
 def generate(bundle, classes, num, num_iter, head_steps, cfg, cfg_schedule, temperature, seed,
-             head, backend, precision, threads, save_randomness, out):
+             head, backend, precision, threads, save_randomness, out, digest):
     """Generate images with the torch-free runtime and write a PNG grid."""
+    from .bundle import check_digest_text
     from .files import check_writable_file
     from .images import grid, write_png
     from .options import check_sampling
@@ -124,14 +126,18 @@ def generate(bundle, classes, num, num_iter, head_steps, cfg, cfg_schedule, temp
     check_writable_file(out, "--out")
     if save_randomness:
         check_writable_file(save_randomness, "--save-randomness")
-    pipe = Pipeline.load(bundle, threads=threads, backend=backend, precision=precision)
+    if digest is not None:
+        check_digest_text(digest, "--digest")
+    pipe = Pipeline.load(bundle, threads=threads, digest=digest, backend=backend, precision=precision)
     num_iter = pipe.variant.check_k(num_iter, pipe.model)      # left out: the variant's default
     max_batch = pipe.bundle.manifest["max_batch"]
     if num > max_batch:
         raise FarError(f"--num {num} is larger than the bundle's max batch {max_batch}; "
                        f"re-export with --max-batch {num} or generate fewer.")
     pipe.check_labels(labels)
-    pipe.plan(num, num_iter, head_steps, cfg, head)
+    # The whole run's graphs made and their shapes checked against the manifest (one sentence
+    # on a mismatch) before the randomness is drawn or anything is written.
+    pipe.backend.prepare(pipe.plan(num, num_iter, head_steps, cfg, head))
     m = pipe.model
     rnd = draw_randomness(seed, num, m["seq_len"], m["token_dim"], pipe.randomness_steps())
     with click.progressbar(length=num_iter, label="iterations", file=sys.stderr) as bar:
@@ -162,7 +168,8 @@ def info(bundle, as_json):
 
 def print_bundle(report: dict) -> None:
     m = report["model"]
-    click.echo(f"bundle      {report['bundle']} (format {report['format_version']}, hashes checked)")
+    click.echo(f"bundle      {report['bundle']} (format {report['format_version']}, hashes checked, graph shapes checked)")
+    click.echo(f"digest      {report['digest']}")
     click.echo(f"model       {m['head_kind']} head, {m['seq_len']} tokens x {m['token_dim']}, "
                f"{m['num_classes']} classes, precision {report['precision']}, max batch {report['max_batch']}")
     click.echo(f"head steps  {', '.join(map(str, report['head_steps'])) or 'step graph only'}")

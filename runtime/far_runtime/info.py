@@ -13,7 +13,7 @@ import importlib.util
 import os
 
 from .backends.base import usable_cores
-from .bundle import load_bundle
+from .bundle import CONTROL_CHARS, SHA256_HEX, load_bundle
 from .cpu import cpu_name, machine_precisions, read_cpu_flags
 from .gpu.engine_manifest import ENGINE_MANIFEST, default_engine_dir
 
@@ -82,9 +82,29 @@ def _tensorrt_backend(bundle_root: str, precision: str) -> dict:
     return {"available": why is None, "reason": why}
 
 
+def _check_graph_shapes(bundle) -> None:
+    """Every graph's declared shapes against the manifest, where ONNX Runtime is installed."""
+    if importlib.util.find_spec("onnxruntime") is not None:
+        from .backends import OrtBackend
+        OrtBackend(bundle, threads=1).check_graphs()
+
+
+def _source(src) -> str | None:
+    """The checkpoint the bundle was exported from, shown only when it is plain text."""
+    if not isinstance(src, dict):
+        return None
+    name, digest = src.get("checkpoint"), src.get("sha256")
+    if not (isinstance(name, str) and isinstance(digest, str) and SHA256_HEX.match(digest)):
+        return None
+    name = os.path.basename(name)
+    return None if CONTROL_CHARS.search(name) else f"{name} sha256 {digest[:16]}"
+
+
 def bundle_info(root: str) -> dict:
-    """Load the bundle (every file's sha256 checked) and describe it."""
+    """Load the bundle (every file's sha256 and every graph's declared shapes checked) and
+    describe it, its digest included."""
     b = load_bundle(root)
+    _check_graph_shapes(b)
     man = b.manifest
     precision = man.get("precision", "fp32")
     graphs = {}
@@ -92,12 +112,10 @@ def bundle_info(root: str) -> dict:
         size = sum(os.path.getsize(os.path.join(b.root, f)) for f in g["files"])
         graphs[name] = {"file": g["file"], "sha256": g["files"][g["file"]], "megabytes": size / 1e6,
                         "precision": g.get("precision", precision)}
-    src = man.get("source") or {}
-    return {"bundle": os.path.abspath(b.root), "format_version": man["format_version"],
+    return {"bundle": os.path.abspath(b.root), "digest": b.digest, "format_version": man["format_version"],
             "model": b.model, "precision": precision, "max_batch": man["max_batch"],
             "head_steps": man.get("head_steps", []), "graphs": graphs,
-            "source": (f"{os.path.basename(src['checkpoint'])} sha256 {src['sha256'][:16]}"
-                       if src.get("checkpoint") and src.get("sha256") else None),
+            "source": _source(man.get("source")),
             "backends": {**_onnxruntime_backends(), "openvino": _openvino_backend(),
                          "tensorrt": _tensorrt_backend(b.root, precision)},
             "machine": machine_info()}

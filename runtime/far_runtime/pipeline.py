@@ -42,11 +42,14 @@ class Pipeline:
 
     @classmethod
     def load(cls, root: str, providers=CPU_ONLY, threads: int | None = None, check_hashes: bool = True,
-             *, backend: str = "onnxruntime", precision: str | None = None) -> "Pipeline":
+             digest: str | None = None, *, backend: str = "onnxruntime",
+             precision: str | None = None) -> "Pipeline":
         """The bundle at ``root`` (every file's sha256 checked) on ``backend`` ("onnxruntime" or
         "openvino") computing in ``precision`` ("fp32", or "bf16" on OpenVINO and a CPU with
-        bf16 units; None: fp32). ``threads``: the backend's operator threads."""
-        bundle = load_bundle(root, check_hashes)
+        bf16 units; None: fp32). ``threads``: the backend's operator threads. ``digest``: the
+        bundle digest an app pinned (``far-runtime info`` prints it); any other bundle is
+        refused in one sentence."""
+        bundle = load_bundle(root, check_hashes, digest)
         return cls(bundle, make_backend(bundle, backend, precision, threads, providers))
 
     # --- checks -------------------------------------------------------------------------
@@ -107,11 +110,11 @@ class Pipeline:
         lab = self.check_labels(labels)
         B, L, C = len(lab), m["seq_len"], m["token_dim"]
         plan = self.plan(B, K, O, cfg, head, decode=False, mode=mode)
+        self.backend.prepare(plan)          # the graphs' shapes checked before anything is drawn
         S = self.randomness_steps()
         if randomness is None:
             randomness = draw_randomness(seed, B, L, C, S)
         randomness.check(B, L, C, S)
-        self.backend.prepare(plan)
         return v.sample(self, lab, plan, K, O, cfg, cfg_schedule, temperature, randomness,
                         trace, progress, mode)
 

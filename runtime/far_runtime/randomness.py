@@ -8,12 +8,20 @@ twin of a row shares that row's noise.
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib import format as npformat
 
 from .errors import FarError
 from .files import atomic_write
+from .limits import buffer_bytes, shown
+
+MEMBERS = {"orders.npy": ("<i8", 2), "noise.npy": ("<f4", 3), "step_noise.npy": ("<f4", 4)}
+MAX_HEADER_BYTES = 4096                 # numpy writes ~128; its own reader's default is 10000
+MAX_RANDOMNESS_BYTES = 4 << 30          # one saved array (MAR-sized step noise fits many times over)
 
 
 @dataclass
@@ -38,10 +46,14 @@ class Randomness:
 
     @classmethod
     def load(cls, path: str) -> "Randomness":
+        """A file ``save`` wrote, read as untrusted input (``read_randomness``)."""
         if not os.path.isfile(path):
             raise FarError(f"Randomness file {path} does not exist.")
-        with np.load(path, allow_pickle=False) as f:
-            return cls(f["orders"], f["noise"], f["step_noise"] if "step_noise" in f else None)
+        try:
+            with open(path, "rb") as f:
+                return read_randomness(f, path)
+        except OSError as e:
+            raise FarError(f"Randomness file {path} cannot be read ({e.strerror or type(e).__name__}).") from None
 
     def check(self, batch: int, seq_len: int, token_dim: int, diffusion_steps: int = 0) -> None:
         want = (batch, seq_len, token_dim)
@@ -54,6 +66,64 @@ class Randomness:
                 got = None if self.step_noise is None else self.step_noise.shape
                 raise FarError(f"Randomness has step noise {got}, but this run needs "
                                f"{(diffusion_steps, *want)}.")
+
+
+def read_randomness(f, name: str) -> Randomness:
+    """The arrays of a saved-randomness ``.npz`` (a zip of ``.npy`` files) from the open file
+    ``f``, each refused in one sentence unless it is what ``save`` writes.
+
+    No pickles (every dtype must be the exact one), no member but ``orders``, ``noise`` and
+    ``step_noise``, ``.npy`` headers of at most ``MAX_HEADER_BYTES`` parsed by numpy's own
+    header reader before any data, shapes consistent with each other and each array's bytes
+    under ``MAX_RANDOMNESS_BYTES`` before it is read (so a member that decompresses to more,
+    a zip bomb, is never inflated past that), and orders that are permutations."""
+    def bad(what):
+        raise FarError(f"Randomness file {name} is not one far-runtime saved: {what}.")
+    try:
+        with zipfile.ZipFile(f) as z:
+            infos = z.infolist()
+            names = [i.filename for i in infos]
+            if len(set(names)) != len(names) or not set(names) <= set(MEMBERS) or \
+                    not {"orders.npy", "noise.npy"} <= set(names):
+                bad(f"it holds {shown(sorted(names)[:4], 120)}, not orders, noise and optionally step_noise")
+            if any(i.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) for i in infos):
+                bad("a member is compressed other than as numpy's savez writes it (stored or deflated)")
+            arrays = {i.filename[:-4]: _read_member(z, i, bad) for i in infos}
+    except FarError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, NotImplementedError,
+            RuntimeError, OSError, zlib.error) as e:     # RuntimeError: an encrypted member
+        bad(f"not a readable .npz ({type(e).__name__})")
+    orders, noise, step = arrays["orders"], arrays["noise"], arrays.get("step_noise")
+    if noise.shape[:2] != orders.shape or (step is not None and step.shape[1:] != noise.shape):
+        bad(f"orders {orders.shape}, noise {noise.shape} and step noise "
+            f"{None if step is None else step.shape} do not belong together")
+    if orders.size and not (np.sort(orders, axis=1) == np.arange(orders.shape[1])).all():
+        bad("its orders are not permutations of the token positions")
+    return Randomness(orders, noise, step)
+
+
+def _read_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, bad) -> np.ndarray:
+    dtype, ndim = MEMBERS[info.filename]
+    with z.open(info) as m:
+        version = npformat.read_magic(m)
+        if version not in ((1, 0), (2, 0), (3, 0)):
+            bad(f"{info.filename} has .npy version {version}")
+        read = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
+        try:
+            shape, fortran, have = read(m, max_header_size=MAX_HEADER_BYTES)
+        except Exception as e:    # noqa: BLE001 - numpy's header parser: ValueError, SyntaxError, TokenError...
+            bad(f"{info.filename} has a .npy header numpy cannot parse ({type(e).__name__})")
+        if have != np.dtype(dtype) or len(shape) != ndim or fortran:
+            bad(f"{info.filename} is {have} of {len(shape)} dims, not {np.dtype(dtype)} of {ndim}")
+        try:
+            n = buffer_bytes(shape, have.itemsize, info.filename, MAX_RANDOMNESS_BYTES)
+        except FarError as e:
+            bad(str(e).rstrip("."))
+        data = m.read(n)
+        if len(data) != n:
+            bad(f"{info.filename} is truncated")
+    return np.frombuffer(data, dtype=have).reshape(shape).copy()
 
 
 def draw_randomness(seed: int, batch: int, seq_len: int, token_dim: int,

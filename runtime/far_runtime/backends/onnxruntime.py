@@ -17,6 +17,7 @@ from ..errors import FarError
 from ..lru import LRU
 from ..plan import Call, Plan
 from .base import GraphTimer, check_threads, default_max_shapes, usable_cores
+from ..limits import buffer_bytes, shown
 
 EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider",
@@ -65,6 +66,10 @@ class OrtBackend:
         self._lock = threading.Lock()
         self._local = threading.local()
         self.timer = GraphTimer()
+        # A failed call is reported as one sentence (``run_failure``), so ONNX Runtime does not
+        # also log it to stderr; its warnings at session creation still show.
+        self._run_options = self.ort.RunOptions()
+        self._run_options.log_severity_level = 4
 
     def _session_options(self):
         options = self.ort.SessionOptions()
@@ -118,8 +123,27 @@ class OrtBackend:
                     raise FarError(f"{fell_back[0]} was requested but ONNX Runtime fell back to "
                                    f"{', '.join(active)} for '{graph}' (no usable GPU or CUDA libraries); "
                                    "refusing to run silently on the CPU.")
+                self.check_graph(graph, sess)
                 self._sessions[graph] = sess
             return self._sessions[graph]
+
+    def check_graph(self, graph: str, sess) -> None:
+        """The graph's declared shapes (read by ONNX Runtime from the verified bytes) against
+        the manifest's model entry, before any buffer of the graph is allocated."""
+        spec = self.specs.get(graph)
+        if spec is None:                    # a graph no run of this model calls
+            return
+
+        def bad(what):
+            raise FarError(f"Graph '{graph}' of bundle {self.bundle.root} does not match the manifest: "
+                           f"{what}; rebuild the bundle.")
+        declared = [[(t.name, t.type, list(t.shape)) for t in ts] for ts in (sess.get_inputs(), sess.get_outputs())]
+        self.bundle.variant.check_graph_shapes(self.bundle.model, spec, *declared, bad)
+
+    def check_graphs(self) -> None:
+        """Make every graph's session now (each one's shapes checked): ``far-runtime info``."""
+        for graph in self.bundle.graphs:
+            self.session(graph)
 
     def _workspace(self) -> LRU:
         ws = getattr(self._local, "ws", None)
@@ -137,7 +161,9 @@ class OrtBackend:
             io = sess.io_binding()
             outputs = {}
             for t in spec.outputs:
-                arr = np.empty(t.shape(dims), dtype=t.dtype)
+                shape = t.shape(dims)
+                buffer_bytes(shape, np.dtype(t.dtype).itemsize, f"Graph {call.graph}'s output {t.name}")
+                arr = np.empty(shape, dtype=t.dtype)
                 io.bind_ortvalue_output(t.name, self.ort.OrtValue.ortvalue_from_numpy(arr))
                 outputs[t.name] = arr
             entry = (sess, io, outputs)
@@ -145,14 +171,34 @@ class OrtBackend:
         return entry
 
     def prepare(self, plan: Plan) -> None:
-        for call in plan.distinct():
+        """Every graph of ``plan`` made and its declared shapes checked, then its buffers."""
+        calls = plan.distinct()
+        for graph in dict.fromkeys(c.graph for c in calls):
+            self.session(graph)
+        for call in calls:
             self._entry(call)
 
     def run(self, call: Call, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         sess, io, outputs = self._entry(call)
-        for name, arr in feeds.items():
-            io.bind_cpu_input(name, arr)
-        t0 = time.perf_counter()
-        sess.run_with_iobinding(io)
+        try:
+            for name, arr in feeds.items():
+                io.bind_cpu_input(name, arr)
+            t0 = time.perf_counter()
+            sess.run_with_iobinding(io, self._run_options)
+        except FarError:
+            raise
+        except Exception as e:  # noqa: BLE001 - onnxruntime's Fail/InvalidArgument/RuntimeException/...
+            raise run_failure(call, feeds, outputs, e) from None
         self.timer.add(call.graph, time.perf_counter() - t0)
         return outputs
+
+
+def run_failure(call: Call, feeds: dict, outputs: dict, e: Exception) -> FarError:
+    """One sentence for a graph call ONNX Runtime refused: the graph, the call's dims and the
+    shapes it was given, and the first line of ONNX Runtime's own message (escaped, cut short)."""
+    def shapes(arrays):
+        return ", ".join(f"{n} {list(np.shape(a))}" for n, a in arrays.items())
+    first = (str(e).strip().splitlines() or [""])[0]
+    return FarError(f"ONNX Runtime failed to run graph '{call.graph}' at {dict(call.dims)} with inputs "
+                    f"{shapes(feeds)} and outputs {shapes(outputs)} ({type(e).__name__}: "
+                    f"{shown(first, 200)}); the bundle's graphs and manifest do not agree, rebuild the bundle.")

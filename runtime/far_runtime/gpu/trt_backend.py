@@ -31,6 +31,7 @@ from .engine_manifest import (bundle_precision, check_call_covered, check_engine
                               check_plan_covered, default_engine_dir, graph_source, load_engine_manifest,
                               rebuild_command)
 from ..errors import FarError
+from ..limits import buffer_bytes
 from ..plan import Call, Plan
 
 log = logging.getLogger(__name__)
@@ -87,16 +88,16 @@ class TrtBackend(SlotBackend):
         self.bundle = bundle
         self.precision = precision
         self.engine_dir = engine_dir or default_engine_dir(bundle.root, precision)
-        self.rebuild = rebuild_command(bundle.root, precision)
+        self.rebuild = rebuild_command(bundle.root, precision, engine_dir=self.engine_dir)
         self.manifest = load_engine_manifest(self.engine_dir, self.rebuild)
-        self.rebuild = rebuild_command(bundle.root, precision, self.manifest)
+        self.rebuild = rebuild_command(bundle.root, precision, self.manifest, engine_dir=self.engine_dir)
         self.facts = device_facts(self.trt, self.cuda.rt, device)
         self.specs = bundle.specs()
         self._entries = {}
         for graph, entry in self.manifest["engines"].items():
             if not bundle.has(graph):
                 continue
-            rebuild = rebuild_command(bundle.root, precision, self.manifest, entry)
+            rebuild = rebuild_command(bundle.root, precision, self.manifest, entry, self.engine_dir)
             check_engine(graph, entry, self.facts, graph_source(bundle, graph, precision), rebuild)
             self._entries[graph] = entry
         self.stream = self.cuda.stream()
@@ -137,7 +138,7 @@ class TrtBackend(SlotBackend):
                     raise FarError(f"The '{call.graph}' engine has a tensor {name} its spec does not know; "
                                    f"rebuild with {eng.rebuild}.")
                 dt = eng.dtypes[name]
-                slot.nbytes[name] = int(np.prod(shapes[name], dtype=np.int64)) * dt.itemsize
+                slot.nbytes[name] = buffer_bytes(shapes[name], dt.itemsize, f"The '{call.graph}' engine's {name}")
                 slot.device[name] = self.cuda.malloc(slot.nbytes[name])
                 slot.host[name] = pinned_array(self.cuda, shapes[name], dt)
         except BaseException:
@@ -209,7 +210,7 @@ class TrtBackend(SlotBackend):
         entry = self._entries.get(graph)
         if entry is None:
             raise FarError(f"There is no '{graph}' engine in {self.engine_dir}; rebuild with {self.rebuild}.")
-        rebuild = rebuild_command(self.bundle.root, self.precision, self.manifest, entry)
+        rebuild = rebuild_command(self.bundle.root, self.precision, self.manifest, entry, self.engine_dir)
         path = check_engine_file(graph, entry, self.engine_dir, rebuild)
         if entry["key"]["options"].get("version_compatible"):
             self._runtime.engine_host_code_allowed = True    # such engines carry their lean runtime

@@ -7,6 +7,7 @@ import click
 
 from ..errors import FarError
 from ..files import write_json
+from .requests import READ_TIMEOUT_S, REQUEST_TIMEOUT_S
 
 
 @click.command()
@@ -22,19 +23,28 @@ from ..files import write_json
 @click.option("--precision", help="Compute precision: fp32 (default) or bf16 (OpenVINO on a CPU with bf16 units).")
 @click.option("--threads", type=int, help="The backend's operator threads per replica "
               "(default: this machine's cores / replicas).")
-@click.option("--max-queued", type=int, help="Requests waiting at the proxy beyond which it answers 503 "
+@click.option("--max-queued", type=int, help="Requests waiting for a model replica beyond which the server answers 503 "
               "(default 4 x max batch x replicas).")
 @click.option("--address", help="Join this Ray cluster (e.g. auto, or HEAD:6379) instead of starting one.")
+@click.option("--read-timeout-s", type=float, default=READ_TIMEOUT_S, show_default=True,
+              help="A request's whole body must arrive within this (else HTTP 408).")
+@click.option("--request-timeout-s", type=float, default=REQUEST_TIMEOUT_S, show_default=True,
+              help="A request is answered within this in all, queue and batch included (else HTTP 503).")
+@click.option("--digest", help="Serve the bundle only if its digest is this one (far-runtime info prints it).")
 def serve(bundle, host, port, replicas, max_batch, batch_wait_ms, backend, precision, threads, max_queued,
-          address):
+          address, read_timeout_s, request_timeout_s, digest):
     """Serve BUNDLE over HTTP: POST /generate, GET /healthz, GET /info (Ray Serve)."""
+    from ..bundle import check_digest_text
     from .server import serve_bundle
+    if digest is not None:
+        check_digest_text(digest, "--digest")
 
     def announce():
         click.echo(f"serving {bundle} at http://{host}:{port} ({replicas} replica(s)); Ctrl-C stops", err=True)
     serve_bundle(bundle, announce=announce, host=host, port=port, replicas=replicas, max_batch=max_batch,
                  batch_wait_ms=batch_wait_ms, threads=threads, max_queued=max_queued, address=address,
-                 backend=backend, precision=precision)
+                 backend=backend, precision=precision, read_timeout_s=read_timeout_s,
+                 request_timeout_s=request_timeout_s, digest=digest)
     click.echo("stopped", err=True)
 
 

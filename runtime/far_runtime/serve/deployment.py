@@ -1,19 +1,20 @@
-"""The Ray Serve deployment: one replica = one loaded Pipeline behind Ray Serve's HTTP proxy.
+"""The Ray Serve deployments: the model replicas, each one loaded Pipeline, behind an HTTP edge.
 
 Any bundle ``Pipeline.load`` loads: FAR, MAR and FAR-Causal (whose K is L; see ``batching``).
 
-Routes (Ray's proxy forwards every path under ``/`` to ``__call__``):
+Routes (Ray's proxy forwards every path under ``/`` to the edge, ``ingress.FarIngress``,
+which reads each request within its deadlines and calls these replicas with complete bodies):
 
     POST /generate   JSON {"class": 3, "seed": 7, ...} -> image/png (?format=npy, ?latents=1)
-    GET  /healthz    200 once the bundle is loaded (the constructor loads it)
-    GET  /info       the bundle's model, precision, head steps, max batch, backend and its precision
+    GET  /healthz    200 once the application is up (the replicas' constructors load the bundle)
+    GET  /info       the bundle's model, digest, precision, head steps, max batch, backend and its precision
 
-Requests are checked in ``__call__`` (HTTP 400 on any error), then join one ``@serve.batch``
+Requests are checked in ``generate`` (HTTP 400 on any error), then join one ``@serve.batch``
 queue; the batch handler groups them by settings (``batching.run_batch``) and runs the
 pipeline on a worker thread, so the event loop keeps answering, checking and refusing
 requests while a batch computes. Backpressure is Ray Serve's: at most
-``max_ongoing_requests`` per replica, ``max_queued_requests`` waiting at the proxy, HTTP 503
-beyond that (``build_app``).
+``max_ongoing_requests`` per replica, ``max_queued_requests`` waiting at the edge's handle,
+HTTP 503 beyond that (``build_app``).
 
 Why one batch queue that groups, not one queue per setting: a ``@serve.batch`` queue is
 created per decorated function and lives (with its background task) until the replica
@@ -32,13 +33,13 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 from ray import serve
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 
 from ..errors import FarError
 from ..pipeline import Pipeline
-from .batching import run_batch
-from .requests import MAX_BODY_BYTES, GenerateRequest, RequestChecker, RequestError, parse_body, parse_output
+from .batching import Outcome, run_batch
+from .ingress import FarIngress, edge_slots
+from .requests import (READ_TIMEOUT_S, REQUEST_TIMEOUT_S, GenerateRequest, RequestChecker, RequestError,
+                       parse_body, parse_output)
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +69,11 @@ def no_spinning(pipe) -> None:
         config.update(NO_SPINNING)
 
 
-def error(status: int, sentence: str) -> JSONResponse:
-    return JSONResponse({"error": sentence}, status_code=status)
-
-
 @serve.deployment(name="far-runtime")
 class FarServer:
     def __init__(self, bundle: str, max_batch: int, batch_wait_ms: float, threads: int | None,
-                 backend: str = "onnxruntime", precision: str | None = None):
-        self.pipe = Pipeline.load(bundle, threads=threads, backend=backend, precision=precision)
+                 digest: str | None = None, backend: str = "onnxruntime", precision: str | None = None):
+        self.pipe = Pipeline.load(bundle, threads=threads, digest=digest, backend=backend, precision=precision)
         no_spinning(self.pipe)
         self.checker = RequestChecker(self.pipe)
         self.settings = {"max_batch": max_batch, "batch_wait_ms": batch_wait_ms, "threads": threads}
@@ -92,7 +89,7 @@ class FarServer:
     def info(self) -> dict:
         b = self.pipe.bundle
         m = b.manifest
-        return {"model": b.model, "precision": m.get("precision", "fp32"),
+        return {"model": b.model, "digest": b.digest, "precision": m.get("precision", "fp32"),
                 "head_steps": m.get("head_steps", []), "max_batch": m["max_batch"],
                 "backend": self.pipe.backend.name,
                 "backend_precision": getattr(self.pipe.backend, "precision", "fp32"),
@@ -100,37 +97,16 @@ class FarServer:
                           "batches": self.batches, "requests": self.served,
                           "largest_batch": self.largest_batch}}
 
-    async def __call__(self, request: Request) -> Response:
-        path = request.url.path.rstrip("/") or "/"
-        if path == "/healthz":
-            return JSONResponse({"status": "ok"})
-        if path == "/info":
-            return JSONResponse(self.info())
-        if path != "/generate":
-            return error(404, f"There is no {path}; use POST /generate, GET /healthz or GET /info.")
-        if request.method != "POST":
-            return error(405, "Send generate requests with POST and a JSON body.")
+    async def generate(self, body: bytes, query: dict) -> Outcome:
+        """One complete request (the edge read its body): checked here, then batched."""
         try:
-            req = self.checker.check(parse_body(await self._body(request)), parse_output(dict(request.query_params)))
+            req = self.checker.check(parse_body(body), parse_output(query))
         except RequestError as e:
-            return error(400, str(e))
+            return Outcome(error=str(e), status=400)
         except Exception as e:      # noqa: BLE001 - backstop: whatever a request makes fail is its 400
             log.warning("request refused by an unexpected %s: %s", type(e).__name__, e)
-            return error(400, f"The request could not be read ({type(e).__name__}).")
-        out = await self.generate_batch(req)
-        if out.error:
-            return error(out.status, out.error)
-        return Response(out.body, media_type=out.media_type)
-
-    @staticmethod
-    async def _body(request: Request) -> bytes:
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise RequestError(f"The request body is larger than {MAX_BODY_BYTES} bytes.")
-            chunks.append(chunk)
-        return b"".join(chunks)
+            return Outcome(error=f"The request could not be read ({type(e).__name__}).", status=400)
+        return await self.generate_batch(req)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def generate_batch(self, requests: list[GenerateRequest]):
@@ -155,13 +131,15 @@ def replica_options(max_batch: int, max_queued: int, replicas: int, cpus_per_rep
 
 def build_app(bundle: str, max_batch: int | None = None, batch_wait_ms: float = 10.0,
               replicas: int = 1, threads: int | None = None, max_queued: int | None = None,
-              cpus_per_replica: float | None = None, backend: str = "onnxruntime",
-              precision: str | None = None):
-    """The Ray Serve application for ``bundle``; every option is checked here, before Ray starts."""
+              cpus_per_replica: float | None = None, read_timeout_s: float = READ_TIMEOUT_S,
+              request_timeout_s: float = REQUEST_TIMEOUT_S, digest: str | None = None,
+              backend: str = "onnxruntime", precision: str | None = None):
+    """The Ray Serve application for ``bundle``: the edge (``ingress.FarIngress``) in front of
+    the model replicas; every option is checked here, before Ray starts."""
     from ..backends import check_choice
     from ..bundle import load_bundle
     bundle = os.path.abspath(bundle)
-    loaded = load_bundle(bundle)
+    loaded = load_bundle(bundle, digest=digest)
     bundle_max = loaded.manifest["max_batch"]
     max_batch = bundle_max if max_batch is None else max_batch
     if type(max_batch) is not int or not 1 <= max_batch <= bundle_max:
@@ -176,15 +154,24 @@ def build_app(bundle: str, max_batch: int | None = None, batch_wait_ms: float = 
     max_queued = 4 * max_batch * replicas if max_queued is None else max_queued
     if max_queued < 1:
         raise FarError(f"--max-queued must be at least 1, got {max_queued}.")
+    if not 0 < read_timeout_s <= 3600:
+        raise FarError(f"--read-timeout-s must be in (0, 3600] seconds, got {read_timeout_s}.")
+    if not read_timeout_s <= request_timeout_s <= 86_400:
+        raise FarError(f"--request-timeout-s must be in --read-timeout-s..86400 seconds, got {request_timeout_s}.")
     cpus = cpus_per_replica if cpus_per_replica is not None else float(threads or 1)
     opts = replica_options(max_batch, max_queued, replicas, cpus)
-    return FarServer.options(**opts).bind(bundle, max_batch, float(batch_wait_ms), threads, backend, precision)
+    model = FarServer.options(**opts).bind(bundle, max_batch, float(batch_wait_ms), threads, loaded.digest,
+                                                backend, precision)
+    slots = edge_slots(max_batch, replicas, max_queued)
+    return FarIngress.options(max_ongoing_requests=slots, max_queued_requests=slots).bind(
+        model, float(read_timeout_s), float(request_timeout_s))
 
 
 def app_builder(args: dict):
     """For ``serve run far_runtime.serve.deployment:app_builder bundle=/path [max_batch=8 ...]``."""
     known = {"bundle": str, "max_batch": int, "batch_wait_ms": float, "replicas": int,
-             "threads": int, "max_queued": int, "cpus_per_replica": float, "backend": str, "precision": str}
+             "threads": int, "max_queued": int, "cpus_per_replica": float, "read_timeout_s": float,
+             "request_timeout_s": float, "digest": str, "backend": str, "precision": str}
     unknown = sorted(set(args) - set(known))
     if unknown or "bundle" not in args:
         raise FarError(f"serve run takes bundle=PATH and optionally {', '.join(list(known)[1:])}"

@@ -21,6 +21,8 @@ from ..options import check_sampling
 MAX_INT_DIGITS = 40              # 2**64-1 has 20 digits; no setting needs more than 40
 
 MAX_BODY_BYTES = 64 * 1024
+READ_TIMEOUT_S = 10.0            # a whole request body must arrive within this (HTTP 408; ingress.py)
+REQUEST_TIMEOUT_S = 300.0        # a whole request, queue and batch included (HTTP 503)
 MAX_SEED = 2 ** 64 - 1
 OUTPUTS = ("png", "npy", "latents")
 

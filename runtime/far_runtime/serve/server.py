@@ -46,18 +46,23 @@ def default_threads(replicas: int) -> int:
 
 def start(bundle: str, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1,
           max_batch: int | None = None, batch_wait_ms: float = 10.0, threads: int | None = None,
-          max_queued: int | None = None, address: str | None = None, backend: str = "onnxruntime",
+          max_queued: int | None = None, address: str | None = None, read_timeout_s: float | None = None,
+          request_timeout_s: float | None = None, digest: str | None = None, backend: str = "onnxruntime",
           precision: str | None = None):
     """Deploy and return once the replicas serve; the caller then waits and calls ``stop``."""
     require_ray()
     if threads is not None and (type(threads) is not int or threads < 1):
         raise FarError(f"--threads must be at least 1, got {threads}.")    # 0 must not mean "default"
     from .deployment import build_app
+    from .requests import READ_TIMEOUT_S, REQUEST_TIMEOUT_S
+    read_timeout_s = READ_TIMEOUT_S if read_timeout_s is None else read_timeout_s
+    request_timeout_s = REQUEST_TIMEOUT_S if request_timeout_s is None else request_timeout_s
     local = address is None
     if threads is None and local:
         threads = default_threads(replicas)
     cpus = float(threads or 1)
-    app = build_app(bundle, max_batch, batch_wait_ms, replicas, threads, max_queued, cpus, backend, precision)
+    app = build_app(bundle, max_batch, batch_wait_ms, replicas, threads, max_queued, cpus,
+                    read_timeout_s, request_timeout_s, digest, backend, precision)
     check_port_free(host, port)
     import ray
     from ray import serve
@@ -71,7 +76,9 @@ def start(bundle: str, host: str = "127.0.0.1", port: int = 8000, replicas: int 
     else:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     try:
-        serve.start(http_options={"host": host, "port": port})
+        # The proxy's own end-to-end timeout is a backstop only (a client may switch it off with
+        # an x-request-timeout-seconds header in Ray 2.60); the edge answers first (ingress.py).
+        serve.start(http_options={"host": host, "port": port, "request_timeout_s": request_timeout_s + 5})
         serve.run(app, name=APP_NAME, route_prefix="/")
     except BaseException:
         stop(local)

@@ -47,7 +47,7 @@ def variant_for(model: dict) -> Variant:
 def check_model(model: dict, bad) -> None:
     """The family's own checks of a model entry whose shared keys are checked."""
     kind = model.get("kind")
-    if kind is not None and kind not in FAMILIES or kind == "masked":
+    if kind is not None and (not isinstance(kind, str) or kind not in FAMILIES) or kind == "masked":
         bad(f"model.kind is {kind!r}, not 'causal' (or absent for FAR/MAR)")
     FAMILIES[family_of(model)].check_model(model, bad)
     if find_variant(model) is None:

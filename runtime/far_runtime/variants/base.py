@@ -9,7 +9,11 @@ registers one instance per model.
 from __future__ import annotations
 
 from ..errors import FarError
+from ..limits import shown
 from ..specs import ComponentSpec, shared_grid, shared_specs
+
+ONNX_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "int64": "tensor(int64)",
+              "int32": "tensor(int32)"}
 
 
 class Variant:
@@ -29,6 +33,31 @@ class Variant:
 
     def backbone_specs(self, model: dict, max_batch: int, tolerance: float) -> dict[str, ComponentSpec]:
         raise NotImplementedError
+
+    def check_graph_shapes(self, model: dict, spec: ComponentSpec, inputs: list, outputs: list, bad) -> None:
+        """A graph's declared inputs and outputs against the spec the manifest's model entry
+        makes for it; ``inputs``/``outputs``: (name, ONNX type, dims) as ONNX Runtime's
+        ``get_inputs()``/``get_outputs()`` give them (a dim: an int, a symbol or None).
+
+        Refused (``bad(sentence)``): a spec tensor the graph lacks, an input the graph needs
+        that no run feeds, another type or rank, a static dim that differs, and a dim the
+        graph fixes where the spec's is dynamic. A symbolic graph dim cannot be checked here:
+        a run whose shape it refuses fails as one sentence (``OrtBackend.run``)."""
+        declared = {"input": {n: (t, d) for n, t, d in inputs}, "output": {n: (t, d) for n, t, d in outputs}}
+        for kind, tensors in (("input", spec.inputs), ("output", spec.outputs)):
+            for t in tensors:
+                if t.name not in declared[kind]:
+                    bad(f"it has no {kind} {t.name}")
+                typ, dims = declared[kind][t.name]
+                if typ != ONNX_TYPES.get(t.dtype):
+                    bad(f"its {kind} {t.name} is {shown(typ, 40)}, not {t.dtype}")
+                if len(dims) != len(t.dims) or any(
+                        isinstance(h, int) and (isinstance(w, str) or w != h) for w, h in zip(t.dims, dims)):
+                    bad(f"it declares {kind} {t.name} as {shown(list(dims), 100)}, but the manifest's model "
+                        f"entry makes it {list(t.dims)}")
+        extra = sorted(set(declared["input"]) - set(spec.input_names()))
+        if extra:
+            bad(f"it needs input {shown(extra[0], 40)}, which no run of this model feeds")
 
     def specs(self, model: dict, max_batch: int = 8, head_steps=(1, 2, 4, 8),
               tolerance: float = 1e-4) -> dict[str, ComponentSpec]:

@@ -32,11 +32,15 @@ import numpy as np
 
 from .. import heads
 from ..errors import FarError
+from ..limits import check_bounds, shown
 from ..plan import Call, check_batch, distinct_calls, make_call
 from ..specs import BATCH, N_KNOWN, ComponentSpec, TensorSpec
 from .base import Variant
 
-MODEL_INTS = ("class_tokens", "context", "depth", "heads", "head_dim")
+# The causal model entry's own fields and their bounds (the shared ones: bundle.MODEL_BOUNDS);
+# context is not free: it must be class_tokens + seq_len - 1.
+MODEL_BOUNDS = {"class_tokens": (1, 4096), "context": (1, 65536 + 4095), "depth": (1, 1024),
+                "heads": (1, 1024), "head_dim": (1, 4096)}
 MODES = ("cache", "recompute")
 
 
@@ -94,10 +98,7 @@ class Causal(Variant):
     modes = (None, *MODES)
 
     def check_model(self, model, bad):
-        for key in MODEL_INTS:
-            v = model.get(key)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                bad(f"model.{key} is {v!r}, not an integer >= 1")
+        check_bounds(model, MODEL_BOUNDS, bad)
         if model["context"] != model["class_tokens"] + model["seq_len"] - 1:
             bad(f"model.context is {model['context']}, not class_tokens + seq_len - 1 = "
                 f"{model['class_tokens'] + model['seq_len'] - 1}")
@@ -106,6 +107,18 @@ class Causal(Variant):
                 f"model.cond_dim {model['cond_dim']}")
         if model["head_kind"] != "shortcut":
             bad(f"a causal model has head_kind {model['head_kind']!r}, not 'shortcut'")
+
+    def check_graph_shapes(self, model, spec, inputs, outputs, bad):
+        """The KV cache first, in the model entry's own words: its dims are depth, 2, batch,
+        heads, context and head_dim, all from the manifest."""
+        want = cache_dims(model)
+        for n, _, dims in list(inputs) + list(outputs):
+            if n in ("cache", "cache_out") and (len(dims) != len(want) or any(
+                    isinstance(h, int) and h != w for w, h in zip(want, dims))):
+                bad(f"it declares {n} as {shown(list(dims), 100)}, but the manifest's model entry (depth "
+                    f"{model['depth']}, heads {model['heads']}, context {model['context']}, head_dim "
+                    f"{model['head_dim']}) makes it {list(want)}")
+        super().check_graph_shapes(model, spec, inputs, outputs, bad)
 
     def backbone_specs(self, model, max_batch, tolerance):
         L, C, D = model["seq_len"], model["token_dim"], model["cond_dim"]
