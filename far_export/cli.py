@@ -140,6 +140,9 @@ def _run_export(checkpoint, vae_path, out, components, head_steps, opset, export
     click.echo(f"wrote {len(manifest['graphs'])} graphs, validation.json, trt_readiness.json and "
                f"manifest.json to {out}")
     click.echo(ready, err=True)
+    from far_runtime.bundle import bundle_digest
+    click.echo(f"bundle digest {bundle_digest(out)} (pin it: --digest of far-runtime generate and serve, "
+               "Pipeline.load(digest=...))")
     return manifest
 
 

@@ -315,3 +315,15 @@ def test_loaders_take_an_expected_digest(bundles, tmp_path):
     assert_refused(tmp_path, b, "must be 64 hexadecimal digits", "--digest", "abc")
     with pytest.raises(FarError, match="64 hexadecimal digits"):
         Pipeline.load(b, digest="g" * 64)
+
+
+def test_export_prints_the_digest_it_wrote(tiny_files, tmp_path):
+    """``far-export export``/``build`` print the bundle digest an app pins (issue 26)."""
+    from click.testing import CliRunner
+    from far_export.cli import main
+    from far_runtime.bundle import bundle_digest
+    out = str(tmp_path / "b")
+    res = CliRunner().invoke(main, ["export", tiny_files["far"], "--out", out, "--components", "head",
+                                    "--head-steps", "1", "--validate-batches", "1"])
+    assert res.exit_code == 0, res.output
+    assert f"bundle digest {bundle_digest(out)} " in res.output
