@@ -178,14 +178,17 @@ def test_a_graph_failing_during_a_run_is_one_sentence(bundles, tmp_path):
     assert "{'batch': 1}" in sentence and "image [1, 3, 16, 16]" in sentence and "tokens [1, 16, 4]" in sentence
 
 
-def test_a_backend_call_with_wrong_shapes_names_the_graph_and_shapes(causal_bundle):
-    pipe = Pipeline.load(causal_bundle, threads=1)
+@pytest.mark.parametrize("backend,library", [("onnxruntime", "ONNX Runtime"), ("openvino", "OpenVINO")])
+def test_a_backend_call_with_wrong_shapes_names_the_graph_and_shapes(causal_bundle, backend, library):
+    if backend == "openvino":
+        pytest.importorskip("openvino", reason="far-runtime[openvino] is not installed")
+    pipe = Pipeline.load(causal_bundle, threads=1, backend=backend)
     feeds = {"token": np.zeros((2, 4), np.float32), "pos": np.zeros(1, np.int64),
              "cache": np.zeros((2, 2, 2, 2, 5, 16), np.float32)}             # T 5, not 17
     with pytest.raises(FarError) as e:
         pipe.backend.run(make_call("causal_step", batch=2, slot=0), feeds)
     msg = str(e.value)
-    assert msg.startswith("ONNX Runtime failed to run graph 'causal_step' at {'batch': 2, 'slot': 0}")
+    assert msg.startswith(f"{library} failed to run graph 'causal_step' at {{'batch': 2, 'slot': 0}}")
     assert "cache [2, 2, 2, 2, 5, 16]" in msg and "cache_out [2, 2, 2, 2, 17, 16]" in msg
     assert "\n" not in msg and msg.endswith(".")
 

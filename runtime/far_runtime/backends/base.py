@@ -19,6 +19,7 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import FarError
+from ..limits import shown
 from ..plan import Call, Plan
 
 
@@ -71,3 +72,16 @@ def default_max_shapes(bundle) -> int:
     """Per-thread shapes a backend keeps: a server's clients choose K, batch sizes and CFG, so
     the distinct shapes are unbounded over time. One plan needs about seq_len + 2; four fit."""
     return 4 * (int(bundle.model.get("seq_len", 256)) + 8)
+
+
+def run_failure(library: str, call, feeds: dict, outputs: dict, e: Exception) -> FarError:
+    """One sentence for a graph call the execution library refused: the graph, the call's dims
+    and the shapes it was given, and the first line of the library's own message (escaped, cut
+    short)."""
+    def shapes(arrays):
+        return ", ".join(f"{n} {list(np.shape(a))}" for n, a in arrays.items())
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    first = lines[-1] if library == "OpenVINO" and lines else (lines or [""])[0]
+    return FarError(f"{library} failed to run graph '{call.graph}' at {dict(call.dims)} with inputs "
+                    f"{shapes(feeds)} and outputs {shapes(outputs)} ({type(e).__name__}: "
+                    f"{shown(first, 200)}); the bundle's graphs and manifest do not agree, rebuild the bundle.")

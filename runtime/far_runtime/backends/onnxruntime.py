@@ -16,8 +16,8 @@ from ..bundle import Bundle
 from ..errors import FarError
 from ..lru import LRU
 from ..plan import Call, Plan
-from .base import GraphTimer, check_threads, default_max_shapes, usable_cores
-from ..limits import buffer_bytes, shown
+from .base import GraphTimer, check_threads, default_max_shapes, run_failure, usable_cores
+from ..limits import buffer_bytes
 
 EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider",
@@ -188,17 +188,7 @@ class OrtBackend:
         except FarError:
             raise
         except Exception as e:  # noqa: BLE001 - onnxruntime's Fail/InvalidArgument/RuntimeException/...
-            raise run_failure(call, feeds, outputs, e) from None
+            raise run_failure("ONNX Runtime", call, feeds, outputs, e) from None
         self.timer.add(call.graph, time.perf_counter() - t0)
         return outputs
 
-
-def run_failure(call: Call, feeds: dict, outputs: dict, e: Exception) -> FarError:
-    """One sentence for a graph call ONNX Runtime refused: the graph, the call's dims and the
-    shapes it was given, and the first line of ONNX Runtime's own message (escaped, cut short)."""
-    def shapes(arrays):
-        return ", ".join(f"{n} {list(np.shape(a))}" for n, a in arrays.items())
-    first = (str(e).strip().splitlines() or [""])[0]
-    return FarError(f"ONNX Runtime failed to run graph '{call.graph}' at {dict(call.dims)} with inputs "
-                    f"{shapes(feeds)} and outputs {shapes(outputs)} ({type(e).__name__}: "
-                    f"{shown(first, 200)}); the bundle's graphs and manifest do not agree, rebuild the bundle.")

@@ -30,9 +30,10 @@ import numpy as np
 from ..bundle import Bundle
 from ..cpu import check_precision, read_cpu_flags
 from ..errors import FarError
+from ..limits import buffer_bytes
 from ..lru import LRU
 from ..plan import Call, Plan
-from .base import GraphTimer, check_threads, default_max_shapes
+from .base import GraphTimer, check_threads, default_max_shapes, run_failure
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,9 @@ class OpenVinoBackend:
             dims = dict(call.dims)
             outputs = {}
             for t in self.specs[call.graph].outputs:
-                arr = np.empty(t.shape(dims), dtype=t.dtype)
+                shape = t.shape(dims)
+                buffer_bytes(shape, np.dtype(t.dtype).itemsize, f"Graph {call.graph}'s output {t.name}")
+                arr = np.empty(shape, dtype=t.dtype)
                 request.set_tensor(t.name, self.ov.Tensor(arr, shared_memory=True))
                 outputs[t.name] = arr
             entry = (request, outputs)
@@ -164,9 +167,14 @@ class OpenVinoBackend:
 
     def run(self, call: Call, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         request, outputs = self._entry(call)
-        for name, arr in feeds.items():
-            request.set_tensor(name, self.ov.Tensor(np.ascontiguousarray(arr), shared_memory=True))
-        t0 = time.perf_counter()
-        request.infer()
+        try:
+            for name, arr in feeds.items():
+                request.set_tensor(name, self.ov.Tensor(np.ascontiguousarray(arr), shared_memory=True))
+            t0 = time.perf_counter()
+            request.infer()
+        except FarError:
+            raise
+        except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError for every failure
+            raise run_failure("OpenVINO", call, feeds, outputs, e) from None
         self.timer.add(call.graph, time.perf_counter() - t0)
         return outputs
