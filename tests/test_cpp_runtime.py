@@ -194,6 +194,9 @@ EDITS = {
     "absolute": lambda m: _rename_file(m, "/etc/passwd"),
     "float_int": lambda m: m.update(max_batch=8.0),
     "respacing_type": lambda m: m["model"].update(timestep_respacing=25),
+    # Text from the file is quoted as Python's repr quotes it: no newline breaks the sentence.
+    "kind_newline": lambda m: m["model"].update(head_kind="x\ny'\"\t"),
+    "head_steps_list": lambda m: m.update(head_steps=[1, "2"]),
 }
 
 
