@@ -7,7 +7,8 @@ import threading
 import numpy as np
 import pytest
 
-from cpp_helpers import cpp_build, edited_copy, far_generate, last_lines, python_generate  # noqa: F401 (a fixture)
+from cpp_helpers import (as_bounded, causal_bundle, cpp_build, edited_copy, far_generate, last_lines,  # noqa: F401 (fixtures)
+                         python_generate)
 from far_cpp import CError, CRuntime, RunStats
 from far_runtime.bundle import load_bundle
 from far_runtime.errors import FarError
@@ -15,12 +16,6 @@ from far_runtime.pipeline import Pipeline
 
 L = 16
 GRID = [(B, cfg, O, head) for B in (1, 3) for cfg in (1.0, 3.0) for O in (1, 2) for head in ("fused", "step")]
-
-
-@pytest.fixture(scope="module")
-def causal_bundle(built):
-    """The session's tiny FAR-Causal bundle (tests/conftest.py: ``far-export build``, O in 1, 2)."""
-    return built[0]
 
 
 @pytest.fixture(scope="module")
@@ -171,14 +166,14 @@ def test_tampered_causal_manifest_is_pythons_sentence(cpp_build, causal_bundle, 
     py, cc = python_generate(*args), far_generate(cpp_build, *args)
     assert py.exit_code == 2 and cc.returncode == 2, (py.output, cc.stderr)
     py_line, cc_line = last_lines(py, cc)
-    assert cc_line == py_line and len(cc.stderr.strip().splitlines()) == 1
+    assert cc_line == as_bounded(py_line) and len(cc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x.png").exists()
     if not case.startswith("no-"):                 # a manifest refused at load: the C API says the same
         with pytest.raises(FarError) as pe:
             load_bundle(b)
         with pytest.raises(CError) as ce:
             CRuntime(cpp_build["lib"], b)
-        assert ce.value.code == 2 and ce.value.message == str(pe.value)
+        assert ce.value.code == 2 and ce.value.message == as_bounded(str(pe.value))
 
 
 def test_cache_spec_must_match_the_model(cpp_build, causal_bundle, tmp_path):

@@ -13,6 +13,12 @@ if [ -z "${PYTHON:-}" ]; then
   if [ -x "$here/../../.venv/bin/python" ]; then PYTHON="$here/../../.venv/bin/python"; else PYTHON=python3; fi
 fi
 export PYTHON
+# exit 3: a build dependency this machine lacks (as fetch_onnxruntime.sh's missing headers):
+# tests/test_cpp_runtime.py skips with this sentence and fails on anything else.
+if ! echo '#include <nlohmann/json.hpp>' | "${CXX:-c++}" -std=c++17 -x c++ -fsyntax-only - 2>/dev/null; then
+  echo "error: nlohmann/json.hpp is missing, with which the C++ runtime parses manifest.json (Debian: apt-get install nlohmann-json3-dev)." >&2
+  exit 3
+fi
 mkdir -p "$build"
 exec 9>"$build/.build.lock"          # one build at a time in this folder
 flock 9

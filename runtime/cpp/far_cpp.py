@@ -9,9 +9,14 @@ import ctypes
 import numpy as np
 
 
+API_VERSION = 2      # far_runtime.h's FAR_RUNTIME_API_VERSION, whose structs this file mirrors
+
+
 def load_library(path: str):
     lib = ctypes.CDLL(path)
     lib.far_last_error.restype = ctypes.c_char_p
+    if lib.far_api_version() != API_VERSION:
+        raise RuntimeError(f"{path} has C API version {lib.far_api_version()}, but far_cpp.py mirrors {API_VERSION}.")
     return lib
 
 
@@ -29,12 +34,12 @@ def draw_randomness(lib, seed: int, batch: int, seq_len: int, token_dim: int, st
 
 
 class LoadOptions(ctypes.Structure):
-    _fields_ = [("provider", ctypes.c_char_p), ("device_id", ctypes.c_int), ("threads", ctypes.c_int),
+    _fields_ = [("size", ctypes.c_size_t), ("provider", ctypes.c_char_p), ("device_id", ctypes.c_int), ("threads", ctypes.c_int),
                 ("check_hashes", ctypes.c_int), ("trt_cache_dir", ctypes.c_char_p)]
 
 
 class SampleOptions(ctypes.Structure):
-    _fields_ = [("K", ctypes.c_int), ("O", ctypes.c_int), ("cfg", ctypes.c_double),
+    _fields_ = [("size", ctypes.c_size_t), ("K", ctypes.c_int), ("O", ctypes.c_int), ("cfg", ctypes.c_double),
                 ("cfg_schedule", ctypes.c_char_p), ("temperature", ctypes.c_double),
                 ("seed", ctypes.c_uint64), ("head", ctypes.c_char_p)]
 

@@ -9,6 +9,27 @@
  * Every function returns FAR_OK (0) or an error code; the one-sentence message of the
  * last error on the calling thread is far_last_error(). No C++ exception crosses this
  * API. One far_runtime may be used from several threads at once.
+ *
+ * Misuse, the rules (each one tested in tests/test_cpp_api.py):
+ * - A far_runtime* is an opaque handle, never dereferenced by the caller or the library: the
+ *   library looks it up in its table of loaded runtimes before every use. A NULL handle, one
+ *   already freed, or any value far_load did not return: FAR_ERROR_INPUT with a sentence
+ *   (far_model, far_generate, far_generate_tokens); far_free ignores it, so a second
+ *   far_free of the same handle does nothing. Handles are never reused.
+ * - far_free while other threads are inside calls on the same handle: those calls finish on
+ *   the runtime they started with, which is destroyed when the last of them returns; calls
+ *   that start after far_free get FAR_ERROR_INPUT.
+ * - NULL where a function needs a buffer, a path or a struct to fill (out, labels,
+ *   bundle_dir, orders, noise, images, far_model's out): FAR_ERROR_INPUT. NULL is allowed
+ *   for the options of far_load / far_generate* (defaults), for stats, for step_noise when
+ *   steps is 0, and for the strings inside the options structs (their defaults).
+ * - An output buffer smaller than the call writes (out_bytes, out_floats counted in bytes
+ *   and floats): FAR_ERROR_INPUT, nothing written. Sizes below 1, and sizes whose buffers
+ *   would hold more than 2^31 elements: FAR_ERROR_INPUT.
+ * - Option structs carry their own size: fill them with far_*_options_default, which sets
+ *   .size; a struct whose .size is not the size of this header's struct (zeroed, garbage, or
+ *   from another version of this header) is FAR_ERROR_INPUT, never read past its end.
+ * - far_*_options_default and far_free with NULL do nothing.
  */
 #ifndef FAR_RUNTIME_H
 #define FAR_RUNTIME_H
@@ -20,7 +41,7 @@
 extern "C" {
 #endif
 
-#define FAR_RUNTIME_API_VERSION 1
+#define FAR_RUNTIME_API_VERSION 2   /* 2: .size in the option structs, handles checked */
 
 enum far_status {
     FAR_OK = 0,
@@ -37,15 +58,22 @@ typedef struct far_runtime far_runtime;
 /* far_sample_options.K: the model's own default (FAR/MAR 16; FAR-Causal L, one token per step). */
 #define FAR_K_DEFAULT 0
 
+/* Option structs only grow at their end; .size tells the library which fields the caller
+ * has (a later version adds here, e.g., the expected digest of the bundle). */
 typedef struct far_load_options {
+    size_t size;             /* sizeof(far_load_options); set by far_load_options_default */
     const char* provider;    /* "cpu" (default when NULL), "cuda" or "tensorrt" */
     int device_id;           /* GPU ordinal for cuda / tensorrt */
     int threads;             /* ONNX Runtime intra-op threads; 0 = its default */
     int check_hashes;        /* nonzero: verify the sha256 of every file (default) */
-    const char* trt_cache_dir; /* TensorRT engine cache folder, or NULL */
+    const char* trt_cache_dir; /* ONNX Runtime's TensorRT engine cache folder, or NULL. TensorRT
+                                  deserializes what it finds there: a folder of the caller's own,
+                                  never one from a bundle. The runtime itself reads no engine
+                                  files (nor a bundle's engines.json). */
 } far_load_options;
 
 typedef struct far_sample_options {
+    size_t size;             /* sizeof(far_sample_options); set by far_sample_options_default */
     int K;                   /* autoregressive iterations, 1..256, or FAR_K_DEFAULT (the default):
                                 16 for FAR/MAR, L (seq_len, the only valid K) for FAR-Causal */
     int O;                   /* shortcut head steps, a power of two (default 8) */
@@ -63,6 +91,8 @@ typedef struct far_model_info {
     int diffusion_steps;              /* S of the step noise (0 for FAR) */
 } far_model_info;
 
+/* far_model_info and far_run_stats never change; a later version adds calls instead. */
+
 /* Added to by every call that takes one (zero it first), so several runs sum up. */
 typedef struct far_run_stats {
     double total_seconds;    /* the whole call (for far_generate: decode, checks, uint8 included) */
@@ -70,12 +100,14 @@ typedef struct far_run_stats {
     int graph_calls;
 } far_run_stats;
 
+int far_api_version(void);   /* FAR_RUNTIME_API_VERSION of the library (check it against the header's) */
+
 void far_load_options_default(far_load_options* options);
 void far_sample_options_default(far_sample_options* options);
 
 /* Load and check a bundle; *out is NULL on failure. options may be NULL. */
 int far_load(const char* bundle_dir, const far_load_options* options, far_runtime** out);
-void far_free(far_runtime* runtime);   /* NULL does nothing */
+void far_free(far_runtime* runtime);   /* NULL, freed or unknown handles: nothing */
 int far_model(const far_runtime* runtime, far_model_info* out);
 
 /* uint8 images [batch, image_size, image_size, 3] into out (out_bytes must hold them).

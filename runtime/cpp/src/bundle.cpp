@@ -15,100 +15,32 @@
 #include <fstream>
 #include <iterator>
 #include <memory>
-#include <regex>
 #include <sstream>
 
 #include "errors.h"
-#include "json.h"
-#include "specs.h"
+#include "manifest.h"
 
 namespace far {
 namespace {
 
 constexpr const char* kManifest = "manifest.json";
-constexpr const char* kFormat = "far-export-bundle";
-constexpr int kFormatVersion = 1;
-constexpr int kMaxBatchLimit = 1024;
-constexpr size_t kMaxManifestBytes = 64u << 20;
 
 bool is_dir(const std::string& p) { struct stat st{}; return stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode); }
 bool is_file(const std::string& p) { struct stat st{}; return stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode); }
 
-[[noreturn]] void bad(const std::string& mpath, const std::string& what) {
-    throw Error(Code::Bundle, mpath + " is not a usable bundle manifest: " + what + "; rebuild the bundle.");
-}
-
-int get_int(const Json& obj, const std::string& key, int lo, const std::string& mpath, const std::string& where) {
-    const Json* v = obj.find(key);
-    if (!v || !v->is_integer() || v->number() < lo || v->number() > INT_MAX)
-        bad(mpath, where + key + " is " + (v ? v->repr() : "None") + ", not an integer >= " + std::to_string(lo));
-    return static_cast<int>(v->number());
-}
-
-std::vector<Dim> parse_dims(const Json& dims, const std::string& mpath, const std::string& what) {
-    std::vector<Dim> out;
-    if (!dims.is_array()) bad(mpath, what + " has no dims");
-    for (const Json& d : dims.items()) {
-        Dim dim;
-        if (d.is_integer() && d.number() >= 0 && d.number() <= INT_MAX) dim.value = static_cast<int>(d.number());
-        else if (d.is_string()) dim.symbol = d.str();
-        else bad(mpath, what + " has a dim that is neither a size nor a name");
-        out.push_back(dim);
-    }
-    return out;
-}
-
-std::vector<TensorDesc> parse_tensors(const Json* list, const std::string& mpath, const std::string& what) {
-    std::vector<TensorDesc> out;
-    if (!list || !list->is_array()) bad(mpath, what + " is missing");
-    for (const Json& t : list->items()) {
-        const Json* name = t.find("name");
-        const Json* dtype = t.find("dtype");
-        const Json* dims = t.find("dims");
-        if (!name || !name->is_string() || !dtype || !dtype->is_string() || !dims)
-            bad(mpath, what + " has a tensor without name, dtype and dims");
-        out.push_back({name->str(), dtype->str(), parse_dims(*dims, mpath, what + " " + py_repr(name->str()))});
-    }
-    return out;
-}
-
+// The manifest's bytes, refused over kMaxManifestBytes before any is read.
 std::string read_manifest(const std::string& mpath) {
     std::ifstream f(mpath, std::ios::binary);
     if (!f) throw Error(Code::Bundle, mpath + " cannot be read (Permission denied).");
-    std::string text;
     f.seekg(0, std::ios::end);
     const std::streamoff size = f.tellg();
-    if (size < 0 || static_cast<size_t>(size) > kMaxManifestBytes)
+    if (size < 0 || static_cast<unsigned long long>(size) > kMaxManifestBytes)
         throw Error(Code::Bundle, mpath + " is too large to be a bundle manifest.");
-    text.resize(static_cast<size_t>(size));
+    std::string text(static_cast<size_t>(size), '\0');
     f.seekg(0);
     f.read(&text[0], size);
+    text.resize(static_cast<size_t>(f.gcount()));     // a file that shrank meanwhile: what was there
     return text;
-}
-
-// bundle.py's check_model_kind: model.kind absent (or null: FAR/MAR) or "causal", whose
-// cache shapes must fit together; the same sentences in the same order.
-void check_model_kind(const Json& model, ModelInfo& mi, const std::string& mpath) {
-    const Json* kind = model.find("kind");
-    if (!kind || kind->is_null()) return;
-    if (!kind->is_string() || kind->str() != "causal")
-        bad(mpath, "model.kind is " + kind->repr() + ", not 'causal' (or absent for FAR/MAR)");
-    mi.kind = kind->str();
-    mi.class_tokens = get_int(model, "class_tokens", 1, mpath, "model.");
-    mi.context = get_int(model, "context", 1, mpath, "model.");
-    mi.depth = get_int(model, "depth", 1, mpath, "model.");
-    mi.heads = get_int(model, "heads", 1, mpath, "model.");
-    mi.head_dim = get_int(model, "head_dim", 1, mpath, "model.");
-    const long long context = static_cast<long long>(mi.class_tokens) + mi.seq_len - 1;
-    if (mi.context != context)
-        bad(mpath, "model.context is " + std::to_string(mi.context) + ", not class_tokens + seq_len - 1 = " +
-                       std::to_string(context));
-    const long long heads_x_dim = static_cast<long long>(mi.heads) * mi.head_dim;
-    if (heads_x_dim != mi.cond_dim)
-        bad(mpath, "model.heads x model.head_dim is " + std::to_string(heads_x_dim) + ", not model.cond_dim " +
-                       std::to_string(mi.cond_dim));
-    if (mi.head_kind != "shortcut")
-        bad(mpath, "a causal model has head_kind " + py_repr(mi.head_kind) + ", not 'shortcut'");
 }
 
 }  // namespace
@@ -259,104 +191,20 @@ Bundle load_bundle(const std::string& root, bool check_hashes) {
         throw Error(Code::Bundle, root + " has no " + kManifest +
                                       ", so it is not a far-export bundle (or its export did not finish).");
     inside(root, kManifest);   // a manifest that is a symlink out of the folder is refused too
-    Json m;
-    try {
-        m = Json::parse(read_manifest(mpath));
-    } catch (const JsonError& e) {
-        throw Error(Code::Bundle, mpath + " is not valid JSON (" + e.message + ").");
-    }
-    if (!m.is_object())
-        throw Error(Code::Bundle, mpath + " is not a far-export bundle manifest (a JSON " + m.py_type() + ", not an object).");
-    const Json* fmt = m.find("format");
-    if (!fmt || !fmt->is_string() || fmt->str() != kFormat)
-        throw Error(Code::Bundle, mpath + " is not a far-export bundle manifest.");
-    const Json* ver = m.find("format_version");
-    if (!ver || !ver->is_number() || ver->number() != kFormatVersion)     // Python's != : 1.0 == 1
-        throw Error(Code::Bundle, mpath + " has bundle format version " + (ver ? ver->repr() : "None") +
-                                      ", but this runtime reads version " + std::to_string(kFormatVersion) +
-                                      "; rebuild the bundle with this toolkit.");
-    Bundle b;
-    b.root = root;
-    const Json* model = m.find("model");
-    if (!model || !model->is_object()) bad(mpath, "it has no 'model' object");
-    ModelInfo& mi = b.model;
-    mi.seq_len = get_int(*model, "seq_len", 1, mpath, "model.");
-    mi.token_dim = get_int(*model, "token_dim", 1, mpath, "model.");
-    mi.cond_dim = get_int(*model, "cond_dim", 1, mpath, "model.");
-    mi.num_classes = get_int(*model, "num_classes", 1, mpath, "model.");
-    mi.diffusion_steps = get_int(*model, "diffusion_steps", 0, mpath, "model.");
-    mi.image_size = get_int(*model, "image_size", 0, mpath, "model.");
-    mi.image_channels = get_int(*model, "image_channels", 0, mpath, "model.");
-    const Json* kind = model->find("head_kind");
-    if (!kind || !kind->is_string() || (kind->str() != "shortcut" && kind->str() != "diffusion"))
-        bad(mpath, "model.head_kind is " + (kind ? kind->repr() : std::string("None")) + ", not 'shortcut' or 'diffusion'");
-    mi.head_kind = kind->str();
-    if (mi.diffusion() && mi.diffusion_steps < 1) bad(mpath, "a diffusion model has no diffusion_steps");
-    if (const Json* rs = model->find("timestep_respacing")) {
-        if (!rs->is_string()) bad(mpath, "model.timestep_respacing is not a string");
-        mi.timestep_respacing = rs->str();
-    }
-    check_model_kind(*model, mi, mpath);
-    const Json* mb = m.find("max_batch");
-    if (!mb || !mb->is_integer() || mb->number() < 1 || mb->number() > kMaxBatchLimit)
-        bad(mpath, "max_batch is " + (mb ? mb->repr() : std::string("None")) + ", not an integer in 1.." +
-                       std::to_string(kMaxBatchLimit));
-    b.max_batch = static_cast<int>(mb->number());
-    const Json* hs = m.find("head_steps");
-    if (!hs || !hs->is_array()) bad(mpath, "head_steps is " + (hs ? hs->repr() : std::string("None")) + ", not a list of positive integers");
-    for (const Json& o : hs->items()) {
-        if (!o.is_integer() || o.number() < 1 || o.number() > INT_MAX) bad(mpath, "head_steps is not a list of positive integers");
-        b.head_steps.push_back(static_cast<int>(o.number()));
-    }
-    const Json* graphs = m.find("graphs");
-    if (!graphs || !graphs->is_object() || graphs->members().empty())
-        bad(mpath, "it has no 'graphs' object naming at least one graph");
-    static const std::regex sha_re("^[0-9a-f]{64}$");
-    for (const auto& [name, g] : graphs->members()) {
-        const Json* files = g.find("files");
-        if (!files || !files->is_object() || files->members().empty()) bad(mpath, "graph " + py_repr(name) + " has no 'files' object");
-        for (const auto& [fname, digest] : files->members())
-            if (!digest.is_string() || !std::regex_match(digest.str(), sha_re))
-                bad(mpath, "graph " + py_repr(name) + " lists " + py_repr(fname) + " without a sha256");
-        const Json* file = g.find("file");
-        if (!file || !file->is_string() || !files->find(file->str()))
-            throw Error(Code::Bundle, mpath + " names " + (file ? file->repr() : std::string("None")) + " as the file of graph " +
-                                          py_repr(name) + ", but that file is not among the graph's hashed files; "
-                                          "refusing an unverified graph.");
-    }
-    if (graphs->find("vae_decoder") && mi.image_channels != 3)
-        bad(mpath, "model.image_channels is " + std::to_string(mi.image_channels) +
-                       ", but the vae_decoder's images are written as RGB, which needs 3");
-    const auto expected = component_specs(mi, b.head_steps);
-    for (const auto& [name, g] : graphs->members()) {
-        GraphInfo gi;
-        gi.name = name;
-        gi.file = g.find("file")->str();
-        for (const auto& [fname, digest] : g.find("files")->members()) {
+    Manifest man = parse_manifest(read_manifest(mpath), root, mpath);
+    for (const auto& [name, g] : find(man.doc, "graphs")->items()) {   // in the manifest's order, as Python
+        GraphInfo& gi = man.bundle.graphs.at(name);
+        for (const auto& [fname, digest] : find(g, "files")->items()) {
             const std::string p = inside(root, fname);
             if (!is_file(p)) throw Error(Code::Bundle, "Graph file " + path_join(root, fname) + " named in the manifest is missing.");
-            if (check_hashes && sha256_file(p) != digest.str())
+            if (check_hashes && sha256_file(p) != digest.get<std::string>())
                 throw Error(Code::Bundle, "Graph file " + p + " does not match the sha256 in the manifest "
                                               "(modified or corrupt); rebuild the bundle.");
-            gi.files[fname] = digest.str();
         }
         gi.path = inside(root, gi.file);
-        auto want = expected.find(name);
-        if (want != expected.end()) {
-            // The tensors come from the model entry (as Python rebuilds them); a manifest spec,
-            // which no hash covers, may only repeat them.
-            gi.inputs = want->second.inputs;
-            gi.outputs = want->second.outputs;
-            if (const Json* spec = g.find("spec")) {
-                if (!spec->is_object()) bad(mpath, "graph " + py_repr(name) + " has a 'spec' that is not an object");
-                if (parse_tensors(spec->find("inputs"), mpath, "the inputs of graph " + py_repr(name)) != gi.inputs ||
-                    parse_tensors(spec->find("outputs"), mpath, "the outputs of graph " + py_repr(name)) != gi.outputs)
-                    bad(mpath, "the spec of graph " + py_repr(name) + " differs from the one its model entry implies");
-            }
-        }
-        b.graphs.emplace(name, std::move(gi));
     }
-    return b;
+    attach_specs(man, mpath);
+    return std::move(man.bundle);
 }
 
 }  // namespace far

@@ -1,20 +1,56 @@
-// The C API: every call catches everything, stores the sentence thread-locally and returns a code.
+// The C API: every call catches everything, stores the sentence thread-locally and returns a
+// code. Handles are keys of a table of loaded runtimes, looked up before every use (the
+// header's misuse rules): a freed or unknown handle is a sentence, never a dereference.
 #include "far_runtime.h"
 
+#include <atomic>
+#include <memory>
+#include <mutex>
 #include <new>
 #include <string>
+#include <unordered_map>
 
 #include "errors.h"
 #include "images.h"
 #include "pipeline.h"
-
-struct far_runtime {
-    std::unique_ptr<far::Runtime> rt;
-};
+#include "sizes.h"
 
 namespace {
 
 thread_local std::string last_error;
+
+// The loaded runtimes by handle. A call holds its own reference for its duration, so far_free
+// during a call on another thread destroys the runtime when that call returns. Never destroyed
+// itself (a runtime left loaded at exit is not torn down after ONNX Runtime's environment).
+struct Registry {
+    std::mutex mutex;
+    std::unordered_map<uintptr_t, std::shared_ptr<far::Runtime>> loaded;
+    uintptr_t next = 0;
+};
+
+Registry& registry() {
+    static Registry* r = new Registry;
+    return *r;
+}
+
+far_runtime* add(std::shared_ptr<far::Runtime> rt) {
+    Registry& r = registry();
+    std::lock_guard<std::mutex> lock(r.mutex);
+    const uintptr_t h = (++r.next) << 4;          // never reused, never a valid address to dereference
+    r.loaded.emplace(h, std::move(rt));
+    return reinterpret_cast<far_runtime*>(h);
+}
+
+std::shared_ptr<far::Runtime> lookup(const far_runtime* h, const char* fn) {
+    if (!h) throw far::Error(far::Code::Input, std::string(fn) + " needs a loaded far_runtime, got NULL.");
+    Registry& r = registry();
+    std::lock_guard<std::mutex> lock(r.mutex);
+    auto it = r.loaded.find(reinterpret_cast<uintptr_t>(h));
+    if (it == r.loaded.end())
+        throw far::Error(far::Code::Input, std::string(fn) + " was given a far_runtime that is not loaded "
+                                                             "(freed already, or not returned by far_load).");
+    return it->second;
+}
 
 template <class F>
 int guarded(F&& f) {
@@ -35,7 +71,33 @@ int guarded(F&& f) {
     return FAR_ERROR_INTERNAL;
 }
 
+void require(bool ok, const std::string& what) {
+    if (!ok) throw far::Error(far::Code::Input, what);
+}
+
+// An options struct of this header's size, or a sentence (the header's rule): its fields are
+// read only once its size says the caller has them.
+template <class T>
+void check_size(const T* o, const char* type, const char* fill) {
+    require(!o || o->size == sizeof(T), std::string(type) + ".size is " + std::to_string(o ? o->size : 0) + ", not sizeof(" +
+                                            type + ") = " + std::to_string(sizeof(T)) + "; fill the options with " + fill + " first.");
+}
+
+far::LoadOptions load_options(const far_load_options* o) {
+    check_size(o, "far_load_options", "far_load_options_default");
+    far::LoadOptions lo;
+    if (!o) return lo;
+    lo.provider = o->provider ? o->provider : "cpu";
+    lo.device_id = o->device_id;
+    lo.threads = o->threads;
+    lo.check_hashes = o->check_hashes != 0;
+    lo.trt_cache_dir = o->trt_cache_dir ? o->trt_cache_dir : "";
+    // Fields added later (an expected bundle digest) are read here when o->size covers them.
+    return lo;
+}
+
 far::SampleOptions sample_options(const far_sample_options* o) {
+    check_size(o, "far_sample_options", "far_sample_options_default");
     far::SampleOptions s;
     if (!o) return s;
     s.K = o->K;
@@ -48,10 +110,6 @@ far::SampleOptions sample_options(const far_sample_options* o) {
     return s;
 }
 
-void require(bool ok, const char* what) {
-    if (!ok) throw far::Error(far::Code::Input, what);
-}
-
 void fill_stats(far_run_stats* out, const far::RunStats& st) {
     if (!out) return;
     out->total_seconds += st.total_s;     // added to, as the C++ API's RunStats are
@@ -59,12 +117,25 @@ void fill_stats(far_run_stats* out, const far::RunStats& st) {
     out->graph_calls += st.calls;
 }
 
+// The checks every generate call shares: handle, labels, options (and the run's buffer sizes).
+std::shared_ptr<far::Runtime> start(const far_runtime* h, const char* fn, const int64_t* labels, int batch,
+                                    const far::SampleOptions& o, const void* out) {
+    std::shared_ptr<far::Runtime> rt = lookup(h, fn);
+    require(out, std::string(fn) + " needs an output buffer, got NULL.");
+    require(labels || batch < 1, std::string(fn) + " needs batch class labels, got NULL.");
+    rt->check(labels, batch, o);
+    return rt;
+}
+
 }  // namespace
 
 extern "C" {
 
+int far_api_version(void) { return FAR_RUNTIME_API_VERSION; }
+
 void far_load_options_default(far_load_options* o) {
     if (!o) return;
+    o->size = sizeof(far_load_options);
     o->provider = "cpu";
     o->device_id = 0;
     o->threads = 0;
@@ -74,6 +145,7 @@ void far_load_options_default(far_load_options* o) {
 
 void far_sample_options_default(far_sample_options* o) {
     if (!o) return;
+    o->size = sizeof(far_sample_options);
     o->K = FAR_K_DEFAULT;
     o->O = 8;
     o->cfg = 1.0;
@@ -87,26 +159,27 @@ int far_load(const char* bundle_dir, const far_load_options* options, far_runtim
     if (out) *out = nullptr;
     return guarded([&] {
         require(bundle_dir && out, "far_load needs a bundle folder and an output pointer.");
-        far::LoadOptions lo;
-        if (options) {
-            lo.provider = options->provider ? options->provider : "cpu";
-            lo.device_id = options->device_id;
-            lo.threads = options->threads;
-            lo.check_hashes = options->check_hashes != 0;
-            lo.trt_cache_dir = options->trt_cache_dir ? options->trt_cache_dir : "";
-        }
-        auto h = std::make_unique<far_runtime>();
-        h->rt = std::make_unique<far::Runtime>(bundle_dir, lo);
-        *out = h.release();
+        const far::LoadOptions lo = load_options(options);
+        *out = add(std::make_shared<far::Runtime>(bundle_dir, lo));
     });
 }
 
-void far_free(far_runtime* runtime) { delete runtime; }
+void far_free(far_runtime* runtime) {
+    if (!runtime) return;
+    std::shared_ptr<far::Runtime> gone;          // destroyed after the lock is released
+    Registry& r = registry();
+    std::lock_guard<std::mutex> lock(r.mutex);
+    auto it = r.loaded.find(reinterpret_cast<uintptr_t>(runtime));
+    if (it == r.loaded.end()) return;
+    gone = std::move(it->second);
+    r.loaded.erase(it);
+}
 
 int far_model(const far_runtime* runtime, far_model_info* out) {
     return guarded([&] {
-        require(runtime && out, "far_model needs a loaded runtime and an output struct.");
-        const far::Bundle& b = runtime->rt->bundle();
+        const std::shared_ptr<far::Runtime> rt = lookup(runtime, "far_model");
+        require(out, "far_model needs a far_model_info to fill, got NULL.");
+        const far::Bundle& b = rt->bundle();
         out->seq_len = b.model.seq_len;
         out->token_dim = b.model.token_dim;
         out->num_classes = b.model.num_classes;
@@ -114,21 +187,21 @@ int far_model(const far_runtime* runtime, far_model_info* out) {
         out->image_size = b.model.image_size;
         out->image_channels = b.model.image_channels;
         out->diffusion = b.model.diffusion() ? 1 : 0;
-        out->diffusion_steps = runtime->rt->diffusion_steps();
+        out->diffusion_steps = rt->diffusion_steps();
     });
 }
 
 int far_generate(far_runtime* runtime, const int64_t* labels, int batch, const far_sample_options* options,
                  uint8_t* out, size_t out_bytes, far_run_stats* stats) {
     return guarded([&] {
-        require(runtime && out, "far_generate needs a loaded runtime and an output buffer.");
-        const far::ModelInfo& m = runtime->rt->model();
         const far::SampleOptions o = sample_options(options);
-        runtime->rt->check(labels, batch, o);
-        const size_t need = static_cast<size_t>(batch) * m.image_size * m.image_size * m.image_channels;
+        const auto rt = start(runtime, "far_generate", labels, batch, o, out);
+        const far::ModelInfo& m = rt->model();
+        const size_t need = far::buffer_elements("far_generate", "its images", {batch, m.image_size, m.image_size, m.image_channels},
+                                                 far::Code::Input, "generate a smaller batch.");
         require(out_bytes >= need, "The output buffer is smaller than batch x image_size x image_size x 3 bytes.");
         far::RunStats st;
-        runtime->rt->generate(labels, batch, o, nullptr, out, &st);
+        rt->generate(labels, batch, o, nullptr, out, &st);
         fill_stats(stats, st);
     });
 }
@@ -136,14 +209,14 @@ int far_generate(far_runtime* runtime, const int64_t* labels, int batch, const f
 int far_generate_tokens(far_runtime* runtime, const int64_t* labels, int batch, const far_sample_options* options,
                         float* out, size_t out_floats, far_run_stats* stats) {
     return guarded([&] {
-        require(runtime && out, "far_generate_tokens needs a loaded runtime and an output buffer.");
-        const far::ModelInfo& m = runtime->rt->model();
         const far::SampleOptions o = sample_options(options);
-        runtime->rt->check(labels, batch, o);
-        require(out_floats >= static_cast<size_t>(batch) * m.seq_len * m.token_dim,
-                "The output buffer is smaller than batch x seq_len x token_dim floats.");
+        const auto rt = start(runtime, "far_generate_tokens", labels, batch, o, out);
+        const far::ModelInfo& m = rt->model();
+        const size_t need = far::buffer_elements("far_generate_tokens", "its tokens", {batch, m.seq_len, m.token_dim},
+                                                 far::Code::Input, "generate a smaller batch.");
+        require(out_floats >= need, "The output buffer is smaller than batch x seq_len x token_dim floats.");
         far::RunStats st;
-        runtime->rt->generate_tokens(labels, batch, o, nullptr, out, &st);
+        rt->generate_tokens(labels, batch, o, nullptr, out, &st);
         fill_stats(stats, st);
     });
 }
@@ -153,6 +226,9 @@ int far_draw_randomness(uint64_t seed, int batch, int seq_len, int token_dim, in
     return guarded([&] {
         require(batch >= 1 && seq_len >= 1 && token_dim >= 1 && steps >= 0, "far_draw_randomness needs positive sizes.");
         require(orders && noise && (steps == 0 || step_noise), "far_draw_randomness needs output buffers.");
+        const std::string advice = "draw a smaller batch.";
+        far::buffer_elements("far_draw_randomness", "the noise", {batch, seq_len, token_dim}, far::Code::Input, advice);
+        far::buffer_elements("far_draw_randomness", "the step noise", {steps, batch, seq_len, token_dim}, far::Code::Input, advice);
         const far::Randomness r = far::draw_randomness(seed, batch, seq_len, token_dim, steps);
         std::copy(r.orders.begin(), r.orders.end(), orders);
         std::copy(r.noise.begin(), r.noise.end(), noise);

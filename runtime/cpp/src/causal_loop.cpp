@@ -22,6 +22,9 @@ public:
     explicit CausalLoop(const Bundle& b) : bundle_(b) {}
     int default_k() const override { return bundle_.model.seq_len; }
     void check(int batch, const SampleOptions& o) const override { plan(batch, o); }
+    std::vector<std::string> graphs(int batch, const SampleOptions& o) const override {
+        return graph_names(plan(batch, o).distinct());
+    }
     void sample(LoopRun& run, float* out) const override;
 
 private:

@@ -25,8 +25,10 @@ private:
     Code code_;
 };
 
-// Python's repr() of an int or a str, as the Python runtime's messages show them.
-inline std::string py_repr(const std::string& s) { return "'" + s + "'"; }
+// Python's repr() of a str, as the Python runtime's messages show them: quoted as Python
+// quotes, with backslashes, quotes and control characters escaped, so no text from a file
+// can break a sentence across lines.
+std::string py_repr(const std::string& s);
 
 // Python's str() of a float: shortest repr that round-trips ("3.0", "0.1", "nan", "inf").
 std::string py_float(double v);

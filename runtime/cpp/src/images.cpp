@@ -12,17 +12,23 @@
 #include <cstring>
 
 #include "errors.h"
+#include "sizes.h"
 
 namespace far {
 
 Image grid(const uint8_t* images, int batch, int height, int width, int channels, int cols, int pad) {
+    if (batch < 1 || height < 1 || width < 1 || channels < 1 || pad < 0)
+        throw Error(Code::Input, "A grid needs at least one image of positive size.");
+    const std::string advice = "write fewer or smaller images.";
+    buffer_elements("The grid", "its images", {batch, height, width, channels}, Code::Input, advice);
     if (cols <= 0) cols = static_cast<int>(std::ceil(std::sqrt(static_cast<double>(batch))));
-    const int rows = (batch + cols - 1) / cols;
+    const long long rows = (static_cast<long long>(batch) + cols - 1) / cols;
+    const long long gh = rows * (height + static_cast<long long>(pad)) + pad, gw = cols * (width + static_cast<long long>(pad)) + pad;
     Image g;
-    g.height = rows * (height + pad) + pad;
-    g.width = cols * (width + pad) + pad;
+    g.pixels.assign(buffer_elements("The grid", "its pixels", {gh, gw, channels}, Code::Input, advice), 255);
+    g.height = static_cast<int>(gh);
+    g.width = static_cast<int>(gw);
     g.channels = channels;
-    g.pixels.assign(static_cast<size_t>(g.height) * g.width * channels, 255);
     for (int i = 0; i < batch; ++i) {
         const int r = i / cols, c = i % cols;
         const int y0 = pad + r * (height + pad), x0 = pad + c * (width + pad);

@@ -41,6 +41,9 @@ public:
     int default_k() const override { return kDefaultK; }
     int diffusion_steps() const override { return ddpm_ ? ddpm_->steps() : 0; }
     void check(int batch, const SampleOptions& o) const override { plan(batch, o); }
+    std::vector<std::string> graphs(int batch, const SampleOptions& o) const override {
+        return graph_names(plan(batch, o).distinct());
+    }
     void sample(LoopRun& run, float* out) const override;
 
 private:

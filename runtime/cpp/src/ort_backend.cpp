@@ -7,6 +7,8 @@
 #include <chrono>
 
 #include "errors.h"
+#include "graph_check.h"
+#include "sizes.h"
 
 namespace far {
 namespace {
@@ -124,6 +126,9 @@ OrtBackend::OrtBackend(const Bundle& bundle, const LoadOptions& options)
 Ort::SessionOptions OrtBackend::session_options(const std::string& graph) const {
     Ort::SessionOptions so;
     so.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
+    // Every failure ONNX Runtime reports reaches the caller as one sentence of this runtime;
+    // its own log lines would be a second, multi-line copy on stderr.
+    so.SetLogSeverityLevel(ORT_LOGGING_LEVEL_FATAL);
     if (options_.threads > 0) {
         so.SetIntraOpNumThreads(options_.threads);
         so.SetInterOpNumThreads(1);
@@ -196,6 +201,7 @@ Ort::Session& OrtBackend::session(const std::string& graph) {
             so.AddExternalInitializersFromFilesInMemory(names, buffers, sizes);
         }
         s = std::make_unique<Ort::Session>(ort_env(), model.data(), model.size(), so);
+        if (!g.inputs.empty() || !g.outputs.empty()) check_graph_shapes(g, *s);   // before any buffer is bound
     } catch (const Ort::Exception& e) {
         std::string msg = e.what();
         msg = msg.substr(0, msg.find('\n')).substr(0, 200);
@@ -235,15 +241,19 @@ Entry& Workspace::entry(const Call& call) {
     e->graph = call.graph;
     e->session = &backend_.session(call.graph);
     e->binding = std::make_unique<Ort::IoBinding>(*e->session);
+    e->run_options.SetRunLogSeverityLevel(ORT_LOGGING_LEVEL_FATAL);
     const Ort::MemoryInfo cpu = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
     auto bind = [&](const TensorDesc& t, bool input) {
         std::vector<int64_t> shape;
-        size_t count = 1;
+        std::vector<long long> dims;
         for (const Dim& d : t.dims) {
-            const int v = d.value >= 0 ? d.value : call.dim(d.symbol);
-            shape.push_back(v);
-            count *= static_cast<size_t>(v);
+            shape.push_back(d.value >= 0 ? d.value : call.dim(d.symbol));
+            dims.push_back(shape.back());
         }
+        size_t count = 0;
+        if (!product_within(dims.data(), dims.size(), kMaxBufferElements, count))
+            throw Error(Code::Bundle, "Graph '" + call.graph + "' of the bundle has tensor '" + t.name + "' of more elements than " +
+                                          std::to_string(kMaxBufferElements) + " for this call; rebuild the bundle.");
         const std::string r = role(call, t.name);
         Ort::Value value{nullptr};
         if (t.dtype == "float32") {
@@ -258,6 +268,10 @@ Entry& Workspace::entry(const Call& call) {
             throw Error(Code::Bundle, "Graph '" + call.graph + "' of the bundle has tensor '" + t.name + "' of dtype " +
                                           t.dtype + ", which this runtime does not feed; rebuild the bundle.");
         }
+        std::string shown;
+        for (int64_t v : shape) shown += (shown.empty() ? "" : ", ") + std::to_string(v);
+        std::string& list = input ? e->inputs : e->outputs;
+        list += (list.empty() ? "" : ", ") + t.name + " [" + shown + "]";
         if (input) e->binding->BindInput(t.name.c_str(), value);
         else e->binding->BindOutput(t.name.c_str(), value);
         e->values.push_back(std::move(value));
@@ -278,8 +292,9 @@ double Workspace::run(const Call& call) {
         e.session->Run(e.run_options, *e.binding);
         e.binding->SynchronizeOutputs();
     } catch (const Ort::Exception& ex) {
-        std::string msg = ex.what();
-        throw Error(Code::Runtime, "ONNX Runtime failed running '" + call.graph + "' (" + msg.substr(0, msg.find('\n')) + ").");
+        const std::string msg = ex.what();
+        throw Error(Code::Runtime, "ONNX Runtime failed running '" + call.graph + "' on " + e.inputs + " into " + e.outputs + " (" +
+                                       py_repr(msg.substr(0, msg.find('\n')).substr(0, 300)) + ").");
     }
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }

@@ -40,6 +40,7 @@ struct Entry {
     Ort::RunOptions run_options;
     std::vector<Ort::Value> values;                 // keep the bound tensors alive
     std::string graph;
+    std::string inputs, outputs;                    // "name [dims], ..." of the bound tensors, for error sentences
     std::map<std::string, std::pair<float*, size_t>> f;     // tensor name -> bound float buffer, elements
     std::map<std::string, std::pair<int64_t*, size_t>> i;   // tensor name -> bound int64 buffer, elements
     // The bound buffer of a tensor, refused (a bundle error) unless it holds at least `count`

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "errors.h"
+#include "sizes.h"
 
 namespace far {
 namespace {
@@ -25,6 +26,7 @@ struct Runtime::Lease {
 
 Runtime::Runtime(const std::string& root, const LoadOptions& options)
     : bundle_(load_bundle(root, options.check_hashes)), backend_(bundle_, options), variant_(make_variant(bundle_)) {
+    check_run_buffers(bundle_.model, 1, true, diffusion_steps(), true);   // one image with CFG fits, or a bundle error
     // A GPU provider starts every session now, so a missing GPU or a CPU fallback is refused
     // at load, not halfway through the first image.
     if (options.provider != "cpu") backend_.create_all();
@@ -69,6 +71,13 @@ void Runtime::check(const int64_t* labels, int batch, const SampleOptions& o) co
     if (!std::isfinite(o.temperature))
         throw Error(Code::Input, "The temperature must be a finite number, got " + py_float(o.temperature) + ".");
     if (o.temperature < 0) throw Error(Code::Input, "The temperature must be >= 0, got " + py_float(o.temperature) + ".");
+    check_run_buffers(bundle_.model, batch, o.cfg != 1.0, diffusion_steps(), false);
+}
+
+void Runtime::open(int batch, const SampleOptions& o, bool decode) {
+    std::vector<std::string> graphs = variant_->graphs(batch, resolved(o));
+    if (decode) graphs.push_back("vae_decoder");
+    for (const std::string& g : graphs) backend_.session(g);
 }
 
 void Runtime::generate_tokens(const int64_t* labels, int batch, const SampleOptions& options, const Randomness* rnd,
@@ -77,6 +86,7 @@ void Runtime::generate_tokens(const int64_t* labels, int batch, const SampleOpti
     const std::vector<int64_t> lab = check_labels(labels, batch);
     const SampleOptions o = resolved(options);
     check(labels, batch, o);
+    open(batch, o, false);
     const ModelInfo& m = bundle_.model;
     const int S = diffusion_steps();
     Randomness drawn;
@@ -143,6 +153,7 @@ void Runtime::generate(const int64_t* labels, int batch, const SampleOptions& o,
     if (!bundle_.has("vae_decoder"))
         throw Error(Code::Input, "The bundle has no vae_decoder graph; export it with --components ...,vae.");
     check(labels, batch, o);
+    open(batch, o, true);
     RunStats st;
     std::vector<float> tokens(static_cast<size_t>(batch) * m.seq_len * m.token_dim);
     generate_tokens(labels, batch, o, rnd, tokens.data(), &st, progress);

@@ -34,6 +34,10 @@ public:
     SampleOptions resolved(const SampleOptions& o) const;      // K = 0 replaced by default_k()
     void check(const int64_t* labels, int batch, const SampleOptions& o) const;   // every option error, no work
     int diffusion_steps() const { return variant_->diffusion_steps(); }   // S of the randomness (0 for shortcut heads)
+    // The sessions of a checked run's graphs (and the decoder's with `decode`), each created on
+    // first use and checked against the model entry (graph_check.h): called before a run
+    // allocates anything sized by the model entry.
+    void open(int batch, const SampleOptions& o, bool decode);
 
     // Token latents [B, L, C] after the loop. rnd: the run's randomness (drawn from o.seed
     // when null). progress: called after each iteration (FAR-Causal: each token) with its index.

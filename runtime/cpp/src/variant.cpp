@@ -10,6 +10,13 @@ std::unique_ptr<Variant> make_variant(const Bundle& bundle) {
     return bundle.model.causal() ? make_causal_loop(bundle) : make_masked_loop(bundle);
 }
 
+std::vector<std::string> graph_names(const std::vector<Call>& calls) {
+    std::vector<std::string> out;
+    for (const Call& c : calls)
+        if (std::find(out.begin(), out.end(), c.graph) == out.end()) out.push_back(c.graph);
+    return out;
+}
+
 std::string head_mode(const Bundle& bundle, int O, const std::string& head) {
     if (head != "auto" && head != "fused" && head != "step")
         throw Error(Code::Input, "head must be 'auto', 'fused' or 'step', got " + py_repr(head) + ".");

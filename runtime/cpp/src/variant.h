@@ -55,6 +55,9 @@ public:
     // Every option the loop's plan depends on (K, O, head, batch, graphs), refused in one
     // sentence as the Python runtime's plan() refuses it; no work.
     virtual void check(int batch, const SampleOptions& o) const = 0;
+    // The graphs a checked run of these options calls (its plan's), whose sessions the
+    // runtime opens, and checks against the model entry, before it allocates the run.
+    virtual std::vector<std::string> graphs(int batch, const SampleOptions& o) const = 0;
     // Token latents [B, L, C] into out.
     virtual void sample(LoopRun& run, float* out) const = 0;
 };
@@ -63,6 +66,9 @@ public:
 std::unique_ptr<Variant> make_variant(const Bundle& bundle);
 std::unique_ptr<Variant> make_masked_loop(const Bundle& bundle);
 std::unique_ptr<Variant> make_causal_loop(const Bundle& bundle);
+
+// The distinct graph names of a plan's calls.
+std::vector<std::string> graph_names(const std::vector<Call>& calls);
 
 // --- shared by the loops --------------------------------------------------------------------
 

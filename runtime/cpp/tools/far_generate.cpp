@@ -264,7 +264,8 @@ int run(int argc, char** argv) {
     o.seed = seed;
     o.head = head;
     const int B = static_cast<int>(num);
-    rt.check(labels.data(), B, o);                      // labels, plan (O, head, batch), schedule
+    rt.check(labels.data(), B, o);                      // labels, plan (O, head, batch), schedule, buffer sizes
+    rt.open(B, o, true);                                // the graphs' sessions, checked against the model entry
     const far::ModelInfo& m = rt.model();
     const far::Randomness rnd = far::draw_randomness(o.seed, B, m.seq_len, m.token_dim, rt.diffusion_steps());
     std::vector<uint8_t> images(static_cast<size_t>(B) * m.image_size * m.image_size * 3);
