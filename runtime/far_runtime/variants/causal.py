@@ -22,7 +22,9 @@ orders are drawn (one format for every variant) and ignored.
 The linear CFG ramp is SPEC's with ``L - mask_len`` read as the tokens known once step i is
 done (i + 1), the ramp MAR's schedule gives for K = L: ``1 + (cfg - 1) (i + 1) / L``.
 The model entry adds ``class_tokens`` (P), ``context`` (T), ``depth``, ``heads`` and
-``head_dim`` to the shared keys.
+``head_dim`` to the shared keys. The acceleration options (``accel.py``, ACCEL.md): a head
+schedule gives each token its O; a guidance interval its guidance, the unconditional rows
+running where ``token_rows`` says (``TokenPlan`` per token); the condition cache is refused.
 """
 from __future__ import annotations
 

@@ -4,6 +4,10 @@ Graph ``backbone``: tokens, labels (``num_classes`` = unconditional), known_idx,
 z at the positions to predict. Iteration ``s`` of ``schedule.mask_schedule`` feeds the known
 tokens, gathers z for the tokens leaving the mask and hands them to the head
 (``heads.predict``); CFG rows are the conditional rows over their unconditional twins.
+The acceleration options (``accel.py``, ACCEL.md) give each iteration its head steps, whether
+it is guided and whether its unconditional rows run, are refreshed (z at every masked
+position, the difference z_u - z_c kept) or reused (z_c plus the kept difference); the plan
+holds that per iteration (``IterationPlan``), so every shape is known before the loop.
 """
 from __future__ import annotations
 
