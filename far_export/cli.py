@@ -11,8 +11,8 @@ import sys
 import click
 
 from far_runtime.defaults import DEFAULT_K, REFERENCE
-from far_runtime.cli import (FarGroup, generate, option_group, parse_int_list, parse_labels,
-                             sampling_options)
+from far_runtime.cli import (FarGroup, accel_click_options, generate, option_group, parse_int_list,
+                             parse_labels, sampling_options)
 from far_runtime.errors import FarError
 
 log = logging.getLogger("far_export")
@@ -77,7 +77,7 @@ def inspect(checkpoint, vae_path, weights, heads, force_heads, as_json):
 @sampling_options(REFERENCE)
 @click.option("--out", default="out/reference.png", show_default=True, help="PNG grid to write.")
 def sample(checkpoint, vae_path, classes, num, num_iter, head_steps, cfg, cfg_schedule,
-           temperature, seed, out):
+           temperature, seed, head_schedule, cfg_interval, cfg_cache, out):
     """Run the PyTorch reference sampler and write a PNG grid (no export involved)."""
     from .defaults import default_paths
     from .reference.pipeline import ReferencePipeline
@@ -85,18 +85,20 @@ def sample(checkpoint, vae_path, classes, num, num_iter, head_steps, cfg, cfg_sc
     checkpoint, vae_path = default_paths(checkpoint, vae_path)
     from far_runtime.files import check_writable_file
     from far_runtime.options import check_sampling
+    from far_runtime.accel import accel_options
     if not vae_path:
         raise FarError("sample needs a VAE to decode images; pass --vae FILE.")
     labels = parse_labels(classes, num)
     check_sampling(DEFAULT_K if num_iter is None else num_iter, head_steps, cfg, temperature, seed,
                    check_o=False)
+    accel = accel_options(head_schedule, cfg_interval, cfg_cache).as_dict()
     check_writable_file(out, "--out")
     pipe = ReferencePipeline.load(checkpoint, vae_path)
     num_iter = pipe.check_k(num_iter)
     with click.progressbar(length=num_iter, label="sampling", file=sys.stderr) as bar:
         images = pipe.generate(labels, num_iter=num_iter, head_steps=head_steps, cfg=cfg,
                                cfg_schedule=cfg_schedule, temperature=temperature, seed=seed,
-                               progress=lambda it: bar.update(1))
+                               progress=lambda it: bar.update(1), **accel)
     check_finite(images)
     write_png(out, grid(to_uint8(images)))
     click.echo(f"wrote {out}")
@@ -192,7 +194,7 @@ main.add_command(generate)
 
 
 def _run_verify(bundle, out, num_iter, head_steps, batch, seed, cfg, checkpoint, vae,
-                quality_per_class: int = 50):
+                quality_per_class: int = 50, accel=None):
     from .verify import verify_bundle
 
     def progress(i, n, r):
@@ -200,7 +202,7 @@ def _run_verify(bundle, out, num_iter, head_steps, batch, seed, cfg, checkpoint,
                    f"latent max abs {r['latent_max_abs']:.2e}"
                    + (f", PSNR {r['psnr_db']:.1f} dB" if "psnr_db" in r else ""), err=True)
     report = verify_bundle(bundle, out, num_iter, head_steps, cfg, batch, seed, checkpoint, vae,
-                           progress=progress, quality_per_class=quality_per_class)
+                           progress=progress, quality_per_class=quality_per_class, accel=accel)
     click.echo(report["summary"])
     if not report["passed"]:
         raise FarError("Verification failed: the runtime is outside tolerance of the reference "
@@ -222,7 +224,9 @@ def _run_verify(bundle, out, num_iter, head_steps, batch, seed, cfg, checkpoint,
                    "(200 images gave a binomial error of 1.7 points on a 2-point gate).")
 @click.option("--status", is_flag=True, help="Print the stored report if it still applies to the "
               "bundle (same graphs and checkpoint); an error if it is stale or missing.")
-def verify(bundle, num_iter, head_steps, cfg, batch, seed, checkpoint, vae, out, quality_per_class, status):
+@option_group(accel_click_options())
+def verify(bundle, num_iter, head_steps, cfg, batch, seed, checkpoint, vae, out, quality_per_class, status,
+           head_schedule, cfg_interval, cfg_cache):
     """Compare the runtime with the PyTorch reference under identical randomness."""
     if status:
         from .verify import read_report
@@ -232,7 +236,8 @@ def verify(bundle, num_iter, head_steps, cfg, batch, seed, checkpoint, vae, out,
             raise FarError(f"The stored verify report of {bundle} says FAILED.")
         return
     _run_verify(bundle, out, num_iter, head_steps, batch, seed, cfg, checkpoint, vae,
-                quality_per_class=quality_per_class)
+                quality_per_class=quality_per_class,
+                accel={"head_schedule": head_schedule, "cfg_interval": cfg_interval, "cfg_cache": cfg_cache})
 
 
 from .bench import bench  # noqa: E402

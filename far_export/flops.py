@@ -74,13 +74,19 @@ def head_eval_flops(hd: dict, embeds: bool = True) -> int:
     return core + n_embed * 2 * (F * W + W * W) + 2 * D * W
 
 
+def fused_steps(call: Call) -> int:
+    """O of a ``head_fused_o{O}`` call (a head schedule gives iterations different O)."""
+    return int(call.graph[len("head_fused_o"):])
+
+
 def plan_flops(config: dict, plan: Plan) -> dict:
-    """Backbone and head FLOPs of every graph call of a plan (``config``: manifest ``config``)."""
+    """Backbone and head FLOPs of every graph call of a plan (``config``: manifest ``config``),
+    each counted at its own dims (the acceleration options vary rows and O per iteration)."""
     bb, hd = config["backbone"], config["head"]
     out = {"backbone": 0, "head": 0}
     for call in plan.calls():
         if call.graph == "backbone":
-            out["backbone"] += backbone_flops(bb, plan.rows, call.dim(N_KNOWN))
+            out["backbone"] += backbone_flops(bb, call.dim(BATCH), call.dim(N_KNOWN))
         elif call.graph in CAUSAL_GRAPHS:
             out["backbone"] += causal_backbone_flops(bb, call)
         elif call.graph == "head_step":
@@ -91,7 +97,7 @@ def plan_flops(config: dict, plan: Plan) -> dict:
             z_rows, W = call.dim(ZROWS), hd["width"]
             one_embed = 2 * (hd["freq_dim"] * W + W * W)
             out["head"] += (z_rows * 2 * hd["cond_dim"] * W + one_embed
-                            + plan.head_steps * (z_rows * head_eval_flops(hd, embeds=False) + one_embed))
+                            + fused_steps(call) * (z_rows * head_eval_flops(hd, embeds=False) + one_embed))
     return out
 
 

@@ -28,6 +28,7 @@ import time
 import numpy as np
 import torch
 
+from far_runtime.accel import as_accel
 from far_runtime.errors import FarError
 from far_runtime.files import check_writable_file, write_json
 from far_runtime.options import as_finite, as_int, check_seed
@@ -81,14 +82,16 @@ def reference_for_bundle(pipe: Pipeline, checkpoint: str | None = None,
 
 def verify_one(pipe: Pipeline, ref: ReferencePipeline, labels, K: int, O: int, cfg: float,
                seed: int, temperature: float = 1.0, cfg_schedule: str = "linear",
-               mode: str | None = None) -> dict:
-    """One run of the runtime (loop ``mode``) and the reference with the same randomness; it
-    is finite when the runtime's latent is finite after every iteration and in the image."""
+               mode: str | None = None, accel: dict | None = None) -> dict:
+    """One run of the runtime (loop ``mode``) and the reference with the same randomness and the
+    same acceleration options (``accel``: keyword -> value, ``far_runtime/accel.py``); it is
+    finite when the runtime's latent is finite after every iteration and in the image."""
     model = pipe.model
     B, L, C = len(labels), model["seq_len"], model["token_dim"]
     S = model["diffusion_steps"] if model["head_kind"] == "diffusion" else 0
     rnd = draw_randomness(seed, B, L, C, S)
-    kw = dict(cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature, randomness=rnd)
+    kw = dict(cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature, randomness=rnd,
+              **(accel or {}))
     t_ref, t_rt = [], []
     t0 = time.perf_counter()
     ref_tokens = ref.tokens(labels, num_iter=K, head_steps=O, trace=t_ref, **kw).numpy()
@@ -98,7 +101,7 @@ def verify_one(pipe: Pipeline, ref: ReferencePipeline, labels, K: int, O: int, c
     scale = float(np.abs(ref_tokens).max())
     per_iter = [float(np.abs(a.numpy() - b).max()) for a, b in zip(t_ref, t_rt)]
     result = {"K": K, "O": O if model["head_kind"] == "shortcut" else S, "cfg": cfg, "batch": B,
-              "seed": seed, **({"mode": mode} if mode is not None else {}),
+              "seed": seed, **({"mode": mode} if mode is not None else {}), **(accel or {}),
               "per_iteration_latent_max_abs": per_iter,
               "latent_max_abs": float(np.abs(ref_tokens - rt_tokens).max()),
               "latent_scale": scale, "reference_seconds": t1 - t0, "runtime_seconds": t2 - t1}
@@ -111,8 +114,10 @@ def verify_one(pipe: Pipeline, ref: ReferencePipeline, labels, K: int, O: int, c
     return result
 
 
-def check_verify_options(K=None, O=None, cfg=None, batch=None, seed=0, quality_per_class=50) -> None:
-    """Options given explicitly are checked, never silently replaced by the defaults."""
+def check_verify_options(K=None, O=None, cfg=None, batch=None, seed=0, quality_per_class=50,
+                         accel=None) -> dict:
+    """Options given explicitly are checked, never silently replaced by the defaults; the
+    acceleration options that are on come back checked (keyword -> canonical value)."""
     if K is not None:
         check_k(as_int(K, "--K"))
     if O is not None:
@@ -124,6 +129,7 @@ def check_verify_options(K=None, O=None, cfg=None, batch=None, seed=0, quality_p
     check_seed(seed)
     if as_int(quality_per_class, "--quality-per-class") < 1:
         raise FarError(f"--quality-per-class must be at least 1, got {quality_per_class}.")
+    return as_accel({k: v for k, v in (accel or {}).items() if v is not None}).as_dict()
 
 
 def default_configs(pipe: Pipeline, K=None, O=None, cfg=None, batch=None) -> list[tuple]:
@@ -187,20 +193,27 @@ def passes(r: dict, tol: dict) -> bool:
 def verify_bundle(bundle_dir: str, out: str | None = None, K=None, O=None, cfg=None, batch=None,
                   seed: int = 0, checkpoint: str | None = None, vae: str | None = None,
                   precision: str | None = None, progress=None, quality: bool | None = None,
-                  quality_per_class: int = 50) -> dict:
-    check_verify_options(K, O, cfg, batch, seed, quality_per_class)
+                  quality_per_class: int = 50, accel: dict | None = None) -> dict:
+    """Verify every run of the bundle's family; ``accel`` (keyword -> value) turns acceleration
+    options on in every run, the runtime's and the reference's alike."""
+    accel = check_verify_options(K, O, cfg, batch, seed, quality_per_class, accel)
     report_path = check_writable_file(out or os.path.join(bundle_dir, "verify.json"), "--out")
     pipe = Pipeline.load(bundle_dir)
+    if accel.get("head_schedule") and O is None:      # the schedule replaces O: one O suffices
+        O = max(pipe.bundle.manifest["head_steps"] or [1])
     configs = default_configs(pipe, K, O, cfg, batch)
+    for k, o, c, b, mode in configs:                   # every option refused before any work
+        pipe.plan(b, k, o, c, decode=False, mode=mode, **accel)
     ref = reference_for_bundle(pipe, checkpoint, vae)
     precision = precision or pipe.bundle.manifest.get("precision", "fp32")
     tol = TOLERANCES[precision]
     results = judge_runs(configs, tol, progress,
                          lambda k, o, c, b, mode: verify_one(pipe, ref, verify_labels(pipe, seed, b),
-                                                             k, o, c, seed, mode=mode))
+                                                             k, o, c, seed, mode=mode, accel=accel))
     report = {"bundle": os.path.abspath(bundle_dir), "judged": judged(pipe.bundle),
               "precision": precision, **({"kind": pipe.model["kind"]} if "kind" in pipe.model else {}),
-              "tolerances": tol, "results": results, "passed": all(r["passed"] for r in results)}
+              "tolerances": tol, **({"accel": accel} if accel else {}), "results": results,
+              "passed": all(r["passed"] for r in results)}
     if quality is None:
         quality = precision != "fp32" and demo_scorer_available(pipe)
     if quality:
@@ -267,6 +280,8 @@ def summary(report: dict) -> str:
     lines = [f"verify {report['bundle']} ({report['precision']}): "
              f"{'PASSED' if report['passed'] else 'FAILED'}",
              "  tolerances: " + _tolerance_text(report["tolerances"]),
+             *(["  options: " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in report["accel"].items())]
+               if report.get("accel") else []),
              "     K    O   cfg  B   latent max abs   worst iter   PSNR dB   ok"]
     for r in report["results"]:
         it = r["per_iteration_latent_max_abs"]

@@ -4,6 +4,8 @@ One helper, ``check_parity``, runs the runtime and the reference on the same ``R
 and compares their tokens (and decoded images); it also checks that the graph calls the
 backend executed are exactly the plan's. It is applied over batch x CFG x head x O x K (x
 FAR-Causal's loop mode) for each variant; the axes a variant does not have are left out.
+Option cases (``OPTION_CASES``) turn the acceleration options of ``far_runtime/accel.py`` on,
+alone and together, with the same helper.
 Per variant: ``far-export verify`` passes, and ``far-runtime generate`` writes the PNG bytes
 ``Pipeline.generate`` gives.
 """
@@ -42,16 +44,40 @@ class Case:
     O: int | None = None   # shortcut head steps (MAR: its DDPM steps, O does not apply)
     K: int | None = None   # FAR-Causal: left out, K is L
     mode: str | None = None  # FAR-Causal: "cache" or "recompute"
+    accel: tuple = ()        # acceleration options: (key, value) pairs
 
     def sampling(self) -> dict:
         """The options both pipelines take, without the ones the case leaves out."""
-        kw = {"K": self.K, "O": self.O, "cfg": self.cfg, "temperature": TEMPERATURE}
+        kw = {"K": self.K, "O": self.O, "cfg": self.cfg, "temperature": TEMPERATURE, **dict(self.accel)}
         return {k: v for k, v in kw.items() if v is not None}
 
     def __str__(self) -> str:
         parts = [f"b{self.batch}", f"cfg{self.cfg:g}", self.head if self.head != "auto" else "",
-                 f"O{self.O}" if self.O else "", f"K{self.K}" if self.K else "", self.mode or ""]
+                 f"O{self.O}" if self.O else "", f"K{self.K}" if self.K else "", self.mode or "",
+                 *(f"{k}={v}" for k, v in self.accel)]
         return "-".join(p for p in parts if p)
+
+
+def opt(**kw) -> tuple:
+    return tuple(sorted(kw.items()))
+
+
+# Per variant, cases with the acceleration options on. FAR's bundle has fused O 1, 2, 8 and the
+# step graph, so '8:1' (O 8, 4, 2, 1 at K = 8) mixes fused and step calls under head=auto.
+OPTION_CASES = {
+    "far": [Case(2, 3.0, "auto", 2, 8, accel=opt(head_schedule="8:1")),
+            Case(1, 3.0, "step", 2, 4, accel=opt(head_schedule="2,1,8,2")),
+            Case(3, 3.0, "fused", 2, 4, accel=opt(cfg_interval="0.25:0.75")),
+            Case(2, 3.0, "fused", 2, 6, accel=opt(cfg_cache="1:2")),
+            Case(3, 3.0, "auto", 2, 8, accel=opt(head_schedule="8:1", cfg_interval="0:0.9", cfg_cache="0:3")),
+            Case(2, 1.0, "auto", 2, 4, accel=opt(cfg_interval="0.5:1", cfg_cache="1:1"))],
+    "mar": [Case(2, 3.0, K=3, accel=opt(head_schedule="100:10")),
+            Case(1, 3.0, K=4, accel=opt(cfg_interval="0.5:1")),
+            Case(3, 3.0, K=4, accel=opt(cfg_cache="1:2", head_schedule="20,5,3,1"))],
+    "far-causal": [Case(2, 3.0, "auto", 2, mode=m, accel=a) for m in ("cache", "recompute") for a in (
+        opt(head_schedule="2:1"), opt(cfg_interval="0.25:0.5"), opt(cfg_interval="0.5:1"),
+        opt(cfg_interval="0:0.5", head_schedule=",".join(["1", "2"] * 8)))],
+}
 
 
 def cases(name: str) -> list[Case]:
@@ -68,7 +94,7 @@ def cases(name: str) -> list[Case]:
 
 
 GRID = [pytest.param(name, case, seed, id=f"{name}-{case}")
-        for name in VARIANT_NAMES for seed, case in enumerate(cases(name))]
+        for name in VARIANT_NAMES for seed, case in enumerate(cases(name) + OPTION_CASES[name])]
 
 
 class RecordingBackend:

@@ -27,10 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from far_runtime.accel import accel_options, resolve
 from far_runtime.errors import FarError
 from far_runtime.randomness import Randomness, draw_randomness
 from far_runtime.schedule import check_head_steps
-from far_runtime.variants.causal import cfg_at, positions, step_position
+from far_runtime.variants.causal import cfg_at, positions, step_position, token_rows
 
 from ..config import CausalConfig, CausalModelConfig, HeadConfig, infer_causal_config
 from ..reference.causal import CausalBackbone
@@ -88,33 +89,41 @@ def check_labels(labels, num_classes: int) -> np.ndarray:
 def sample_causal(backbone: CausalBackbone, head: SimpleMLPAdaLN, labels, head_steps: int = 8,
                   cfg: float = 1.0, cfg_schedule: str = "linear", temperature: float = 1.0,
                   seed: int = 0, randomness: Randomness | None = None, use_cache: bool = True,
-                  trace: list | None = None, progress=None) -> torch.Tensor:
-    """Token latents [B, L, C] of FAR-Causal sampling (see the module docstring)."""
+                  trace: list | None = None, progress=None, head_schedule=None, cfg_interval=None,
+                  cfg_cache=None) -> torch.Tensor:
+    """Token latents [B, L, C] of FAR-Causal sampling (see the module docstring). The
+    acceleration options (``far_runtime/accel.py``) give each token its head steps and whether
+    it is guided; the unconditional rows run where ``token_rows`` says (with the cache: until
+    the last guided token, then the cache is cut to the conditional rows)."""
     c = backbone.cfg
     L, C, P = c.seq_len, c.token_dim, c.class_tokens
     labels = check_labels(labels, c.num_classes)
     B = len(labels)
     check_head_steps(head_steps, "O (shortcut head steps)")
     cfg_at(0, L, cfg, cfg_schedule)                        # validates the schedule name
+    opts = resolve(accel_options(head_schedule, cfg_interval, cfg_cache), L, head_steps, cfg != 1.0,
+                   list(range(L)), L, shortcut=True, cache_allowed=False)
+    rows = token_rows([o.guided for o in opts], B, "cache" if use_cache else "recompute")
     if randomness is None:
         randomness = draw_randomness(seed, B, L, C)
     randomness.check(B, L, C)
-    use_cfg = cfg != 1.0
-    rows = 2 * B if use_cfg else B
-    lab = np.concatenate([labels, np.full(B, c.num_classes)]) if use_cfg else labels
-    lab_t = torch.from_numpy(lab)
+    lab_c = torch.from_numpy(labels)
+    lab_2 = torch.from_numpy(np.concatenate([labels, np.full(B, c.num_classes)]))
     noise = torch.from_numpy(randomness.noise)
     tokens = torch.zeros(B, L, C)
-    z, cache = backbone.prefill(lab_t)
-    for i in range(L):
+    z, cache = backbone.prefill(lab_2 if rows[0] > B else lab_c)
+    for i, o in enumerate(opts):
+        reps = rows[i] // B
         if i > 0:
             if use_cache:
+                cache = cache[:, :, :rows[i]]          # the unconditional rows end after the last guided token
                 pos = torch.tensor([step_position(i, P)], dtype=torch.int64)
-                z, cache = backbone.step(tokens[:, i - 1].repeat(rows // B, 1), pos, cache)
+                z, cache = backbone.step(tokens[:, i - 1].repeat(reps, 1), pos, cache)
             else:
-                z = backbone(tokens[:, :i].repeat(rows // B, 1, 1), lab_t)[:, i]
-        cfg_i = cfg_at(i, L, cfg, cfg_schedule) if use_cfg else None
-        tokens[:, i] = shortcut_sample(head, noise[:, i] * temperature, z, head_steps, cfg_i)
+                z = backbone(tokens[:, :i].repeat(reps, 1, 1), lab_2 if reps > 1 else lab_c)[:, i]
+        cfg_i = cfg_at(i, L, cfg, cfg_schedule) if o.guided else None
+        tokens[:, i] = shortcut_sample(head, noise[:, i] * temperature, z if o.guided else z[:B],
+                                       o.head_steps, cfg_i)
         if trace is not None:
             trace.append(tokens.clone())
         if progress is not None:

@@ -13,7 +13,8 @@ import torch
 
 from far_runtime.ddpm import ddpm_schedule
 from far_runtime.errors import FarError
-from far_runtime.options import check_sampling
+from far_runtime.accel import accel_options, resolve
+from far_runtime.options import check_sampling, check_schedule
 from far_runtime.randomness import Randomness, draw_randomness, iteration_indices
 from far_runtime.schedule import cfg_at, check_head_steps, mask_schedule
 
@@ -67,12 +68,20 @@ def diffusion_sample(head: SimpleMLPAdaLN, noise, step_noise, z, sched, cfg_iter
 def sample_tokens(backbone: Backbone, head: SimpleMLPAdaLN, labels, num_iter: int = 64,
                   head_steps: int = 8, cfg: float = 1.0, cfg_schedule: str = "linear",
                   temperature: float = 1.0, seed: int = 0, randomness: Randomness | None = None,
-                  trace: list | None = None, progress=None) -> torch.Tensor:
-    """K iterations of MAR/FAR sampling; returns the token latents [B, L, C]."""
+                  trace: list | None = None, progress=None, head_schedule=None, cfg_interval=None,
+                  cfg_cache=None) -> torch.Tensor:
+    """K iterations of MAR/FAR sampling; returns the token latents [B, L, C].
+
+    The acceleration options (``far_runtime/accel.py``; None: off) decide per iteration the
+    head steps, whether it is guided and whether the unconditional rows run, are refreshed
+    (all masked positions, the difference z_u - z_c kept) or reused (z_c + the kept
+    difference at the positions predicted)."""
     cfg_b = backbone.cfg
     L, C = cfg_b.seq_len, cfg_b.token_dim
     num_iter, head_steps, cfg, temperature, seed = check_sampling(
         num_iter, head_steps, cfg, temperature, seed, check_o=head.cfg.kind == "shortcut")
+    check_schedule(cfg_schedule)
+    accel = accel_options(head_schedule, cfg_interval, cfg_cache)
     labels = np.asarray(labels).reshape(-1)
     if labels.size and not np.issubdtype(labels.dtype, np.integer):
         raise FarError(f"Class labels must be integers, got {labels.dtype}.")
@@ -87,33 +96,49 @@ def sample_tokens(backbone: Backbone, head: SimpleMLPAdaLN, labels, num_iter: in
     sched = ddpm_schedule(head.cfg.timestep_respacing or head.cfg.diffusion_steps) if diffusion else None
     if not diffusion:
         check_head_steps(head_steps, "O (shortcut head steps)")
+    S = sched.steps if diffusion else 0
+    opts = resolve(accel, num_iter, S if diffusion else head_steps, cfg != 1.0,
+                   [it.n_known for it in plan], L, shortcut=not diffusion, max_steps=S,
+                   runs=[it.n_pred > 0 for it in plan])
     if randomness is None:
-        randomness = draw_randomness(seed, B, L, C, sched.steps if diffusion else 0)
-    randomness.check(B, L, C, sched.steps if diffusion else 0)
-    use_cfg = cfg != 1.0
-    rows = 2 * B if use_cfg else B
-    lab = np.concatenate([labels, np.full(B, cfg_b.num_classes)]) if use_cfg else labels
-    lab_t = torch.from_numpy(lab)
+        randomness = draw_randomness(seed, B, L, C, S)
+    randomness.check(B, L, C, S)
+    lab_c = torch.from_numpy(labels)
+    lab_2 = torch.from_numpy(np.concatenate([labels, np.full(B, cfg_b.num_classes)]))
     tokens = torch.zeros(B, L, C)
     noise_all = torch.from_numpy(randomness.noise)
     step_all = torch.from_numpy(randomness.step_noise) if diffusion else None
     bidx = torch.arange(B)[:, None]
-    for it in plan:
+    diff = None                                   # z_u - z_c [B, L, D] kept at the last refresh
+    for it, o in zip(plan, opts):
         if it.n_pred > 0:
             known, pred = iteration_indices(randomness.orders, it.before, it.after)
-            known_t = torch.from_numpy(known).repeat(rows // B, 1)
             pred_t = torch.from_numpy(pred)
-            tok_in = tokens.repeat(rows // B, 1, 1)
-            z = backbone(tok_in, lab_t, known_t, pred_t.repeat(rows // B, 1))   # [rows, n, D]
             n = it.n_pred
-            z = z.reshape(rows * n, -1)                    # cond rows first, then their twins
-            cfg_iter = cfg_at(it, cfg, cfg_schedule) if use_cfg else None
+            two = o.uncond in ("computed", "refresh")
+            reps = 2 if two else 1
+            ask = torch.from_numpy(np.sort(randomness.orders[:, :it.before], axis=1)) \
+                if o.uncond == "refresh" else pred_t
+            z = backbone(tokens.repeat(reps, 1, 1), lab_2 if two else lab_c,
+                         torch.from_numpy(known).repeat(reps, 1), ask.repeat(reps, 1))
+            if o.uncond == "refresh":                 # keep the difference, take the predicted positions
+                z_c, z_u = z.chunk(2)
+                if diff is None:
+                    diff = torch.zeros(B, L, z.shape[-1])
+                diff[bidx, ask] = z_u - z_c
+                at = torch.stack([torch.searchsorted(ask[b], pred_t[b]) for b in range(B)])
+                z = torch.cat([z_c[bidx, at], z_u[bidx, at]])
+            elif o.uncond == "reuse":
+                z = torch.cat([z, z + diff[bidx, pred_t]])
+            z = z.reshape(-1, z.shape[-1])                 # cond rows first, then their twins
+            cfg_iter = cfg_at(it, cfg, cfg_schedule) if o.guided else None
             noise = noise_all[bidx, pred_t].reshape(B * n, C)
             if diffusion:
-                step = step_all[:, bidx, pred_t].reshape(sched.steps, B * n, C)
-                x = diffusion_sample(head, noise, step, z, sched, cfg_iter, temperature)
+                sch = sched if o.head_steps == S else ddpm_schedule(o.head_steps)
+                step = step_all[:sch.steps, bidx, pred_t].reshape(sch.steps, B * n, C)
+                x = diffusion_sample(head, noise, step, z, sch, cfg_iter, temperature)
             else:
-                x = shortcut_sample(head, noise * temperature, z, head_steps, cfg_iter)
+                x = shortcut_sample(head, noise * temperature, z, o.head_steps, cfg_iter)
             tokens[bidx, pred_t] = x.reshape(B, n, C)
         if trace is not None:
             trace.append(tokens.clone())

@@ -51,8 +51,27 @@ def sampling_options(defaults: dict = SAMPLING):
         click.option("--cfg-schedule", type=click.Choice(list(CFG_SCHEDULES)), default=defaults["cfg_schedule"]),
         click.option("--temperature", default=defaults["temperature"], show_default=True),
         click.option("--seed", default=defaults["seed"], show_default=True),
+        *accel_click_options(defaults),
     ]
     return option_group(opts)
+
+
+def accel_click_options(defaults: dict = SAMPLING) -> list:
+    """The acceleration options (``accel.py``; off by default), shared by generate, sample and
+    verify."""
+    return [
+        click.option("--head-schedule", default=defaults["head_schedule"],
+                     help="Head steps per iteration: 'A:B' anneals from A to B as the known fraction "
+                          "grows (FAR: O, rounded down to a power of two; MAR: DDPM steps), or one "
+                          "value per iteration 'v0,v1,...'. Replaces --O."),
+        click.option("--cfg-interval", default=defaults["cfg_interval"],
+                     help="'LO:HI': guidance only on iterations s with LO*K <= s < HI*K; the others "
+                          "run no unconditional rows."),
+        click.option("--cfg-cache", default=defaults["cfg_cache"],
+                     help="'W:N' (FAR, MAR): LazyMAR's condition cache; the unconditional rows run on "
+                          "the first W iterations and every N-th after, and their z difference is "
+                          "reused in between."),
+    ]
 
 
 backend_options = option_group([
@@ -109,11 +128,13 @@ def main(verbose: bool):
 @click.option("--out", default="out/grid.png", show_default=True, help="PNG grid to write.")
 @click.option("--digest", help="Run the bundle only if its digest is this one (far-runtime info prints it).")
 def generate(bundle, classes, num, num_iter, head_steps, cfg, cfg_schedule, temperature, seed,
-             head, backend, precision, threads, save_randomness, out, digest):
+             head_schedule, cfg_interval, cfg_cache, head, backend, precision, threads,
+             save_randomness, out, digest):
     """Generate images with the torch-free runtime and write a PNG grid."""
     from .bundle import check_digest_text
     from .files import check_writable_file
     from .images import grid, write_png
+    from .accel import accel_options
     from .options import check_sampling
     from .pipeline import Pipeline
     from .randomness import draw_randomness
@@ -121,6 +142,7 @@ def generate(bundle, classes, num, num_iter, head_steps, cfg, cfg_schedule, temp
     labels = parse_labels(classes, num)
     _, head_steps, cfg, temperature, seed = check_sampling(
         DEFAULT_K if num_iter is None else num_iter, head_steps, cfg, temperature, seed, check_o=False)
+    accel = accel_options(head_schedule, cfg_interval, cfg_cache).as_dict()
     if threads is not None and threads < 1:
         raise FarError(f"--threads must be at least 1, got {threads}.")
     check_writable_file(out, "--out")
@@ -137,13 +159,13 @@ def generate(bundle, classes, num, num_iter, head_steps, cfg, cfg_schedule, temp
     pipe.check_labels(labels)
     # The whole run's graphs made and their shapes checked against the manifest (one sentence
     # on a mismatch) before the randomness is drawn or anything is written.
-    pipe.backend.prepare(pipe.plan(num, num_iter, head_steps, cfg, head))
+    pipe.backend.prepare(pipe.plan(num, num_iter, head_steps, cfg, head, **accel))
     m = pipe.model
     rnd = draw_randomness(seed, num, m["seq_len"], m["token_dim"], pipe.randomness_steps())
     with click.progressbar(length=num_iter, label="iterations", file=sys.stderr) as bar:
         images = pipe.generate(labels, K=num_iter, O=head_steps, cfg=cfg, cfg_schedule=cfg_schedule,
                                temperature=temperature, randomness=rnd, head=head,
-                               progress=lambda it: bar.update(1))
+                               progress=lambda it: bar.update(1), **accel)
     if save_randomness:
         rnd.save(save_randomness)
     write_png(out, grid(images))

@@ -4,11 +4,14 @@ documentation read them from (no library module imports a CLI to learn a default
 ``K`` depends on the variant: FAR and MAR iterate ``DEFAULT_K`` times; FAR-Causal predicts
 one token per step, so its only K is its sequence length L (``variant.default_k(model)``).
 ``far-export sample`` (the PyTorch reference) draws fewer images without guidance by default:
-``REFERENCE``.
+``REFERENCE``. The acceleration options (``accel.py``, issue #24) are off (``None``) unless given.
 """
 from __future__ import annotations
 
 DEFAULT_K = 16                     # FAR/MAR's autoregressive iterations
+
+#: the acceleration options (``accel.py``): all off
+ACCEL = {"head_schedule": None, "cfg_interval": None, "cfg_cache": None}
 
 #: ``far-runtime generate`` / ``far-export generate`` / ``POST /generate``
 SAMPLING = {
@@ -19,6 +22,7 @@ SAMPLING = {
     "temperature": 1.0,
     "seed": 0,
     "head": "auto",
+    **ACCEL,
 }
 
 CFG_SCHEDULES = ("linear", "constant")

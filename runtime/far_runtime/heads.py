@@ -12,6 +12,8 @@ causal loop one per step; both call these two functions and nothing else of the 
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .ddpm import DDPMSchedule, ddpm_schedule
@@ -40,8 +42,28 @@ def randomness_steps(model: dict) -> int:
 
 
 def plan_steps(model: dict, O: int) -> int:
-    """The head steps a plan holds: O for a shortcut head, the DDPM count for MAR."""
-    return model["diffusion_steps"] if model["head_kind"] == "diffusion" else O
+    """The head steps a plan holds: O for a shortcut head, the respaced DDPM count for MAR."""
+    return randomness_steps(model) if model["head_kind"] == "diffusion" else O
+
+
+@functools.lru_cache(maxsize=64)
+def _count_schedule(steps: int) -> DDPMSchedule:
+    return ddpm_schedule(steps)
+
+
+def schedule_for(model: dict, steps: int) -> DDPMSchedule | None:
+    """MAR's DDPM schedule of an iteration with ``steps`` steps: the model's own respacing when
+    ``steps`` is its count, else MAR's respacing of the training steps to ``steps`` (accel.py's
+    head schedule); None for shortcut heads."""
+    own = schedule(model)
+    if own is None or steps == own.steps:
+        return own
+    return _count_schedule(int(steps))
+
+
+def mode_for(head_mode, O: int) -> str:
+    """``head_mode`` as one mode for every O (a string) or chosen per O (a callable)."""
+    return head_mode(O) if callable(head_mode) else head_mode
 
 
 def choose_mode(model: dict, graphs, head_steps_available, O, head: str = "auto") -> str:

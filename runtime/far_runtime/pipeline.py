@@ -15,13 +15,16 @@ keeps its own state in locals.
 """
 from __future__ import annotations
 
+import functools
 import logging
 
 import numpy as np
 
 from . import heads
+from .accel import accel_options
 from .backends import CPU_ONLY, Backend, make_backend
 from .bundle import Bundle, load_bundle
+from .defaults import HEAD_MODES
 from .errors import FarError
 from .images import check_finite, to_uint8
 from .options import as_int, check_sampling, check_schedule
@@ -73,19 +76,27 @@ class Pipeline:
         return heads.choose_mode(self.model, self.bundle.graphs, self.bundle.manifest["head_steps"], O, head)
 
     def plan(self, batch: int, K=None, O: int = 8, cfg: float = 1.0, head: str = "auto",
-             decode: bool = True, mode=None) -> Plan:
-        """Every graph call of a run, checked against the bundle before any work."""
+             decode: bool = True, mode=None, head_schedule=None, cfg_interval=None,
+             cfg_cache=None) -> Plan:
+        """Every graph call of a run, checked against the bundle before any work (the
+        acceleration options: ``accel.py``)."""
         self.variant.check_mode(mode)
         K = self.variant.check_k(K, self.model)
         O = as_int(O, "O (head steps)")
-        head_mode = self.head_mode(O, head)
+        accel = accel_options(head_schedule, cfg_interval, cfg_cache)
+        if accel.head_schedule is None:
+            head_mode = self.head_mode(O, head)
+        else:                                    # a mode per scheduled O; O itself is unused
+            if head not in HEAD_MODES:
+                raise FarError(f"head must be 'auto', 'fused' or 'step', got {head!r}.")
+            head_mode = functools.partial(self.head_mode, head=head)
         for g in self.variant.required_graphs(mode):
             if not self.bundle.has(g):
                 needs = f", which mode '{mode or 'cache'}' needs" if len(self.variant.modes) > 1 else ""
                 raise FarError(f"The bundle has no '{g}' graph{needs}.")
         return self.variant.plan(self.model, batch, K, O, cfg != 1.0, head_mode,
                                  decode and self.bundle.has("vae_decoder"),
-                                 self.bundle.manifest["max_batch"], mode)
+                                 self.bundle.manifest["max_batch"], mode, accel)
 
     def respacing(self):
         """MAR's respacing of the DDPM steps (``"ddim25"``, ``"10,15,20"``) or the plain count."""
@@ -100,8 +111,11 @@ class Pipeline:
     def generate_tokens(self, labels, K=None, O: int = 8, cfg: float = 1.0,
                         cfg_schedule: str = "linear", temperature: float = 1.0, seed: int = 0,
                         randomness: Randomness | None = None, head: str = "auto",
-                        trace: list | None = None, progress=None, mode=None) -> np.ndarray:
-        """Token latents [B, L, C] after the variant's loop (K iterations; L for FAR-Causal)."""
+                        trace: list | None = None, progress=None, mode=None, head_schedule=None,
+                        cfg_interval=None, cfg_cache=None) -> np.ndarray:
+        """Token latents [B, L, C] after the variant's loop (K iterations; L for FAR-Causal).
+        ``head_schedule``, ``cfg_interval``, ``cfg_cache``: the acceleration options (``accel.py``;
+        None: off)."""
         v, m = self.variant, self.model
         K = v.check_k(K, m)
         K, O, cfg, temperature, seed = check_sampling(
@@ -109,7 +123,8 @@ class Pipeline:
         check_schedule(cfg_schedule)
         lab = self.check_labels(labels)
         B, L, C = len(lab), m["seq_len"], m["token_dim"]
-        plan = self.plan(B, K, O, cfg, head, decode=False, mode=mode)
+        plan = self.plan(B, K, O, cfg, head, decode=False, mode=mode, head_schedule=head_schedule,
+                         cfg_interval=cfg_interval, cfg_cache=cfg_cache)
         self.backend.prepare(plan)          # the graphs' shapes checked before anything is drawn
         S = self.randomness_steps()
         if randomness is None:

@@ -2,13 +2,14 @@
 
 Ray Serve's ``@serve.batch`` hands the handler whatever arrived within the wait window, in
 arrival order, whatever the requests hold. ``group_by_settings`` splits such a batch into
-groups that share (K, O, cfg, schedule, temperature), since one ``generate_tokens`` call
-runs one setting. Inside a group each request keeps its own seed: its ``Randomness`` is
+groups that share (K, O, cfg, schedule, temperature, acceleration options), since one
+``generate_tokens`` call runs one setting. Inside a group each request keeps its own seed: its ``Randomness`` is
 ``draw_randomness(seed, 1, ...)``, exactly what ``far-runtime generate --num 1 --seed s``
 draws, and the group's batch randomness is those rows stacked. Sampling treats rows
 independently (FAR/MAR: ``mask_len`` depends only on K; FAR-Causal: every row predicts
-position i at step i, over its own KV cache rows), so a request's latents do not depend on
-its batch-mates. FAR-Causal uses only the noise (raster order, no step noise); drawing the
+position i at step i, over its own KV cache rows; the acceleration options decide per
+iteration, never per row: the condition cache keeps each row's own difference), so a
+request's latents do not depend on its batch-mates. FAR-Causal uses only the noise (raster order, no step noise); drawing the
 orders anyway keeps its noise the one ``far-runtime generate`` draws for the same seed.
 """
 from __future__ import annotations
@@ -89,7 +90,7 @@ def run_group(pipe, requests: list[GenerateRequest]) -> list[Outcome]:
     rnd = stack_randomness([request_randomness(r.seed, pipe.model) for r in requests])
     tokens = pipe.generate_tokens([r.label for r in requests], K=s.K, O=s.O, cfg=s.cfg,
                                   cfg_schedule=s.cfg_schedule, temperature=s.temperature,
-                                  randomness=rnd)
+                                  randomness=rnd, **s.accel.as_dict())
     ok = finite_rows(tokens)
     want = [i for i, r in enumerate(requests) if r.output != "latents" and ok[i]]
     decoded = dict(zip(want, pipe.decode(tokens[want]))) if want else {}

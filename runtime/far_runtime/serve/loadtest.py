@@ -39,7 +39,7 @@ class Phase:
                 "p50_ms": 1000 * pick(0.50), "p99_ms": 1000 * pick(0.99)}
 
 
-SETTING_KEYS = ("K", "O", "cfg", "cfg_schedule", "temperature")
+SETTING_KEYS = ("K", "O", "cfg", "cfg_schedule", "temperature", "head_schedule", "cfg_interval", "cfg_cache")
 
 
 def check_settings(settings: dict) -> dict:

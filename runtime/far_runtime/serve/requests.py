@@ -13,6 +13,7 @@ import json
 import math
 from dataclasses import dataclass
 
+from ..accel import AccelOptions, accel_options
 from ..defaults import CFG_SCHEDULES, SAMPLING
 from ..variants import variant_for
 from ..errors import FarError
@@ -23,10 +24,12 @@ MAX_INT_DIGITS = 40              # 2**64-1 has 20 digits; no setting needs more 
 MAX_BODY_BYTES = 64 * 1024
 READ_TIMEOUT_S = 10.0            # a whole request body must arrive within this (HTTP 408; ingress.py)
 REQUEST_TIMEOUT_S = 300.0        # a whole request, queue and batch included (HTTP 503)
+ACCEL_EXAMPLES = {"head_schedule": '"8:1"', "cfg_interval": '"0.25:1"', "cfg_cache": '"2:3"'}
 MAX_SEED = 2 ** 64 - 1
 OUTPUTS = ("png", "npy", "latents")
 
-SETTINGS = ("seed", "K", "O", "cfg", "cfg_schedule", "temperature")   # every key but "class"
+ACCEL_KEYS = ("head_schedule", "cfg_interval", "cfg_cache")           # accel.py: strings, null = off
+SETTINGS = ("seed", "K", "O", "cfg", "cfg_schedule", "temperature", *ACCEL_KEYS)   # every key but "class"
 KEYS = ("class", *SETTINGS)
 
 
@@ -44,11 +47,12 @@ class GenerateRequest:
     cfg_schedule: str
     temperature: float
     output: str = "png"          # "png", "npy" (uint8 image array) or "latents" (token latents .npy)
+    accel: AccelOptions = AccelOptions()     # the acceleration options, canonical (accel.py)
 
     @property
     def settings(self) -> tuple:
         """What requests must share to run in one batch; seeds and classes may differ."""
-        return (self.K, self.O, self.cfg, self.cfg_schedule, self.temperature)
+        return (self.K, self.O, self.cfg, self.cfg_schedule, self.temperature, self.accel)
 
 
 def request_defaults(model: dict) -> dict:
@@ -150,15 +154,20 @@ class RequestChecker:
                                f"got {json.dumps(schedule)}.")
         if temperature < 0:
             raise RequestError(f"'temperature' must be at least 0, got {temperature}.")
+        for key in ACCEL_KEYS:
+            if body[key] is not None and not isinstance(body[key], str):
+                raise RequestError(f"'{key}' must be a string such as {ACCEL_EXAMPLES[key]} or null, "
+                                   f"got {json.dumps(body[key])}.")
         try:
+            accel = accel_options(*(body[key] for key in ACCEL_KEYS))
             self.pipe.check_labels([label])
             # ``far-runtime generate``'s own check: the server refuses exactly what it refuses.
             check_sampling(K, O, cfg, temperature, seed, check_o=self.pipe.model["head_kind"] == "shortcut")
             # The pipeline's own plan for this request alone: a head graph for O, and the
             # variant's K rule (FAR-Causal: K is L), refused as ``generate`` refuses them.
-            self.pipe.plan(1, K, O, cfg)
+            self.pipe.plan(1, K, O, cfg, **accel.as_dict())
         except RequestError:
             raise
         except FarError as e:
             raise RequestError(str(e)) from None
-        return GenerateRequest(label, seed, K, O, cfg, schedule, temperature, output)
+        return GenerateRequest(label, seed, K, O, cfg, schedule, temperature, output, accel)

@@ -87,8 +87,11 @@ class Variant:
                            f"{self.title} has one sampling loop; got mode {mode!r}.")
 
     # --- plan and loop ------------------------------------------------------------------
-    def plan(self, model: dict, batch: int, K: int, O: int, use_cfg: bool, head_mode: str,
-             decode: bool, max_batch: int | None, mode=None):
+    def plan(self, model: dict, batch: int, K: int, O: int, use_cfg: bool, head_mode,
+             decode: bool, max_batch: int | None, mode=None, accel=None):
+        """Every graph call of a run. ``head_mode``: "fused"/"step", or a callable O -> mode
+        (a head schedule's O values may differ in which graphs serve them); ``accel``: the
+        ``accel.AccelOptions`` (None: all off)."""
         raise NotImplementedError
 
     def largest_plan(self, model: dict, max_batch: int, head_steps: int = 8):

@@ -22,7 +22,9 @@ orders are drawn (one format for every variant) and ignored.
 The linear CFG ramp is SPEC's with ``L - mask_len`` read as the tokens known once step i is
 done (i + 1), the ramp MAR's schedule gives for K = L: ``1 + (cfg - 1) (i + 1) / L``.
 The model entry adds ``class_tokens`` (P), ``context`` (T), ``depth``, ``heads`` and
-``head_dim`` to the shared keys.
+``head_dim`` to the shared keys. The acceleration options (``accel.py``, ACCEL.md): a head
+schedule gives each token its O; a guidance interval its guidance, the unconditional rows
+running where ``token_rows`` says (``TokenPlan`` per token); the condition cache is refused.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import heads
+from ..accel import AccelOptions, resolve
 from ..errors import FarError
 from ..limits import check_bounds, shown
 from ..plan import Call, check_batch, distinct_calls, make_call
@@ -68,28 +71,49 @@ def positions(seq_len: int) -> list[int]:
 
 
 @dataclass(frozen=True)
-class CausalPlan:
-    batch: int
-    rows: int
-    seq_len: int
+class TokenPlan:
+    """The calls that make token i: its condition (the prefill for i = 0, else a step slot or a
+    recompute) and its head calls."""
+    backbone: Call
+    head: tuple
+    rows: int              # backbone rows (2 x batch while the unconditional rows run)
+    guided: bool           # classifier-free guidance on this token
     head_steps: int
     head_mode: str
+
+
+@dataclass(frozen=True)
+class CausalPlan:
+    batch: int
+    rows: int              # backbone rows of the prefill (2 x batch with CFG)
+    seq_len: int
+    head_steps: int        # the most head steps of any token
+    head_mode: str         # "fused", "step", or "mixed" under a head schedule
     mode: str
     prefill: Call
-    steps: tuple           # the two slots of causal_step (mode "cache")
-    recompute: tuple       # one causal_recompute call per token 1..L-1 (mode "recompute")
-    head: tuple            # the head calls of one token
+    steps: tuple           # the two slots of causal_step at the prefill's rows (mode "cache")
+    recompute: tuple       # one causal_recompute call per token 1..L-1 at full rows (mode "recompute")
+    head: tuple            # the head calls of token 0
     decode: Call | None = None
+    tokens: tuple = ()     # a TokenPlan per token: what the loop runs
+    accel: AccelOptions = AccelOptions()
 
     def calls(self) -> list[Call]:
-        out = [self.prefill, *self.head]
-        for i in range(1, self.seq_len):
-            out.append(self.steps[i % 2] if self.mode == "cache" else self.recompute[i - 1])
-            out.extend(self.head)
+        out = [c for tp in self.tokens for c in (tp.backbone, *tp.head)]
         return out + ([self.decode] if self.decode else [])
 
     def distinct(self) -> list[Call]:
         return distinct_calls(self.calls())
+
+
+def token_rows(guided: list, batch: int, mode: str) -> list[int]:
+    """Backbone rows per token. Recompute (and the prefill's z): 2B where guided. With the KV
+    cache the unconditional rows also run before a guided token to build their cache, until the
+    last guided token; after it they are dropped (the cache is cut to its conditional rows)."""
+    last = max((i for i, g in enumerate(guided) if g), default=-1)
+    if mode == "recompute":
+        return [2 * batch if g else batch for g in guided]
+    return [2 * batch if i <= last else batch for i in range(len(guided))]
 
 
 class Causal(Variant):
@@ -167,20 +191,36 @@ class Causal(Variant):
         if mode not in self.modes:
             raise FarError(f"mode must be 'cache' or 'recompute', got {mode!r}.")
 
-    def plan(self, model, batch, K, O, use_cfg, head_mode, decode, max_batch, mode=None):
+    def plan(self, model, batch, K, O, use_cfg, head_mode, decode, max_batch, mode=None, accel=None):
         self.check_mode(mode)
         mode = mode or "cache"
         self.check_k(K, model)
         check_batch(batch, max_batch)
+        accel = accel or AccelOptions()
         L = model["seq_len"]
-        rows = 2 * batch if use_cfg else batch
-        steps = tuple(make_call("causal_step", **{BATCH: rows, "slot": s}) for s in (0, 1))
-        recompute = tuple(make_call("causal_recompute", **{BATCH: rows, N_KNOWN: i})
+        opts = resolve(accel, L, O, use_cfg, list(range(L)), L, shortcut=True, cache_allowed=False)
+        rows = token_rows([o.guided for o in opts], batch, mode)
+        toks = []
+        for i, o in enumerate(opts):
+            if i == 0:
+                bb = make_call("causal_prefill", **{BATCH: rows[0]})
+            elif mode == "cache":
+                bb = make_call("causal_step", **{BATCH: rows[i], "slot": i % 2})
+            else:
+                bb = make_call("causal_recompute", **{BATCH: rows[i], N_KNOWN: i})
+            hm = heads.mode_for(head_mode, o.head_steps)
+            toks.append(TokenPlan(bb, heads.head_calls(hm, o.head_steps, batch,
+                                                       2 * batch if o.guided else batch, 1),
+                                  rows[i], o.guided, o.head_steps, hm))
+        full = rows[0]
+        steps = tuple(make_call("causal_step", **{BATCH: full, "slot": s}) for s in (0, 1))
+        recompute = tuple(make_call("causal_recompute", **{BATCH: full, N_KNOWN: i})
                           for i in range(1, L)) if mode == "recompute" else ()
         dec = make_call("vae_decoder", **{BATCH: batch}) if decode else None
-        return CausalPlan(batch, rows, L, O, head_mode, mode,
-                          make_call("causal_prefill", **{BATCH: rows}), steps, recompute,
-                          heads.head_calls(head_mode, O, batch, rows, 1), dec)
+        modes = {t.head_mode for t in toks}
+        return CausalPlan(batch, full, L, max(t.head_steps for t in toks),
+                          modes.pop() if len(modes) == 1 else "mixed", mode, toks[0].backbone, steps,
+                          recompute, toks[0].head, dec, tuple(toks), accel)
 
     def largest_plan(self, model, max_batch, head_steps=8):
         return self.plan(model, max_batch, None, head_steps, True, "fused", True, max_batch)
@@ -191,29 +231,29 @@ class Causal(Variant):
         B, L, C = len(lab), model["seq_len"], model["token_dim"]
         P = model["class_tokens"]
         cfg_at(0, L, cfg, cfg_schedule)                      # validates the schedule name
-        use_cfg = plan.rows != B
-        reps = plan.rows // B
-        rows_labels = np.concatenate([lab, np.full(B, model["num_classes"], np.int64)]) if use_cfg else lab
+        both = np.concatenate([lab, np.full(B, model["num_classes"], np.int64)])
         tokens = np.zeros((B, L, C), np.float32)
-        prefix = np.zeros((plan.rows, L, C), np.float32)       # recompute mode: rows' prefix
-        token_in = np.zeros((plan.rows, C), np.float32)
         pos = np.zeros(1, np.int64)
-        out = backend.run(plan.prefill, {"labels": rows_labels})
+        first = plan.tokens[0]
+        out = backend.run(first.backbone, {"labels": both if first.rows > B else lab})
         z, cache = out["z"], out["cache"]
-        for i in range(L):
+        for i, tp in enumerate(plan.tokens):
             if i > 0:
-                token_in[:] = np.tile(tokens[:, i - 1], (reps, 1))
+                reps = tp.rows // B
                 if plan.mode == "cache":
+                    if cache.shape[2] != tp.rows:            # the unconditional rows end here
+                        cache = np.ascontiguousarray(cache[:, :, :tp.rows])
                     pos[0] = step_position(i, P)
-                    out = backend.run(plan.steps[i % 2], {"token": token_in, "pos": pos, "cache": cache})
+                    out = backend.run(tp.backbone, {"token": np.tile(tokens[:, i - 1], (reps, 1)),
+                                                    "pos": pos, "cache": cache})
                     z, cache = out["z"], out["cache_out"]
                 else:
-                    prefix[:, i - 1] = token_in
-                    z = backend.run(plan.recompute[i - 1], {
-                        "tokens": np.ascontiguousarray(prefix[:, :i]), "labels": rows_labels})["z"]
-            cfg_i = cfg_at(i, L, cfg, cfg_schedule) if use_cfg else 1.0
-            tokens[:, i] = heads.predict(backend, model, plan.head_mode, plan.head,
-                                         randomness.noise[:, i], z, cfg_i, use_cfg, temperature)
+                    z = backend.run(tp.backbone, {"tokens": np.tile(tokens[:, :i], (reps, 1, 1)),
+                                                  "labels": both if reps > 1 else lab})["z"]
+            cfg_i = cfg_at(i, L, cfg, cfg_schedule) if tp.guided else 1.0
+            tokens[:, i] = heads.predict(backend, model, tp.head_mode, tp.head, randomness.noise[:, i],
+                                         z if tp.guided or tp.rows == B else z[:B], cfg_i, tp.guided,
+                                         temperature)
             if trace is not None:
                 trace.append(tokens.copy())
             if progress is not None:
