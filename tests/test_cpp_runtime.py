@@ -236,9 +236,9 @@ def test_same_error_sentences(cpp_build, bundles, tmp_path, case):
 def test_sentences_name_what_python_names(cpp_build, bundles, tmp_path):
     """Spot checks that the compared lines above say what they should (not only the same thing)."""
     r = far_generate(cpp_build, edited_copy(bundles["far"], tmp_path / "e", EDITS["traversal"]), "--out", tmp_path / "x.png")
-    assert "The bundle names 'missing/../../x.onnx', which lies outside the bundle folder" in r.stderr
+    assert "The bundle manifest names 'missing/../../x.onnx', which lies outside the bundle folder" in r.stderr
     r = far_generate(cpp_build, _manifest_symlink(bundles["far"], tmp_path), "--out", tmp_path / "x.png")
-    assert "The bundle names 'manifest.json', which lies outside" in r.stderr
+    assert "The bundle manifest names 'manifest.json', which lies outside" in r.stderr
 
 
 # --- a manifest is untrusted: its specs, its model entry ------------------------------------

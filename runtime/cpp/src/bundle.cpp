@@ -153,7 +153,7 @@ static std::string inside(const std::string& root, const std::string& name) {
     const bool within = real.size() > base.size() && real.compare(0, base.size(), base) == 0 &&
                         (base == "/" || real[base.size()] == '/');
     if (name[0] == '/' || !within)
-        throw Error(Code::Bundle, "The bundle names " + py_repr(name) + ", which lies outside the bundle folder " +
+        throw Error(Code::Bundle, "The bundle manifest names " + py_repr(name) + ", which lies outside the bundle folder " +
                                       root + "; refusing to read it.");
     return real;
 }

@@ -93,7 +93,8 @@ void parse_model(const Json& m, ModelInfo& mi, const std::string& mpath) {
     mi.head_kind = kind->get<std::string>();
     if (mi.diffusion() && mi.diffusion_steps < 1) bad(mpath, "a diffusion model has no diffusion_steps");
     if (const Json* rs = find(*model, "timestep_respacing")) {
-        if (!rs->is_string()) bad(mpath, "model.timestep_respacing is not a string");
+        if (!rs->is_string() || rs->get<std::string>().size() > 256)      // bundle.py's MAX_RESPACING_CHARS
+            bad(mpath, "model.timestep_respacing is not a string of at most 256 characters");
         mi.timestep_respacing = rs->get<std::string>();
     }
     check_model_kind(*model, mi, mpath);
@@ -131,11 +132,11 @@ Manifest parse_manifest(const std::string& text, const std::string& root, const 
                        std::to_string(kMaxBatchLimit));
     b.max_batch = static_cast<int>(max_batch);
     const Json* hs = find(m, "head_steps");
-    const auto bad_steps = [&] { bad(mpath, "head_steps is " + (hs ? shown(*hs, 60) : std::string("None")) + ", not a list of positive integers"); };
-    if (!hs || !hs->is_array()) bad_steps();
+    const auto bad_steps = [&] { bad(mpath, "head_steps is " + (hs ? shown(*hs, 60) : std::string("None")) + ", not a list of powers of two in 1..128"); };
+    if (!hs || !hs->is_array() || hs->size() > 8) bad_steps();     // bundle.py: at most 8, each a valid O
     for (const Json& o : *hs) {
         long long v = 0;
-        if (!integer_in(o, 1, INT_MAX, v)) bad_steps();
+        if (!integer_in(o, 1, 128, v) || (v & (v - 1))) bad_steps();
         b.head_steps.push_back(static_cast<int>(v));
     }
     const Json* graphs = find(m, "graphs");
