@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from cpp_helpers import BOUNDS, causal_bundle, cpp_build, edited_copy, far_generate  # noqa: F401 (fixtures)
+from cpp_helpers import BOUNDS, causal_bundle, cpp_build, edited_copy, far_generate, python_generate  # noqa: F401 (fixtures)
 from far_cpp import CError, CRuntime
 
 
@@ -243,3 +243,26 @@ def test_engine_files_are_never_read(cpp_build, bundles, tmp_path):
             assert watch.events() > 0, p
     finally:
         watch.close()
+
+
+# --- the bundle digest (issue 26): far_load and far-generate take the digest an app pinned ------
+
+@pytest.mark.parametrize("case", ["right", "upper", "wrong", "malformed"])
+def test_the_digest_pins_a_bundle_as_in_python(cpp_build, bundles, tmp_path, case):
+    from far_runtime.bundle import bundle_digest
+    b = bundles["far"]
+    d = bundle_digest(b)
+    given = {"right": d, "upper": f" {d.upper()} ", "wrong": "0" * 64, "malformed": "abc"}[case]
+    args = [b, "--num", "1", "--K", "2", "--O", "1", "--digest", given]
+    py = python_generate(*args, "--out", tmp_path / "py.png")
+    cc = far_generate(cpp_build, *args, "--out", tmp_path / "c.png")
+    if case in ("right", "upper"):
+        assert py.exit_code == 0 and cc.returncode == 0, (py.output, cc.stderr)
+        assert (tmp_path / "py.png").read_bytes() == (tmp_path / "c.png").read_bytes()
+        CRuntime(cpp_build["lib"], b, digest=given).close()
+        return
+    assert py.exit_code == 2 and cc.returncode == 2, (py.output, cc.stderr)
+    assert cc.stderr.strip().splitlines()[-1] == py.output.strip().splitlines()[-1]
+    assert not (tmp_path / "c.png").exists()
+    with pytest.raises(CError, match="digest"):
+        CRuntime(cpp_build["lib"], b, digest=given)

@@ -35,7 +35,7 @@ def draw_randomness(lib, seed: int, batch: int, seq_len: int, token_dim: int, st
 
 class LoadOptions(ctypes.Structure):
     _fields_ = [("size", ctypes.c_size_t), ("provider", ctypes.c_char_p), ("device_id", ctypes.c_int), ("threads", ctypes.c_int),
-                ("check_hashes", ctypes.c_int), ("trt_cache_dir", ctypes.c_char_p)]
+                ("check_hashes", ctypes.c_int), ("trt_cache_dir", ctypes.c_char_p), ("digest", ctypes.c_char_p)]
 
 
 class SampleOptions(ctypes.Structure):
@@ -56,11 +56,12 @@ class RunStats(ctypes.Structure):
 class CRuntime:
     """One far_runtime* loaded through the C API."""
 
-    def __init__(self, lib, bundle: str, provider: str = "cpu", threads: int = 1):
+    def __init__(self, lib, bundle: str, provider: str = "cpu", threads: int = 1, digest: str | None = None):
         self.lib = lib
         opts = LoadOptions()
         lib.far_load_options_default(ctypes.byref(opts))
         opts.provider, opts.threads = provider.encode(), threads
+        opts.digest = digest.encode() if digest is not None else None
         self.handle = ctypes.c_void_p()
         rc = lib.far_load(bundle.encode(), ctypes.byref(opts), ctypes.byref(self.handle))
         if rc:

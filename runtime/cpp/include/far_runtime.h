@@ -70,6 +70,9 @@ typedef struct far_load_options {
                                   deserializes what it finds there: a folder of the caller's own,
                                   never one from a bundle. The runtime itself reads no engine
                                   files (nor a bundle's engines.json). */
+    const char* digest;      /* the expected bundle digest (64 hex digits, as far-runtime info and
+                                far-export build print it), or NULL: a bundle with another digest
+                                is refused (FAR_ERROR_BUNDLE); an app that ships a bundle pins it */
 } far_load_options;
 
 typedef struct far_sample_options {

@@ -9,12 +9,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <iterator>
 #include <memory>
+#include <regex>
 #include <sstream>
 
 #include "errors.h"
@@ -181,7 +183,43 @@ std::string Bundle::head_steps_repr() const {
     return s + "]";
 }
 
-Bundle load_bundle(const std::string& root, bool check_hashes) {
+namespace {
+
+std::string sha256_text(const std::string& bytes) {
+    Sha256 h;
+    h.update(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size());
+    return h.hex();
+}
+
+}  // namespace
+
+// bundle.py's check_digest_text: 64 hex digits, either case, surrounding blanks ignored.
+std::string check_digest_text(const std::string& text, const std::string& option) {
+    const size_t a = text.find_first_not_of(" \t\n\r\f\v"), b = text.find_last_not_of(" \t\n\r\f\v");
+    std::string d = a == std::string::npos ? "" : text.substr(a, b - a + 1);
+    for (char& c : d) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    static const std::regex hex("^[0-9a-f]{64}$");
+    if (!std::regex_match(d, hex))
+        throw Error(Code::Input, "The expected " + option + " must be 64 hexadecimal digits (a bundle digest as "
+                                 "'far-runtime info' prints it).");
+    return d;
+}
+
+namespace {
+
+std::string digest_of(const std::string& manifest_sha256, const Json& graphs) {
+    std::map<std::string, std::string> files{{kManifest, manifest_sha256}};    // std::string order = UTF-8 byte order
+    for (const auto& [name, g] : graphs.items())
+        for (const auto& [fname, digest] : find(g, "files")->items()) files[fname] = digest.get<std::string>();
+    std::string lines;
+    for (const auto& [name, sha] : files) lines += sha + "  " + name + "\n";
+    return sha256_text(lines);
+}
+
+}  // namespace
+
+Bundle load_bundle(const std::string& root, bool check_hashes, const std::string& expected_digest) {
+    const std::string want = expected_digest.empty() ? "" : check_digest_text(expected_digest);
     const std::string mpath = path_join(root, kManifest);
     if (is_file(root))
         throw Error(Code::Bundle, root + " is a file, not a bundle folder; pass the folder that holds " + kManifest + ".");
@@ -191,7 +229,12 @@ Bundle load_bundle(const std::string& root, bool check_hashes) {
         throw Error(Code::Bundle, root + " has no " + kManifest +
                                       ", so it is not a far-export bundle (or its export did not finish).");
     inside(root, kManifest);   // a manifest that is a symlink out of the folder is refused too
-    Manifest man = parse_manifest(read_manifest(mpath), root, mpath);
+    const std::string text = read_manifest(mpath);
+    Manifest man = parse_manifest(text, root, mpath);
+    man.bundle.digest = digest_of(sha256_text(text), *find(man.doc, "graphs"));
+    if (!want.empty() && man.bundle.digest != want)
+        throw Error(Code::Bundle, "Bundle " + root + " has digest " + man.bundle.digest + ", not the expected " + want +
+                                      "; refusing a bundle other than the one pinned.");
     for (const auto& [name, g] : find(man.doc, "graphs")->items()) {   // in the manifest's order, as Python
         GraphInfo& gi = man.bundle.graphs.at(name);
         for (const auto& [fname, digest] : find(g, "files")->items()) {

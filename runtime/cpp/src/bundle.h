@@ -52,6 +52,9 @@ struct Bundle {
     int max_batch = 0;
     std::vector<int> head_steps;     // O values with a fused head graph
     std::map<std::string, GraphInfo> graphs;
+    // The bundle digest (README "Bundle digest"; bundle.py's digest_of): sha256 over the lines
+    // "<sha256>  <name>\n" of manifest.json and every file the manifest names, by UTF-8 name.
+    std::string digest;
     bool has(const std::string& graph) const { return graphs.count(graph) != 0; }
     const GraphInfo& graph(const std::string& name) const;
     std::string head_steps_repr() const;   // "[1, 2, 8]", as Python prints the list
@@ -61,8 +64,12 @@ struct Bundle {
 };
 
 // Read and check a bundle: format and version, every path inside the bundle folder, every
-// file present with its recorded sha256. Throws far::Error with one sentence.
-Bundle load_bundle(const std::string& root, bool check_hashes = true);
+// file present with its recorded sha256; with expected_digest (64 hex digits), the bundle
+// digest too, before any graph file is hashed. Throws far::Error with one sentence.
+Bundle load_bundle(const std::string& root, bool check_hashes = true, const std::string& expected_digest = "");
+// An expected digest as a user gave it: 64 hex digits (either case), lower-cased; else one
+// sentence naming ``option`` (bundle.py's check_digest_text).
+std::string check_digest_text(const std::string& text, const std::string& option = "digest");
 
 std::string sha256_file(const std::string& path);   // lowercase hex
 std::string path_join(const std::string& a, const std::string& b);   // os.path.join

@@ -92,7 +92,7 @@ far::LoadOptions load_options(const far_load_options* o) {
     lo.threads = o->threads;
     lo.check_hashes = o->check_hashes != 0;
     lo.trt_cache_dir = o->trt_cache_dir ? o->trt_cache_dir : "";
-    // Fields added later (an expected bundle digest) are read here when o->size covers them.
+    lo.digest = o->digest ? o->digest : "";
     return lo;
 }
 
@@ -141,6 +141,7 @@ void far_load_options_default(far_load_options* o) {
     o->threads = 0;
     o->check_hashes = 1;
     o->trt_cache_dir = nullptr;
+    o->digest = nullptr;
 }
 
 void far_sample_options_default(far_sample_options* o) {

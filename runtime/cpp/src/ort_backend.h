@@ -23,6 +23,7 @@ struct LoadOptions {
     int threads = 0;                  // intra-op threads; 0 = ONNX Runtime's default
     bool check_hashes = true;
     std::string trt_cache_dir;        // TensorRT engine cache folder (empty: no cache)
+    std::string digest;               // the expected bundle digest (empty: not pinned)
 };
 
 // A stable array of one element type, shared by the entries of a workspace by name and size.

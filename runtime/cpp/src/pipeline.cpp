@@ -25,7 +25,7 @@ struct Runtime::Lease {
 };
 
 Runtime::Runtime(const std::string& root, const LoadOptions& options)
-    : bundle_(load_bundle(root, options.check_hashes)), backend_(bundle_, options), variant_(make_variant(bundle_)) {
+    : bundle_(load_bundle(root, options.check_hashes, options.digest)), backend_(bundle_, options), variant_(make_variant(bundle_)) {
     check_run_buffers(bundle_.model, 1, true, diffusion_steps(), true);   // one image with CFG fits, or a bundle error
     // A GPU provider starts every session now, so a missing GPU or a CPU fallback is refused
     // at load, not halfway through the first image.

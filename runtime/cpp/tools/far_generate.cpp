@@ -41,6 +41,7 @@ const char* kUsage =
     "  --out TEXT                      PNG grid to write.  [default: out/grid.png]\n"
     "  --provider [cpu|cuda|tensorrt]  Execution provider (no silent CPU fallback).  [default: cpu]\n"
     "  --device-id INTEGER             GPU ordinal for cuda and tensorrt.  [default: 0]\n"
+    "  --digest TEXT                   Run the bundle only if its digest is this one (far-runtime info prints it).\n"
     "  --stats                         Print the time inside and outside ONNX Runtime.\n"
     "  --repeat INTEGER                With --stats: time this many more runs after the first (warm).\n"
     "  --help                          Show this message and exit.\n";
@@ -182,6 +183,8 @@ void check_writable_file(const std::string& path, const std::string& option) {
 int run(int argc, char** argv) {
     std::string bundle, classes = "0", cfg_schedule = "linear", head = "auto", save_randomness, out = "out/grid.png";
     std::string provider = "cpu";
+    std::string digest;               // --digest: the expected bundle digest
+    bool digest_given = false;
     long long num = 8, K = 0, O = 8, threads = 0, device_id = 0;
     bool k_given = false;            // --K left out: the model's default (16, or L for FAR-Causal)
     long long repeat = 0;
@@ -228,6 +231,7 @@ int run(int argc, char** argv) {
         else if (a == "--out") out = value;
         else if (a == "--provider") provider = choice(a, value, {"cpu", "cuda", "tensorrt"});
         else if (a == "--device-id") device_id = parse_int(a, value);
+        else if (a == "--digest") { digest = value; digest_given = true; }
         else if (a == "--repeat") repeat = parse_int(a, value);
         else throw UsageError{"No such option: " + a};
     }
@@ -235,6 +239,7 @@ int run(int argc, char** argv) {
     // cli.py's order: every option checked before any work, and before anything is written,
     // so a refused run leaves nothing behind; then load, labels and plan, generate, save.
     const std::vector<int64_t> labels = parse_labels(classes, num, num_text);
+    if (digest_given) far::check_digest_text(digest, "--digest");
     if (k_given && (K < 1 || K > far::kMaxK)) far::check_k(K);   // cli.py checks 16 when --K is left out
     if (!std::isfinite(cfg)) throw far::Error(far::Code::Input, "The CFG scale must be a finite number, got " + far::py_float(cfg) + ".");
     if (!std::isfinite(temperature))
@@ -248,6 +253,7 @@ int run(int argc, char** argv) {
     lo.provider = provider;
     lo.device_id = static_cast<int>(device_id);
     lo.threads = static_cast<int>(std::min(threads, 4096LL));
+    lo.digest = digest;
     far::Runtime rt(bundle, lo);
     const int max_batch = rt.bundle().max_batch;
     if (num > max_batch)
