@@ -91,10 +91,11 @@ def bundle_info(root: str) -> dict:
     for name, g in b.graphs.items():
         size = sum(os.path.getsize(os.path.join(b.root, f)) for f in g["files"])
         graphs[name] = {"file": g["file"], "sha256": g["files"][g["file"]], "megabytes": size / 1e6,
-                        "precision": g.get("precision", precision)}
+                        "precision": g.get("precision", precision), "compute": g.get("compute", "fp32")}
     src = man.get("source") or {}
     return {"bundle": os.path.abspath(b.root), "format_version": man["format_version"],
             "model": b.model, "precision": precision, "max_batch": man["max_batch"],
+            "chosen_on": (man.get("precision_choice") or {}).get("backend"),
             "head_steps": man.get("head_steps", []), "graphs": graphs,
             "source": (f"{os.path.basename(src['checkpoint'])} sha256 {src['sha256'][:16]}"
                        if src.get("checkpoint") and src.get("sha256") else None),
