@@ -13,7 +13,8 @@ Each candidate runs the graph's held-out real inputs (recorded from the sampling
 ``calibration.py``) on the backend, compiled as the runtime compiles it (``measure.py``): its
 outputs against ONNX Runtime's fp32 outputs of the exported graph give its error (relative
 L2 over every output; the gate: within its precision's budget, no NaN/Inf), and the passing
-ones are timed, interleaved round by round, best of ``repeats``. A graph keeps the fastest
+ones are timed, interleaved round by round, best of at least ``repeats`` rounds and of as
+many as it takes each to run ``min_seconds`` in all. A graph keeps the fastest
 passing candidate; a reduced one only where it beats fp32 by ``min_speedup``. So bf16 is
 chosen only where the CPU's flags allow it *and* a timing confirms it.
 
@@ -53,7 +54,8 @@ class AutoSettings:
     threads: int | None = None        # None: every core this process may use
     bf16_budget: float = 0.02         # relative L2 error of a bf16 graph's outputs (held-out inputs)
     min_speedup: float = 1.0          # a reduced precision must be at least this much faster than fp32
-    repeats: int = 3                  # timed rounds (best of)
+    repeats: int = 3                  # timed rounds at least (best of)
+    min_seconds: float = 2.0          # and more rounds until each candidate ran this long in all
     timing_feeds: int = 4             # held-out inputs per timed round
 
     def to_dict(self) -> dict:
@@ -127,7 +129,7 @@ def choose_graph(name: str, fp32_path: str, int8_path: str | None, held_out: lis
                        f"from ONNX Runtime's with {r['nan_inf']} NaN/Inf on held-out inputs (allowed "
                        f"{FP32_BUDGET:g}); refusing to choose precisions on a backend that disagrees in fp32.")
     timing = held_out[:max(1, settings.timing_feeds)]
-    times = best_times(runners, timing, settings.repeats)
+    times = best_times(runners, timing, settings.repeats, settings.min_seconds)
     base = times["fp32"]
     for cand, t in times.items():
         rows[cand].update(seconds=t, speedup=base / t if t > 0 else 0.0)
