@@ -162,8 +162,16 @@ def export(checkpoint, out, vae_path, **kw):
 @main.command()
 @click.argument("checkpoint", required=False)
 @click.option("--out", default="graphs/default", show_default=True, help="Bundle folder.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
-              help="fp16: keep-list from ranges recorded on real sampling runs; int8: Q/DQ calibrated on them.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "auto"]), default="fp32", show_default=True,
+              help="fp16: keep-list from ranges recorded on real sampling runs; int8: Q/DQ calibrated on them; "
+                   "auto: per graph the fastest of fp32, bf16 and int8 that passes its accuracy gate, measured "
+                   "here on --backend (recorded in the manifest; the runtime runs it so).")
+@click.option("--backend", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime",
+              show_default=True, help="With --precision auto: the backend the graphs are measured on and will run on.")
+@click.option("--threads", type=int, help="With --precision auto: threads the graphs are timed with "
+              "(default: every core this process may use).")
+@click.option("--bf16-budget", default=0.02, show_default=True,
+              help="With --precision auto: largest relative L2 error of a graph computed in bf16 (held-out inputs).")
 @click.option("--calibration-cache", help="Folder of recorded inputs and int8 ranges "
               "(default $FAR_EXPORT_CACHE or ~/.cache/far-export/calibration).")
 @click.option("--int8-exclude", default="", help="Graphs or node names kept in float, comma-separated.")
@@ -173,24 +181,48 @@ def export(checkpoint, out, vae_path, **kw):
               help="Keep a graph fp32 when its int8 version is not this much faster here (ONNX Runtime CPU).")
 @click.option("--skip-verify", is_flag=True, help="Do not run verify after exporting.")
 @export_options
-def build(checkpoint, out, precision, calibration_cache, int8_exclude, int8_budget, int8_min_speedup,
-          skip_verify, vae_path, **kw):
-    """The main job: export + validate (+ fp16/int8), engines where TensorRT exists, then verify."""
+def build(checkpoint, out, precision, backend, threads, bf16_budget, calibration_cache, int8_exclude,
+          int8_budget, int8_min_speedup, skip_verify, vae_path, **kw):
+    """The main job: export + validate (+ fp16/int8/auto), engines where TensorRT exists, then verify."""
+    from .precision.auto import AutoSettings
     from .precision.convert import PrecisionOptions
     from .precision.int8 import Int8Settings
     from .defaults import default_paths
+    auto = _auto_settings(precision, backend, threads, bf16_budget)
     checkpoint, vae_path = default_paths(checkpoint, vae_path)
     exclude = tuple(x.strip() for x in int8_exclude.split(",") if x.strip())
     int8 = Int8Settings(error_budget=int8_budget, exclude=exclude, min_speedup=int8_min_speedup)
-    opts = PrecisionOptions(precision, int8=int8, cache_dir=calibration_cache)
+    opts = PrecisionOptions(precision, int8=int8, cache_dir=calibration_cache, auto=auto or AutoSettings())
     _run_export(checkpoint, vae_path, out, **kw, precision=precision, precision_options=opts)
-    from .tensorrt.engines import maybe_build_engines
-    click.echo(maybe_build_engines(out, precision) + " The ONNX Runtime bundle is ready.", err=True)
+    if precision == "auto":
+        click.echo(f"engines: none built: an auto bundle's precisions were chosen for {backend} on this CPU. "
+                   f"The {backend} bundle is ready.", err=True)
+    else:
+        from .tensorrt.engines import maybe_build_engines
+        click.echo(maybe_build_engines(out, precision) + " The ONNX Runtime bundle is ready.", err=True)
     if not skip_verify:
         _run_verify(out, None, None, None, 2, 0, None, None, None)
 
 
 main.add_command(generate)
+
+
+def _auto_settings(precision, backend, threads, bf16_budget):
+    """``--precision auto``'s settings, checked before any export (the backend's library
+    imported here); the options that only auto reads are refused without it."""
+    from far_runtime.backends import check_choice, check_threads
+    from .precision.auto import AutoSettings
+    if precision != "auto":
+        given = [o for o, v, d in (("--backend", backend, "onnxruntime"), ("--threads", threads, None),
+                                   ("--bf16-budget", bf16_budget, 0.02)) if v != d]
+        if given:
+            raise FarError(f"{given[0]} applies to --precision auto (the backend and threads its graphs are "
+                           f"measured with), not to --precision {precision}.")
+        return None
+    check_choice(backend, None)
+    if not 0 < bf16_budget < 1:
+        raise FarError(f"--bf16-budget must be in (0, 1), got {bf16_budget}.")
+    return AutoSettings(backend=backend, threads=check_threads(threads, "timing"), bf16_budget=bf16_budget)
 
 
 def _run_verify(bundle, out, num_iter, head_steps, batch, seed, cfg, checkpoint, vae,

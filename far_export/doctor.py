@@ -4,6 +4,11 @@ ONNX Runtime lists providers it was built with, not ones that work: onnxruntime-
 machine without CUDA lists CUDAExecutionProvider and then runs on the CPU. So every
 provider is tried with a tiny session, and counted usable only when the session really
 uses it (``get_providers()``) and runs. TensorRT and CUDA are imported, not looked up.
+
+The CPU's precisions (``far_runtime.info.machine_info``): fp32 always, bf16 where the flags
+show bf16 units (and OpenVINO lists BF16), int8 with VNNI or AMX, and which installed
+backend computes in each. ``--measure`` confirms them by timing: a short matmul per
+precision and library (``bench/peaks.py``), each against fp32.
 """
 from __future__ import annotations
 
@@ -110,11 +115,49 @@ def tensorrt_gpu() -> tuple[bool, str]:
     return True, ""
 
 
-def diagnose() -> dict:
+def cpu_precisions(measure_seconds: float | None = None) -> dict:
+    """This CPU's precisions and the backends that use them; with ``measure_seconds``, each
+    precision's matmul rate per library (GFLOP/s, int8 GOP/s; 2 threads at most)."""
+    from far_runtime.backends.base import usable_cores
+    from far_runtime.info import machine_info
+    out = machine_info()
+    if measure_seconds:
+        from .bench.peaks import measure_peaks
+        pk = measure_peaks(min(2, usable_cores()), measure_seconds, n_max=1024)
+        out["measured"] = {"threads": pk["threads"], "gflops": {
+            d: {lib: r.get("gflops") for lib, r in libs.items()} for d, libs in pk["libraries"].items()}}
+    return out
+
+
+def _cpu_lines(cpu: dict) -> list[str]:
+    lines = [f"cpu          {cpu['cpu']}, {cpu['usable_cores']} usable core(s)"
+             + ("" if cpu["flags_read"] else " (no /proc/cpuinfo: flags unknown)")]
+    measured = (cpu.get("measured") or {}).get("gflops", {})
+    fp32 = max((v for v in measured.get("fp32", {}).values() if v), default=None)
+    for name, p in cpu["precisions"].items():
+        units = ", ".join(p["units"]) or "no flags"
+        native = "native" if p["native"] else ("emulated" if name == "bf16" else "no VNNI/AMX")
+        users = ", ".join(p["backends"]) or "no installed backend"
+        how = f"; {p['how']}" if p.get("how") and p["backends"] else ""
+        lines.append(f"precision    {name}: {native} ({units}); computed by: {users}{how}")
+        rates = {lib: g for lib, g in measured.get(name, {}).items() if g}
+        if rates:
+            lines.append(f"             matmul, {cpu['measured']['threads']} threads: " + ", ".join(
+                f"{lib} {g:.3g}" + (f" ({g / fp32:.1f}x fp32)" if fp32 and name != "fp32" else "")
+                for lib, g in rates.items()) + (" GOP/s" if name == "int8" else " GFLOP/s"))
+    for name, b in cpu["cpu_backends"].items():
+        lines.append(f"cpu backend  {name}: " + (f"{b.get('version', '')} installed".lstrip() if b["available"]
+                                                  else f"not usable ({b['reason']})"))
+    return lines
+
+
+def diagnose(measure_seconds: float | None = None) -> dict:
     from far_runtime.backends import GPU_PROVIDERS
     ort, torch_, trt = check_onnxruntime(), check_torch(), check_tensorrt()
     gpu_ort = [p for p in ort.get("usable", []) if p in GPU_PROVIDERS]
-    report = {"onnxruntime": ort, "torch": torch_, "tensorrt": trt}
+    report = {"onnxruntime": ort, "torch": torch_, "tensorrt": trt, "cpu": cpu_precisions(measure_seconds)}
+    if ort.get("installed"):
+        report["cpu"]["cpu_backends"]["onnxruntime"].setdefault("version", ort["version"])
     engines_ok = trt.get("installed") and "device" in trt
     why = (" (TensorRT is not installed)" if not trt.get("installed") else " (no usable GPU)"
            if "device" not in trt else " (the lean runtime has no builder)")
@@ -123,6 +166,11 @@ def diagnose() -> dict:
                        "export + ONNX Runtime validation; no TensorRT engines" + why)
     report["generate"] = ("onnxruntime with CPUExecutionProvider" if ort.get("installed")
                           else "nothing: onnxruntime is not installed (pip install far-export[cpu])")
+    cpu_backends = [b for b, v in report["cpu"]["cpu_backends"].items() if v["available"]]
+    report["precision_choice"] = (
+        "far-export build --precision auto --backend " + ("openvino" if "openvino" in cpu_backends else "onnxruntime")
+        + " measures fp32" + (", bf16" if report["cpu"]["precisions"]["bf16"]["backends"] else "")
+        + " and int8 per graph here and keeps the fastest that passes its accuracy gate")
     other = []
     if engines_ok:
         other.append("tensorrt (far_runtime.gpu.trt_backend.TrtBackend, after far-export engines)"
@@ -165,7 +213,9 @@ def format_report(r: dict) -> str:
             lines.append(f"             {trt.get('device_error')}")
     else:
         lines.append(f"tensorrt     not usable: {trt['reason']}")
+    lines.extend(_cpu_lines(r["cpu"]))
     lines.append(f"build        {r['build']}")
+    lines.append(f"precisions   {r['precision_choice']}")
     lines.append(f"generate     {r['generate']}")
     lines.append("gpu backends " + ("; ".join(r["gpu_backends_usable"]) or "none usable here"))
     return "\n".join(lines)
@@ -173,7 +223,9 @@ def format_report(r: dict) -> str:
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def doctor(as_json):
-    """Report torch/CUDA, usable ONNX Runtime providers, TensorRT, the GPU, and the backends used."""
-    r = diagnose()
+@click.option("--measure", is_flag=True, help="Also time a short matmul per CPU precision and library (~20 s).")
+def doctor(as_json, measure):
+    """Report torch/CUDA, usable ONNX Runtime providers, TensorRT, the GPU, the CPU's precisions
+    and which backends compute in them, and the backends used."""
+    r = diagnose(0.3 if measure else None)
     click.echo(json.dumps(r, indent=2) if as_json else format_report(r))

@@ -22,7 +22,10 @@ from far_export.synthetic import random_model
 from far_runtime.variants.masked import make_plan
 
 
-PEERS = [REFERENCE, "pytorch-eager-bf16", RUNTIME, RUNTIME + "-int8", RUNTIME + "-bf16"]
+OV = "openvino-cpu"
+PEERS = [REFERENCE, "pytorch-eager-bf16", RUNTIME, RUNTIME + "-int8", RUNTIME + "-bf16",
+         OV, OV + "-bf16", OV + "-int8", OV + "-auto"]
+RUNTIME_PEERS = {RUNTIME, RUNTIME + "-int8", OV, OV + "-bf16", OV + "-int8", OV + "-auto"}
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +76,11 @@ def test_report_is_well_formed(report):
     assert (main_["K"], main_["O"], main_["mode"], main_["batch"], main_["cfg"]) == (2, 8, None, 1, 3.0)
     assert rep["variant"] == "far" and rep["loops"] is None
     gpus = gpu_backends(rep)
-    assert set(main_["backends"]) == set(PEERS) - {RUNTIME + "-bf16"} | gpus
+    not_run = set(rep["peers_not_run"])
+    assert RUNTIME + "-bf16" in not_run and not_run <= {RUNTIME + "-bf16", OV, OV + "-bf16", OV + "-int8", OV + "-auto"}
+    for p in not_run - {RUNTIME + "-bf16"}:          # OpenVINO missing, or bf16 without bf16 units
+        assert "OpenVINO is not installed" in rep["peers_not_run"][p] or "bf16" in rep["peers_not_run"][p], p
+    assert set(main_["backends"]) == set(PEERS) - not_run | gpus
     for r in main_["backends"].values():
         check_backend_entry(r, 1)
     # both backends did the same work: same seeds, same latents (runtime parity is 1e-3)
@@ -100,11 +107,25 @@ def test_report_is_well_formed(report):
     tp = rep["throughput"]["backends"]
     assert tp["pytorch-eager-bf16"]["backbone_dtype"] == "bf16"
     assert tp[RUNTIME + "-int8"]["backbone_dtype"] == rep["bundles"][RUNTIME + "-int8"]["graphs"]["backbone"]["precision"]
+    for b in set(tp) & {OV, OV + "-bf16", OV + "-int8", OV + "-auto"}:   # what OpenVINO runs the backbone in
+        g = rep["bundles"][b]["graphs"]["backbone"]
+        assert tp[b]["backbone_dtype"] == ("int8" if g["precision"] == "int8" else g["compute"]), b
+        assert g["compute"] == {OV: "fp32", OV + "-bf16": "bf16", OV + "-int8": "fp32"}.get(b, g["compute"])
+    if OV + "-auto" in tp:
+        auto = rep["bundles"][OV + "-auto"]
+        assert auto["chosen_on"] == {"backend": "openvino", "threads": 1}
+        assert all(d["chosen"] in d["candidates"] and d["candidates"][d["chosen"]]["passed"]
+                   for d in auto["graphs"].values())
     for b, r in tp.items():     # each backbone against the measured peak of the dtype it runs in
         assert r["dtype_peak_gflops"] == rep["peaks"]["peak"][r["backbone_dtype"]]["gflops"]
     imported = rep["models"]["far"]["torch_imported"]
     assert {b: imported[b] for b in set(imported) - gpus} == {
-        REFERENCE: True, "pytorch-eager-bf16": True, RUNTIME: False, RUNTIME + "-int8": False}
+        REFERENCE: True, "pytorch-eager-bf16": True, **{b: False for b in RUNTIME_PEERS - not_run}}
+    cpu = rep["peaks"]["cpu"]
+    assert cpu["all_flags"] and all(cpu[f] == (f in cpu["all_flags"]) for f in ("avx2", "avx512_bf16", "amx_bf16"))
+    assert set(rep["machine"]["precisions"]) == {"fp32", "bf16", "int8"}
+    ov = rep["peaks"]["libraries"]["fp32"]["openvino"]            # measured, or why not
+    assert ov.get("gflops") or ov["reason"]
     assert rep["command"].startswith("far-export bench ") and "--K 2" in rep["command"]
     assert rep["load"]["before"]["cpus"] >= 1
 
@@ -212,7 +233,7 @@ def test_summary_and_accuracy_are_well_formed(report):
     assert {"best_pytorch", "best_runtime", "speedup_vs_best_pytorch", "speedup_vs_eager_fp32"} <= set(sm)
     lat = {b: r["latency_median_s"] for b, r in rep["main"]["backends"].items()}
     pt = [b for b in lat if b.startswith("pytorch") and acc[b]["passed"]]
-    rt = [b for b in lat if b.startswith("onnxruntime") and acc[b]["passed"]]
+    rt = [b for b in lat if b in RUNTIME_PEERS and acc[b]["passed"]]
     assert sm["best_pytorch"] == min(pt, key=lat.get) and sm["best_runtime"] == min(rt, key=lat.get)
     assert math.isclose(sm["speedup_vs_best_pytorch"], lat[sm["best_pytorch"]] / lat[sm["best_runtime"]])
     assert math.isclose(sm["speedup_vs_eager_fp32"], lat[REFERENCE] / lat[sm["best_runtime"]])
@@ -248,6 +269,15 @@ def test_peer_choice_follows_measured_peaks():
     named, explicit = parse_peers("pytorch-eager-bf16")                        # named: runs regardless
     assert explicit and [p.name for p in named] == [REFERENCE, "pytorch-eager-bf16"]
     assert "pytorch-eager-bf16" not in choose(named, _peaks(bf16=0.6), explicit)[1]
+
+
+def test_backend_keeps_its_runtime_peers_and_the_baselines():
+    from far_export.bench.peers import parse_peers
+    ov, _ = parse_peers("all", "openvino")
+    assert {p.name for p in ov if p.engine == "runtime"} == {RUNTIME, OV, OV + "-bf16", OV + "-int8", OV + "-auto"}
+    assert {"pytorch-eager-bf16", "pytorch-compile"} <= {p.name for p in ov}
+    ort, explicit = parse_peers(f"{OV}-bf16,{RUNTIME}-int8", "onnxruntime")
+    assert explicit and [p.name for p in ort] == [REFERENCE, RUNTIME, RUNTIME + "-int8"]
 
 
 def test_unknown_peer_is_a_user_error(tmp_path):

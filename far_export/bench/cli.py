@@ -55,8 +55,12 @@ def _command():
     @click.option("--peers", default="all", show_default=True,
                   help="Configurations to compare, comma-separated (pytorch-eager, pytorch-eager-bf16, "
                        "pytorch-compile, pytorch-compile-bf16, onnxruntime-cpu, onnxruntime-cpu-int8, "
-                       "onnxruntime-cpu-fp16, onnxruntime-cpu-bf16) or 'all': all that can run and measured "
+                       "onnxruntime-cpu-fp16, onnxruntime-cpu-bf16, openvino-cpu, openvino-cpu-bf16, "
+                       "openvino-cpu-int8, openvino-cpu-auto) or 'all': all that can run and measured "
                        "not slower than fp32 here. Named peers run regardless.")
+    @click.option("--backend", type=click.Choice(["all", "onnxruntime", "openvino"]), default="all",
+                  show_default=True, help="The runtime peers of this backend only (eager fp32 and the ONNX "
+                                          "Runtime fp32 runtime always run: the baselines).")
     @click.option("--int8-min-speedup", type=float, default=1.0, show_default=True,
                   help="The int8 bundle keeps a graph fp32 unless int8 measured this much faster for it.")
     @click.option("--min-psnr", type=float, default=MIN_PSNR_DB, show_default=True,
@@ -67,7 +71,7 @@ def _command():
     @click.option("--skip-mar", is_flag=True, help="With --preset: leave out the MAR model (MAR vs FAR).")
     @click.option("--out", default="out/bench", show_default=True, help="Report folder.")
     def bench(source, preset, mar_path, vae_path, num_iter, head_steps, batch, cfg, threads, runs,
-              warmup, sweep_k, sweep_o, seed, matmul_seconds, peers, int8_min_speedup, min_psnr,
+              warmup, sweep_k, sweep_o, seed, matmul_seconds, peers, backend, int8_min_speedup, min_psnr,
               calibration, skip_mar, out):
         """Time eager PyTorch against the runtime: latency, breakdown, memory, MAR vs FAR, K x O."""
         if source is None and preset is None:
@@ -81,12 +85,13 @@ def _command():
                            threads, runs, warmup, sk, so, seed, matmul_seconds,
                            say=lambda m: click.echo(m, err=True), peers=peers,
                            int8_min_speedup=int8_min_speedup, min_psnr=min_psnr,
-                           calibration=calibration_settings(calibration, num_iter), skip_mar=skip_mar)
+                           calibration=calibration_settings(calibration, num_iter), skip_mar=skip_mar,
+                           backend=backend)
         report["command"] = command_line(source if preset is None else None, preset=preset, mar=mar_path,
                                          vae=vae_path, K=num_iter, O=head_steps, batch=batch, cfg=cfg,
                                          threads=report["threads"], runs=runs, warmup=warmup,
                                          sweep_K=sweep_k, sweep_O=sweep_o, seed=seed,
-                                         matmul_seconds=matmul_seconds, peers=peers,
+                                         matmul_seconds=matmul_seconds, peers=peers, backend=backend,
                                          int8_min_speedup=int8_min_speedup, min_psnr=min_psnr,
                                          calibration=calibration, out=out)
         if skip_mar:

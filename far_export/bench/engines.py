@@ -68,14 +68,17 @@ def component_of(graph: str) -> str:
 
 
 class RuntimeEngine:
-    """The torch-free runtime over a bundle (ONNX Runtime today)."""
+    """The torch-free runtime over a bundle, on the peer's backend (ONNX Runtime or OpenVINO)
+    and run precision (None: the bundle's per-graph record)."""
 
     name = RUNTIME
 
     def __init__(self, spec: dict):
         from far_runtime.pipeline import Pipeline
         self.name = spec["backend"]
-        self.pipe = Pipeline.load(spec["bundle"], threads=spec["threads"])
+        self.pipe = Pipeline.load(spec["bundle"], threads=spec["threads"],
+                                  backend=spec.get("runtime_backend") or "onnxruntime",
+                                  precision=spec.get("precision"))
         self.timer = self.pipe.backend.timer
         m = self.pipe.model
         self.dims = (m["seq_len"], m["token_dim"], m["diffusion_steps"])

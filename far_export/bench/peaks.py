@@ -14,7 +14,9 @@ seconds, not minutes. What is measured:
 - int8: ``torch._int_mm``; ONNX Runtime QDQ MatMul with s8 activations (the layout the int8
   bundles use, TensorRT's) and with u8 activations, both with per-channel s8 weights, which
   ONNX Runtime fuses into ``MatMulIntegerToFloat`` (the kernel name is recorded from its
-  profiler).
+  profiler);
+- OpenVINO (when installed), compiled as the runtime compiles a graph: the fp32 MatMul with
+  the f32 and (on a CPU with bf16 units) the bf16 precision hint, and the QDQ MatMul (int8).
 
 The CPU flags that decide which kernels exist (AVX-512, VNNI, BF16, AMX) are recorded next
 to the figures.
@@ -37,14 +39,13 @@ CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp1
 
 
 def cpu_flags() -> dict:
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-    except OSError:
+    """The CPU's model, the flags that decide the kernels (``CPU_FLAGS``: true or false), and
+    every flag ``/proc/cpuinfo`` lists (``all_flags``)."""
+    from far_runtime.cpu import cpu_name, read_cpu_flags
+    flags = read_cpu_flags()
+    if flags is None:
         return {}
-    model = next((ln.partition(":")[2].strip() for ln in text.splitlines() if ln.startswith("model name")), "")
-    flags = next((ln.partition(":")[2].split() for ln in text.splitlines() if ln.startswith("flags")), [])
-    return {"model": model, **{f: f in flags for f in CPU_FLAGS}}
+    return {"model": cpu_name(), **{f: f in flags for f in CPU_FLAGS}, "all_flags": sorted(flags)}
 
 
 def _best(fn, seconds: float) -> tuple[float, int]:
@@ -190,6 +191,49 @@ def _ort_square(mode: str, threads: int, seconds: float, n_max: int, activations
     return r
 
 
+def time_openvino(n: int, mode: str, precision: str, threads: int, seconds: float) -> dict:
+    """One n^3 MatMul on OpenVINO's CPU plugin as the runtime compiles it (``compile_config``):
+    ``mode`` fp32 or int8 (the QDQ model), computed in ``precision`` (f32 or bf16 hint)."""
+    from far_runtime.backends.openvino import compile_config, import_openvino
+    ov = import_openvino()
+    core = ov.Core()
+    with tempfile.TemporaryDirectory() as d:
+        import onnx
+        path = os.path.join(d, "mm.onnx")
+        onnx.save(qdq_matmul_model(n, n, n, mode), path)
+        compiled = core.compile_model(core.read_model(path), "CPU", compile_config(precision, threads))
+    request = compiled.create_infer_request()
+    feed = {"x": _feed("fp32", n, n)}
+    best, reps = _best(lambda: request.infer(feed), seconds)
+    return {"n": n, "ms": 1000 * best, "gflops": 2 * n ** 3 / best / 1e9, "reps": reps,
+            "hint": str(compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name())}
+
+
+def _openvino_kernels(threads: int, seconds: float, n_max: int) -> dict:
+    """OpenVINO's fp32, bf16 (on a CPU with bf16 units) and int8 (QDQ) matmul peaks, or why not."""
+    from far_runtime.errors import FarError
+    try:
+        from far_runtime.backends import check_choice
+        check_choice("openvino", None)
+    except FarError as e:
+        return {d: {"gflops": None, "reason": str(e)} for d in ("fp32", "bf16", "int8")}
+    out = {}
+    for dtype, mode, precision in (("fp32", "fp32", "fp32"), ("bf16", "fp32", "bf16"), ("int8", "int8", "fp32")):
+        try:
+            check_choice("openvino", precision)
+        except FarError as e:
+            out[dtype] = {"gflops": None, "reason": str(e)}
+            continue
+        n = 256
+        while True:
+            r = time_openvino(n, mode, precision, threads, 0.0)
+            if n >= n_max or 2 * n ** 3 / r["gflops"] / 1e9 * 8 > seconds:
+                break
+            n *= 2
+        out[dtype] = time_openvino(n, mode, precision, threads, seconds)
+    return out
+
+
 def measure_peaks(threads: int, seconds: float = 1.0, n_max: int = 2048) -> dict:
     """Best GFLOP/s (int8: GOP/s) per dtype and library, and each dtype's peak (the best
     library); ``libraries`` lists every figure, ``reason`` says why one is missing."""
@@ -204,6 +248,8 @@ def measure_peaks(threads: int, seconds: float = 1.0, n_max: int = 2048) -> dict
     lib["bf16"]["onnxruntime"] = time_ort(64, 64, 64, "bf16", threads, 0.0)
     lib["int8"]["onnxruntime"] = _ort_square("int8", threads, seconds, n_max, "s8")
     lib["int8"]["onnxruntime-u8"] = _ort_square("int8", threads, seconds, n_max, "u8")
+    for d, r in _openvino_kernels(threads, seconds, n_max).items():
+        lib[d]["openvino"] = r
     all_cores = threads >= (os.cpu_count() or 1)
     peaks = {}
     for d, libs in lib.items():

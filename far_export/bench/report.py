@@ -125,19 +125,43 @@ def _peers_and_accuracy(report: dict) -> list[str]:
     if sm:
         def x(v):
             return f"{v:.2f}x" if v else "n/a"
+        tp = (report.get("throughput") or {}).get("backends", {}).get(sm["best_runtime"] or "", {})
+        frac = tp.get("backbone_fraction_of_dtype_peak")
         L.append(f"\n**Summary** (K={sm['K']}, O={sm['O']}, batch {sm['batch']}, CFG {sm['cfg']}): best PyTorch "
                  f"`{sm['best_pytorch']}`, best runtime `{sm['best_runtime']}`: "
                  f"{x(sm['speedup_vs_best_pytorch'])} the best PyTorch configuration, "
-                 f"{x(sm['speedup_vs_eager_fp32'])} eager fp32 (median latencies).\n")
-    for b, info in report.get("bundles", {}).items():
-        if info["precision"] != "fp32":
-            L.append(f"`{b}` bundle, graph precisions (int8 only where it measured faster, one thread): "
-                     + ", ".join(f"{g} {d['precision']}" + (f" ({d['int8_speedup_one_thread']:.2f}x)"
-                                                         if "int8_speedup_one_thread" in d else "")
-                                 for g, d in info["graphs"].items()) + ".\n")
+                 f"{x(sm['speedup_vs_eager_fp32'])} eager fp32 (median latencies)"
+                 + (f"; its backbone runs in {tp['backbone_dtype']} at {100 * frac:.0f}% of that dtype's "
+                    "measured matmul peak" if frac else "") + ".\n")
+    L.extend(_bundles(report))
     if report.get("peers_not_run"):
         L.append("Configurations not run: " + "; ".join(f"`{b}`: {why}" for b, why in report["peers_not_run"].items())
                  + ".\n")
+    return L
+
+
+def _bundles(report: dict) -> list[str]:
+    """What each runtime peer's graphs run in, and the measurements that chose it."""
+    L = []
+    for b, info in report.get("bundles", {}).items():
+        graphs = info["graphs"]
+        if all(d.get("dtype", d["precision"]) == "fp32" for d in graphs.values()):
+            continue
+        if info.get("chosen_on"):
+            how = (f"--precision auto on {info['chosen_on']['backend']}, {info['chosen_on']['threads']} threads: "
+                   "per graph the fastest candidate within its error budget; speed against fp32 on held-out inputs")
+            parts = [f"{g} **{d['chosen']}** (" + ", ".join(
+                f"{c} {r['speedup']:.2f}x" if "speedup" in r else f"{c} err {r['error']:.2g} > {r['budget']:g}"
+                for c, r in d["candidates"].items()) + ")" for g, d in graphs.items()]
+        else:
+            how = "; ".join(x for x in (info.get("about"), info.get("run_precision") and
+                                        f"computed in {info['run_precision']}") if x) or "as stored"
+            if any("int8_speedup_one_thread" in d for d in graphs.values()):
+                how += "; in brackets: int8 / fp32 speed on ONNX Runtime, one thread"
+            parts = [f"{g} {d.get('dtype', d['precision'])}" + (f" ({d['int8_speedup_one_thread']:.2f}x)"
+                                                                 if "int8_speedup_one_thread" in d else "")
+                     for g, d in graphs.items()]
+        L.append(f"`{b}` graphs ({how}): " + ", ".join(parts) + ".\n")
     return L
 
 
@@ -164,7 +188,7 @@ def _peaks(report: dict) -> list[str]:
     if not pk:
         return []
     cpu = pk.get("cpu", {})
-    flags = ", ".join(f for f, v in cpu.items() if f != "model" and v) or "none"
+    flags = ", ".join(f for f, v in cpu.items() if f not in ("model", "all_flags") and v) or "none"
     L = [f"Matmul peak per dtype ({pk['threads']} threads; CPU {cpu.get('model', '?')}, flags: {flags}); "
          "GFLOP/s, int8 GOP/s:\n", "| dtype | library | n | GFLOP/s | note |", "|---|---|---:|---:|---|"]
     for d, libs in pk["libraries"].items():

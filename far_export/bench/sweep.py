@@ -18,9 +18,10 @@ from far_runtime.variants import variant_for
 from ..flops import plan_flops
 from .compare import MIN_PSNR_DB, accuracy, output_path, summary
 from .engines import component_of
+from .bundles import build_bundles, bundle_precisions
 from .models import (MAR_VS_FAR_O, TENSORRT, TORCH_CUDA, backbone_digest, bundle_manifest, ensure_bundle,
-                     precision_bundle, reference_source, write_preset_models)
-from .peers import BY_NAME, choose, parse_peers
+                     reference_source, write_preset_models)
+from .peers import BUNDLES, BY_NAME, choose, parse_peers
 from .report import COMPONENTS, REFERENCE, RUNTIME, write_report
 
 log = logging.getLogger(__name__)
@@ -192,7 +193,7 @@ def run_bench(source: str | None, out: str, preset: str | None = None, mar: str 
               threads: int | None = None, runs: int = 5, warmup: int = 1, sweep_K=None,
               sweep_O=(1, 2, 4, 8), seed: int = 0, matmul_seconds: float = 1.0, say=None,
               peers: str | None = None, int8_min_speedup: float | None = 1.0, min_psnr: float = MIN_PSNR_DB,
-              calibration=None, skip_mar: bool = False) -> dict:
+              calibration=None, skip_mar: bool = False, backend: str = "all") -> dict:
     """Measure everything, write ``bench.json``, ``bench.md`` and ``bench.png`` into ``out``.
 
     ``K`` None: the variant's default; ``sweep_K`` None: ``SWEEP_K`` (FAR-Causal: its L)."""
@@ -251,7 +252,8 @@ def run_bench(source: str | None, out: str, preset: str | None = None, mar: str 
         sweep_K if sweep_K is not None else SWEEP_K if loops == [None] else (K,))]
     sweep = [(k, o, loop) for loop in loops for k in sweep_K for o in sweep_O]
 
-    say(f"measuring the matmul peak per dtype ({threads} threads, ~{8 * matmul_seconds:.0f}s)")
+    from far_runtime.info import machine_info
+    say(f"measuring the matmul peak per dtype ({threads} threads, ~{11 * matmul_seconds:.0f}s)")
     from .peaks import measure_peaks
     peaks = measure_peaks(threads, matmul_seconds)
     fp32 = peaks["libraries"]["fp32"]
@@ -259,28 +261,26 @@ def run_bench(source: str | None, out: str, preset: str | None = None, mar: str 
     matmul = {"n": fp32["torch"]["n"], "threads": threads, "torch_gflops": fp32["torch"]["gflops"],
               "numpy_gflops": fp32["numpy"]["gflops"], "peak_gflops": peaks["peak"]["fp32"]["gflops"],
               "numpy_threads": fp32["numpy"]["threads"], "nominal": nominal_peak(threads)}
-    wanted, explicit = parse_peers(peers)
+    wanted, explicit = parse_peers(peers, backend)
     chosen, skipped = choose(wanted, peaks, explicit)
 
     report = {"command": None, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t_start)),
               "variant": variant.name, "variant_title": variant.title,
               "threads": threads, "runs": runs, "warmup": warmup, "seed": seed, "preset": preset,
               "backends": backend_availability(models["far"]["bundle"]), "matmul_peak": matmul,
-              "peaks": peaks, "peers": {p.name: p.to_dict() for p in chosen}, "peers_not_run": skipped,
+              "peaks": peaks, "machine": machine_info(),
+              "peers": {p.name: p.to_dict() for p in chosen}, "peers_not_run": skipped,
               "models": {}, "main": None, "mar_vs_far": None, "sweep": [],
               "memory_method": ("peak resident set (VmHWM) of each backend's own worker process, "
                                 "reset before each configuration via /proc/self/clear_refs")}
-    bundles = {RUNTIME: models["far"]["bundle"]}
-    for p in chosen:
-        if p.engine == "runtime" and p.dtype != "fp32":
-            try:
-                bundles[p.name] = precision_bundle(models["far"]["bundle"], os.path.join(out, "bundles", f"far-{p.dtype}"),
-                                                   precision_options(p.dtype, int8_min_speedup, calibration), say)
-            except FarError as e:
-                skipped[p.name] = f"its {p.dtype} bundle could not be built: {e}"
+    bundles, failed = build_bundles(chosen, models["far"]["bundle"], out, int8_min_speedup, calibration,
+                                    threads, say)
+    skipped.update(failed)
     chosen = [p for p in chosen if p.name not in skipped]
     report["peers"] = {p.name: p.to_dict() for p in chosen}
-    report["bundles"] = {b: {"path": os.path.abspath(f), **bundle_precisions(f)} for b, f in bundles.items()}
+    report["bundles"] = {b: {"path": os.path.abspath(f), "kind": BY_NAME[b].bundle,
+                             "about": BUNDLES[BY_NAME[b].bundle], **bundle_precisions(f, BY_NAME[b].precision)}
+                         for b, f in bundles.items()}
     configs_done = {}
 
     def run_model(name: str, configs: list[tuple]):
@@ -289,7 +289,9 @@ def run_bench(source: str | None, out: str, preset: str | None = None, mar: str 
         avail = backend_availability(m["bundle"])
         if name == "far":
             specs = [{"backend": p.name, "engine": p.engine, "threads": threads, "dtype": p.dtype,
-                      "compile": p.compile, **(m["reference"] if p.engine == "pytorch" else {"bundle": bundles[p.name]})}
+                      "compile": p.compile, **(m["reference"] if p.engine == "pytorch" else
+                                               {"bundle": bundles[p.name], "runtime_backend": p.backend,
+                                                "precision": p.precision})}
                      for p in chosen]
         else:                                        # MAR vs FAR: the two fp32 baselines
             specs = [{"backend": REFERENCE, "engine": "pytorch", "threads": threads, **m["reference"]},
@@ -361,31 +363,6 @@ def run_bench(source: str | None, out: str, preset: str | None = None, mar: str 
     return report
 
 
-def precision_options(precision: str, int8_min_speedup: float | None, calibration):
-    """How the bench builds a runtime precision: per graph, int8 only where it measured at
-    least ``int8_min_speedup`` x faster than fp32 here (a CPU bundle choice, in its manifest)."""
-    from ..precision.convert import PrecisionOptions
-    from ..precision.int8 import Int8Settings
-    return PrecisionOptions(precision, calibration=calibration, int8=Int8Settings(min_speedup=int8_min_speedup))
-
-
-def bundle_precisions(path: str) -> dict:
-    """Each graph's precision in a bundle, and the int8 timings that chose it."""
-    man = bundle_manifest(path)
-    graphs = {}
-    for g, e in man["graphs"].items():
-        d = {"precision": e.get("precision", "fp32")}
-        i8 = e.get("int8") or {}
-        if i8.get("timing"):
-            d["int8_speedup_one_thread"] = i8["timing"]["speedup"]
-        if i8.get("reason"):
-            d["why_fp32"] = i8["reason"]
-        if "error" in i8:
-            d["int8_error"] = i8["error"]
-        graphs[g] = d
-    return {"precision": man.get("precision", "fp32"), "graphs": graphs}
-
-
 def loop_comparison(sweep: list) -> list:
     """Per O, each backend's median latency per image in each loop mode of the variant and
     its ratio to the first mode's (FAR-Causal: recompute / KV cache)."""
@@ -413,15 +390,17 @@ def mar_vs_far(far: dict, mar: dict, same_backbone: bool | None) -> dict:
 
 
 def backbone_dtype(report: dict, backend: str) -> str:
-    """What the backend's backbone matrix products run in: a PyTorch peer's dtype, or the
-    precision in the runtime peer's bundle of the backbone graph its main run called most
-    (FAR-Causal: its step graph; fp32 where int8 stayed off)."""
+    """What the backend's backbone matrix products run in: a PyTorch peer's dtype, or, for a
+    runtime peer, the dtype of the backbone graph its main run called most (FAR-Causal: its
+    step graph): int8 for a Q/DQ graph, else what the run computes it in (fp32, or bf16 on
+    OpenVINO: the run's precision or the bundle's per-graph record)."""
     if backend in report.get("bundles", {}):
         calls = report["main"]["backends"][backend]["calls"]
         graphs = report["bundles"][backend]["graphs"]
         called = [g for g in calls if g in graphs and component_of(g) == "backbone"]
         graph = max(called, key=calls.get) if called else "backbone"
-        return graphs.get(graph, {}).get("precision", "fp32")
+        g = graphs.get(graph, {})
+        return g.get("dtype", g.get("precision", "fp32"))
     return BY_NAME[backend].dtype if backend in BY_NAME else "fp32"
 
 

@@ -111,8 +111,8 @@ def check_export_options(out_dir, components, head_steps, opset, exporter, max_b
         heads = _positive_int(heads, "--heads", 1, 1024)
     if not validate_batches or any(not isinstance(b, int) or not 1 <= b <= max_batch for b in validate_batches):
         raise FarError(f"--validate-batches must be batch sizes in 1..{max_batch}, got {list(validate_batches)}.")
-    if precision not in ("fp32", "fp16", "int8"):
-        raise FarError(f"--precision must be fp32, fp16 or int8, got {precision!r}.")
+    if precision not in ("fp32", "fp16", "int8", "auto"):
+        raise FarError(f"--precision must be fp32, fp16, int8 or auto, got {precision!r}.")
     check_out_folder(out_dir)
     return components, head_steps, opset, max_batch, heads
 

@@ -26,7 +26,7 @@ class Family:
     backbone_class = None      # the reference backbone module
     heads_key = ""             # the backbone config field --heads sets
     graph_wrappers: dict = {}  # backbone graph name -> torch wrapper class (of the backbone)
-    precisions = ("fp32", "fp16", "int8")
+    precisions = ("fp32", "fp16", "int8", "auto")
     verify_note = ""           # a line under verify's table
 
     def __repr__(self) -> str:

@@ -1,4 +1,5 @@
-"""Rewrite an exported fp32 bundle to one precision (fp16 or int8), re-hash and re-validate it.
+"""Rewrite an exported fp32 bundle to one precision (fp16 or int8), or to the fastest that
+passes per graph on a backend (auto, ``auto.py``), re-hash and re-validate it.
 
     manifest, readiness = convert_bundle(out_dir, manifest, PrecisionOptions("int8"))
 
@@ -6,7 +7,8 @@ Both need real inputs of every graph: the fp32 bundle runs the sampling loop
 (``calibration.collect_feeds``). Those feeds are cached per graph under a key made of the
 checkpoint's and VAE's sha256, the graph file's sha256 and the calibration settings, so a
 second build of the same checkpoint skips the sampling runs (and, for int8, the calibration
-inference: onnxruntime's range cache lives in the same entry), and a changed checkpoint or
+inference and the quantisation: onnxruntime's range cache and the int8 graph, ``int8_cache``,
+live in the same entry), and a changed checkpoint or
 graph never reuses stale data.
 
 Graph IO stays float32 in every precision, so specs, the manifest's shapes and the runtime
@@ -30,11 +32,13 @@ from far_runtime.errors import FarError
 from ..tensorrt.bundle_readiness import graph_readiness
 from .calibration import CalibrationSettings, check_loop_graphs, collect_feeds, sampling_runs
 from .fp16 import KeepRules, fp32_nodes, to_fp16
-from .int8 import Int8Settings, output_error, quantize_graph
+from .auto import AutoSettings, auto_graph, candidates, loosest, machine
+from .int8 import Int8Settings, output_error, time_graphs
+from .int8_cache import int8_candidate
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "auto")
 FP16_TOLERANCE = 1e-2
 
 
@@ -45,6 +49,7 @@ class PrecisionOptions:
     keep_rules: KeepRules = field(default_factory=KeepRules)
     int8: Int8Settings = field(default_factory=Int8Settings)
     cache_dir: str | None = None
+    auto: AutoSettings = field(default_factory=AutoSettings)     # --precision auto: where and how it measures
 
 
 def default_cache_dir() -> str:
@@ -122,6 +127,9 @@ def convert_bundle(out_dir: str, manifest: dict, options: PrecisionOptions,
         return manifest, {}
     bundle = Bundle(out_dir, manifest)
     check_loop_graphs(bundle, f"--precision {precision}")
+    if precision == "auto":
+        facts = machine(options.auto.backend)
+        names, not_candidates = candidates(options.auto.backend, facts)
     cache_dir = options.cache_dir or default_cache_dir()
     cache = FeedCache(cache_dir, bundle, options.calibration)
     feeds, hits = {}, {}
@@ -153,11 +161,15 @@ def convert_bundle(out_dir: str, manifest: dict, options: PrecisionOptions,
         new = path + f".{precision}.onnx"
         if precision == "fp16":
             info = _fp16(path, new, f, options.keep_rules, say, name)
-        else:
-            ranges = os.path.join(cache.entry(name), f"int8_ranges-{_short(options.int8.calibration_dict())}.json")
-            info = quantize_graph(path, new, f["calibration"], f["held_out"], ranges, options.int8, name,
-                                  progress=say)
+        elif precision == "int8":
+            info = _int8(path, new, f, cache.entry(name), options.int8, say, name)
             calib["ranges"] = info.pop("ranges", None)
+        else:
+            info = auto_graph(name, path, new, f, cache.entry(name), options.auto, options.int8, names,
+                              not_candidates, say)
+            if "int8" in info:
+                calib["ranges"] = info["int8"].pop("ranges", None)
+            g["compute"] = info["compute"]
         info["calibration"] = calib
         if precision == "fp16" and not info["validated"]:
             os.unlink(new)
@@ -178,14 +190,37 @@ def convert_bundle(out_dir: str, manifest: dict, options: PrecisionOptions,
             if info.get("reason"):
                 say(f"  {name} stays fp32: {info['reason']}")
         g["precision"] = info.get("precision", precision)
-        g[precision] = info
+        g["choice" if precision == "auto" else precision] = info
     manifest["calibration"] = {"settings": options.calibration.to_dict(), "cache_dir": os.path.abspath(cache_dir),
                                "hits": sum(hits.values()), "graphs": len(hits)}
     if precision == "fp16":
         manifest["fp16_rules"] = options.keep_rules.to_dict()
     else:
         manifest["int8_settings"] = options.int8.to_dict()
+    if precision == "auto":
+        manifest["precision"] = loosest(manifest["graphs"])
+        manifest["precision_choice"] = {"mode": "auto", "backend": options.auto.backend,
+                                        "threads": options.auto.resolved_threads(),
+                                        "settings": options.auto.to_dict(), "machine": facts,
+                                        "candidates": names, "not_candidates": not_candidates,
+                                        "chosen": {n: g["choice"]["chosen"] for n, g in manifest["graphs"].items()}}
     return manifest, readiness
+
+
+def _int8(path: str, new: str, feeds: dict, entry: str, settings: Int8Settings, say, name: str) -> dict:
+    """The int8 graph (quantised once per settings, ``int8_cache``), timed against fp32 on one
+    thread; with ``--int8-min-speedup``, a graph not that much faster stays fp32."""
+    info = int8_candidate(path, new, feeds, entry, settings, name, say)
+    if info["precision"] != "int8":
+        return info
+    speed = time_graphs(path, new, feeds["held_out"])
+    info["timing"] = speed
+    if settings.min_speedup and speed["speedup"] < settings.min_speedup:
+        os.unlink(new)
+        info.update(precision="fp32", excluded=[],
+                    reason=f"int8 is {speed['speedup']:.2f}x fp32 on this machine (held-out inputs, one "
+                           f"thread), under --int8-min-speedup {settings.min_speedup:g}")
+    return info
 
 
 def _fp16(path: str, new: str, feeds: dict, rules: KeepRules, say, name: str) -> dict:
@@ -202,7 +237,3 @@ def _fp16(path: str, new: str, feeds: dict, rules: KeepRules, say, name: str) ->
     for k in info["kept"]:
         say(f"  kept {k['node']} ({k['op']}): {k['reasons'][0]}")
     return info
-
-
-def _short(d: dict) -> str:
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]

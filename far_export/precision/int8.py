@@ -225,9 +225,11 @@ def node_sensitivity(fp32_model: onnx.ModelProto, qdq_model: onnx.ModelProto, fe
 
 
 def quantize_graph(fp32_path: str, out_path: str, feeds: dict | None, held_out: list[dict],
-                   ranges_path: str, settings: Int8Settings, graph: str, progress=None) -> dict:
+                   ranges_path: str, settings: Int8Settings, graph: str, progress=None,
+                   timed: bool = True) -> dict:
     """Quantise one graph with measured exclusions; returns what was done (for the manifest).
-    ``out_path`` is written only when the graph ends up int8."""
+    ``out_path`` is written only when the graph ends up int8. ``timed`` False: no one-thread
+    ONNX Runtime timing (``--precision auto`` times every candidate on its own backend)."""
     import onnxruntime as ort
     say = progress or (lambda m: log.info(m))
     model = onnx.load(fp32_path)
@@ -281,9 +283,10 @@ def quantize_graph(fp32_path: str, out_path: str, feeds: dict | None, held_out: 
                 return info
             for n in candidates[:min(extra, max(1, budget_nodes - (len(excluded) - fixed)))]:
                 excluded[n] = f"sensitivity: int8 adds {sens[n]:.4f} noise/signal to its inputs"
-        speed = time_graphs(fp32_path, tmp, held_out)
-        info["timing"] = speed
-        if settings.min_speedup and speed["speedup"] < settings.min_speedup:
+        speed = time_graphs(fp32_path, tmp, held_out) if timed else None
+        if speed:
+            info["timing"] = speed
+        if speed and settings.min_speedup and speed["speedup"] < settings.min_speedup:
             info.update(precision="fp32", excluded=[], attempts=tried,
                         reason=f"int8 is {speed['speedup']:.2f}x fp32 on this machine (held-out inputs, one "
                                f"thread), under --int8-min-speedup {settings.min_speedup:g}")

@@ -4,6 +4,12 @@
     far-export build CKPT --vae VAE --precision fp16 --out out/precision/fp16 --skip-verify
     far-export build CKPT --vae VAE --precision int8 --out out/precision/int8 --skip-verify
     python -m far_export.precision.table out/precision/{fp32,fp16,int8} --out out/precision
+    python -m far_export.precision.table fp32=out/p/fp32 bf16=out/p/fp32@openvino:bf16 auto=out/p/auto
+
+A bundle may be given as ``[NAME=]PATH[@BACKEND[:PRECISION]]``: run on that backend
+(onnxruntime, openvino) and run precision (fp32, bf16), named NAME in the table; without
+them, as the bundle records (``--precision auto`` bundles: their backend and per-graph
+precisions).
 
 Per bundle, with the randomness of the PyTorch FP32 reference pipeline: final latent max abs
 error and decoded-image PSNR (``verify_one``, worst over the configurations), NaN/Inf at any
@@ -65,6 +71,14 @@ def images_per_second(pipes: dict, batch: int, K: int, O: int, cfg: float, runs:
             for k, v in times.items()}
 
 
+def parse_config(text: str) -> tuple[str, str, str | None, str | None]:
+    """``[NAME=]PATH[@BACKEND[:PRECISION]]`` -> (name or "", path, backend, precision)."""
+    name, _, rest = text.rpartition("=") if "=" in text.split("@")[0] else ("", "", text)
+    path, _, run = rest.partition("@")
+    backend, _, precision = run.partition(":")
+    return name, path, backend or None, precision or None
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bundles", nargs="+")
@@ -85,9 +99,10 @@ def main(argv=None):
     from ..verify import reference_for_bundle
     pipes = {}
     for b in args.bundles:
-        p = Pipeline.load(b, threads=args.threads)
-        pipes[p.bundle.manifest.get("precision", "fp32") + ("" if p.bundle.manifest.get("precision", "fp32")
-                                                           not in pipes else f"@{b}")] = p
+        name, path, backend, precision = parse_config(b)
+        p = Pipeline.load(path, threads=args.threads, backend=backend, precision=precision)
+        name = name or p.bundle.manifest.get("precision", "fp32")
+        pipes[name if name not in pipes else f"{name}@{b}"] = p
     first = next(iter(pipes.values()))
     ref = reference_for_bundle(first)
     m = first.model
@@ -97,6 +112,10 @@ def main(argv=None):
     for name, p in pipes.items():
         log.info("%s: latent error and PSNR against the reference", name)
         report["rows"][name] = latent_and_psnr(p, ref, configs)
+        report["rows"][name].update(backend=p.backend.name,
+                                    graphs=getattr(p.backend, "precisions", None) or {
+                                        g: "fp32" for g in p.bundle.graphs},
+                                    stored={g: e.get("precision", "fp32") for g, e in p.bundle.graphs.items()})
     classifier = args.classifier
     if classifier is None:
         from ..quality.score import DEFAULT_CLASSIFIER
@@ -129,20 +148,20 @@ def main(argv=None):
 
 
 def table(report: dict, args) -> str:
-    base = report["rows"].get("fp32", {}).get("speed", {}).get("images_per_s")
+    base = next(iter(report["rows"].values()), {}).get("speed", {}).get("images_per_s")   # the first row
     lines = [f"K={args.K} O={args.O}; latent/PSNR: worst of cfg 1 and {args.cfg:g}, batch 2, vs the PyTorch "
              f"FP32 reference; images/s: batch {args.batch}, cfg {args.cfg:g}, median of {args.runs}",
-             "", "| precision | latent max abs | PSNR dB | NaN/Inf | accuracy | Frechet | images/s | vs fp32 |",
-             "|---|---|---|---|---|---|---|---|"]
+             "", "| precision | backend | latent max abs | PSNR dB | NaN/Inf | accuracy | Frechet | images/s | vs first row |",
+             "|---|---|---|---|---|---|---|---|---|"]
     ref = report.get("reference")
     if ref:
-        lines.append(f"| reference (PyTorch fp32) | 0 | inf | no | {ref['accuracy']:.3f} | {ref['frechet']:.2f} | | |")
+        lines.append(f"| reference (PyTorch fp32) | | 0 | inf | no | {ref['accuracy']:.3f} | {ref['frechet']:.2f} | | |")
     for name, r in report["rows"].items():
         q = r.get("quality")
         ips = r["speed"]["images_per_s"]
         quality = f"{q['accuracy']:.3f} | {q['frechet']:.2f}" if q else "n/a | n/a"
         ratio = f"{ips / base:.2f}x" if base else ""
-        lines.append(f"| {name} | {r['latent_max_abs']:.3g} | {r['psnr_db']:.1f} | {'no' if r['finite'] else 'YES'} | "
+        lines.append(f"| {name} | {r.get('backend', '')} | {r['latent_max_abs']:.3g} | {r['psnr_db']:.1f} | {'no' if r['finite'] else 'YES'} | "
                      f"{quality} | {ips:.2f} | {ratio} |")
     return "\n".join(lines)
 

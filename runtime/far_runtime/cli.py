@@ -75,11 +75,13 @@ def accel_click_options(defaults: dict = SAMPLING) -> list:
 
 
 backend_options = option_group([
-    click.option("--backend", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime",
-                 show_default=True, help="Execution library: ONNX Runtime (far-runtime[cpu]) or OpenVINO "
-                 "(far-runtime[openvino])."),
-    click.option("--precision", help="Compute precision: fp32 (default) or bf16 (OpenVINO on a CPU with "
-                 "bf16 units); an int8 bundle runs its Q/DQ graphs as int8 either way."),
+    click.option("--backend", type=click.Choice(["onnxruntime", "openvino"]),
+                 help="Execution library: ONNX Runtime (far-runtime[cpu]) or OpenVINO (far-runtime[openvino]); "
+                 "default: the one the bundle's precisions were chosen on (far-export build --precision auto), "
+                 "else onnxruntime."),
+    click.option("--precision", help="Compute precision of every graph: fp32 or bf16 (OpenVINO on a CPU with "
+                 "bf16 units); default: each graph's recorded choice, fp32 where none is recorded. An int8 "
+                 "bundle runs its Q/DQ graphs as int8 either way."),
     click.option("--threads", type=int, help="The backend's operator threads (ONNX Runtime intra-op, "
                  "OpenVINO INFERENCE_NUM_THREADS)."),
 ])
@@ -196,8 +198,12 @@ def print_bundle(report: dict) -> None:
                f"{m['num_classes']} classes, precision {report['precision']}, max batch {report['max_batch']}")
     click.echo(f"head steps  {', '.join(map(str, report['head_steps'])) or 'step graph only'}")
     for name, g in report["graphs"].items():
-        click.echo(f"graph       {name}: {g['file']} ({g['megabytes']:.1f} MB, {g['precision']}, "
+        compute = f" computed in {g['compute']}" if g.get("compute", "fp32") != "fp32" else ""
+        click.echo(f"graph       {name}: {g['file']} ({g['megabytes']:.1f} MB, {g['precision']}{compute}, "
                    f"sha256 {g['sha256'][:16]})")
+    if report.get("chosen_on"):
+        click.echo(f"precisions  chosen per graph by measurement on {report['chosen_on']} "
+                   "(far-export build --precision auto); runs there by default")
     if report.get("source"):
         click.echo(f"source      {report['source']}")
     for name, b in report["backends"].items():

@@ -111,9 +111,10 @@ def bundle_info(root: str) -> dict:
     for name, g in b.graphs.items():
         size = sum(os.path.getsize(os.path.join(b.root, f)) for f in g["files"])
         graphs[name] = {"file": g["file"], "sha256": g["files"][g["file"]], "megabytes": size / 1e6,
-                        "precision": g.get("precision", precision)}
+                        "precision": g.get("precision", precision), "compute": g.get("compute", "fp32")}
     return {"bundle": os.path.abspath(b.root), "digest": b.digest, "format_version": man["format_version"],
             "model": b.model, "precision": precision, "max_batch": man["max_batch"],
+            "chosen_on": (man.get("precision_choice") or {}).get("backend"),
             "head_steps": man.get("head_steps", []), "graphs": graphs,
             "source": _source(man.get("source")),
             "backends": {**_onnxruntime_backends(), "openvino": _openvino_backend(),

@@ -45,13 +45,14 @@ class Pipeline:
 
     @classmethod
     def load(cls, root: str, providers=CPU_ONLY, threads: int | None = None, check_hashes: bool = True,
-             digest: str | None = None, *, backend: str = "onnxruntime",
+             digest: str | None = None, *, backend: str | None = None,
              precision: str | None = None) -> "Pipeline":
         """The bundle at ``root`` (every file's sha256 checked) on ``backend`` ("onnxruntime" or
-        "openvino") computing in ``precision`` ("fp32", or "bf16" on OpenVINO and a CPU with
-        bf16 units; None: fp32). ``threads``: the backend's operator threads. ``digest``: the
-        bundle digest an app pinned (``far-runtime info`` prints it); any other bundle is
-        refused in one sentence."""
+        "openvino"; None: the backend the bundle's precisions were chosen on, else ONNX Runtime)
+        computing in ``precision`` ("fp32", or "bf16" on OpenVINO and a CPU with bf16 units;
+        None: each graph in the precision the bundle records for it, fp32 where it records
+        none). ``threads``: the backend's operator threads. ``digest``: the bundle digest an app
+        pinned (``far-runtime info`` prints it); any other bundle is refused in one sentence."""
         bundle = load_bundle(root, check_hashes, digest)
         return cls(bundle, make_backend(bundle, backend, precision, threads, providers))
 

@@ -29,25 +29,34 @@ def check_backend(name) -> str:
     return name
 
 
-def check_choice(name, precision) -> str:
-    """Backend and precision checked on this machine without loading a bundle (the library
-    imported, the precision allowed by the backend and this CPU); returns the precision."""
+def check_choice(name, precision, manifest: dict | None = None) -> str | None:
+    """Backend and precision checked on this machine without compiling a graph (the library
+    imported, the precision allowed by the backend and this CPU, and with ``manifest`` the
+    bundle's recorded per-graph precisions); returns the precision (None: the bundle's record)."""
     from ..cpu import check_precision, read_cpu_flags
+    from ..graph_precision import graph_precisions
     check_backend(name)
     if name == "onnxruntime":
         import_onnxruntime()
-        return check_precision(name, precision)
-    from .openvino import cpu_capabilities
-    return check_precision(name, precision, read_cpu_flags(), cpu_capabilities(import_openvino().Core()))
+        flags = caps = None
+    else:
+        from .openvino import cpu_capabilities
+        flags, caps = read_cpu_flags(), cpu_capabilities(import_openvino().Core())
+    if manifest is not None:
+        graph_precisions(manifest, name, precision, flags, caps)
+        return precision
+    return check_precision(name, precision, flags, caps)
 
 
-def make_backend(bundle, name: str = "onnxruntime", precision: str | None = None,
+def make_backend(bundle, name: str | None = None, precision: str | None = None,
                  threads: int | None = None, providers=CPU_ONLY) -> Backend:
-    """The backend ``name`` for ``bundle``; ``precision`` None means fp32."""
-    check_backend(name)
+    """The backend ``name`` for ``bundle`` (None: the backend the bundle's precisions were
+    chosen on, else ONNX Runtime); ``precision`` None: the bundle's per-graph record (fp32
+    where there is none), "fp32" or "bf16": every graph in it (``graph_precision.py``)."""
+    from ..graph_precision import bundle_backend, graph_precisions
+    name = check_backend(bundle_backend(bundle.manifest, name))
     if name == "onnxruntime":
-        from ..cpu import check_precision
-        check_precision(name, precision)
+        graph_precisions(bundle.manifest, name, precision)       # fp32 only: refuses a bf16 record
         return OrtBackend(bundle, providers, threads)
     if tuple(providers) != CPU_ONLY:
         raise FarError(f"ONNX Runtime providers ({', '.join(providers)}) do not apply to the OpenVINO "

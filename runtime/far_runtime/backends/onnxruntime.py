@@ -36,6 +36,27 @@ def import_onnxruntime():
 SPIN_KEYS = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
 
 
+def session_options(ort, threads: int | None = None, session_config: dict[str, str] | None = None):
+    """The runtime's session options (also what ``far-export build --precision auto`` times each
+    graph with): every graph optimisation, ``threads`` intra-op threads, no spinning workers
+    where every core is one."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    config = dict(session_config or {})
+    if (threads or usable_cores()) >= usable_cores() > 1:
+        # Every core is an intra-op worker: a spinning worker then takes the core the
+        # calling thread needs. Measured on the 2-core CI VM (demo, K=16, O=8, 2 threads):
+        # 191 ms per image spinning, 118 ms not (batch 8: 804 ms vs 414 ms).
+        for key in SPIN_KEYS:
+            config.setdefault(key, "0")
+    for key, value in config.items():
+        options.add_session_config_entry(key, value)
+    return options
+
+
 class OrtBackend:
     """ONNX Runtime with IOBinding: inputs bound in place, outputs into preallocated arrays.
 
@@ -72,21 +93,7 @@ class OrtBackend:
         self._run_options.log_severity_level = 4
 
     def _session_options(self):
-        options = self.ort.SessionOptions()
-        options.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if self.threads:
-            options.intra_op_num_threads = self.threads
-            options.inter_op_num_threads = 1
-        config = dict(self.session_config)
-        if (self.threads or usable_cores()) >= usable_cores() > 1:
-            # Every core is an intra-op worker: a spinning worker then takes the core the
-            # calling thread needs. Measured on the 2-core CI VM (demo, K=16, O=8, 2 threads):
-            # 191 ms per image spinning, 118 ms not (batch 8: 804 ms vs 414 ms).
-            for key in SPIN_KEYS:
-                config.setdefault(key, "0")
-        for key, value in config.items():
-            options.add_session_config_entry(key, value)
-        return options
+        return session_options(self.ort, self.threads, self.session_config)
 
     def _create(self, graph: str):
         """A session from the very bytes that were hashed: the graph file (and its external

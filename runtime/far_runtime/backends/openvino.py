@@ -5,9 +5,11 @@ shared by every thread; an infer request per thread and shape (``lru.LRU``), its
 preallocated arrays that stay valid until that thread's next run of that shape.
 
 Precision is asked for, never assumed: OpenVINO's own default on a CPU with bf16 units *is*
-bf16, so every compiled model gets ``INFERENCE_PRECISION_HINT`` explicitly (f32 unless bf16
-was asked and this CPU has bf16 units, ``cpu.check_precision``), and a compiled model that
-reports another precision than the one asked is refused, not run.
+bf16, so every compiled model gets ``INFERENCE_PRECISION_HINT`` explicitly: the run's
+precision, or the one the bundle records for that graph (``far-export build --precision
+auto``; ``graph_precision.py``), f32 unless bf16 was asked and this CPU has bf16 units
+(``cpu.check_precision``); a compiled model that reports another precision than the one
+asked is refused, not run.
 
 Loading: OpenVINO reads an ONNX graph given as bytes, but resolves its external data against
 the process's working directory and cannot take external data from memory. So each graph's
@@ -28,9 +30,10 @@ import time
 import numpy as np
 
 from ..bundle import Bundle
-from ..cpu import check_precision, read_cpu_flags
+from ..cpu import read_cpu_flags
 from ..errors import FarError
 from ..limits import buffer_bytes
+from ..graph_precision import graph_precisions, summary
 from ..lru import LRU
 from ..plan import Call, Plan
 from .base import GraphTimer, check_threads, default_max_shapes, run_failure
@@ -60,6 +63,20 @@ def cpu_capabilities(core) -> list[str]:
     return list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
+def compile_config(precision: str, threads: int | None = None) -> dict:
+    """Compile properties: the precision asked, latency mode, one stream, the threads given,
+    threads not pinned to cores. OpenVINO pins its threads by default; on a machine shared
+    with other programs (or other replicas, each pinning to the same cores) a pinned thread
+    waits for its core. Measured on the 2-core VM at load ~10, demo backbone, 16 rows,
+    2 threads: 57 ms per call pinned, 42 ms not. (Also what ``far-export build --precision
+    auto`` times each graph with.)"""
+    cfg = {"INFERENCE_PRECISION_HINT": ELEMENT_TYPE[precision],
+           "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "ENABLE_CPU_PINNING": False}
+    if threads:
+        cfg["INFERENCE_NUM_THREADS"] = threads
+    return cfg
+
+
 class OpenVinoBackend:
     """OpenVINO's CPU plugin behind the backend protocol (``backends/base.py``)."""
 
@@ -73,7 +90,10 @@ class OpenVinoBackend:
             raise FarError(f"OpenVINO sees no CPU device here (devices: {self.core.available_devices}).")
         self.bundle = bundle
         flags = read_cpu_flags() if cpu_flags is None else cpu_flags
-        self.precision = check_precision(self.name, precision, flags, cpu_capabilities(self.core))
+        # per graph: the run's precision, or the bundle's recorded choice (graph_precision.py)
+        self.precisions = graph_precisions(bundle.manifest, self.name, precision, flags,
+                                           cpu_capabilities(self.core))
+        self.precision = summary(self.precisions)
         self.threads = check_threads(threads, "OpenVINO")
         self.max_shapes = max_shapes or default_max_shapes(bundle)
         self.specs = bundle.specs()
@@ -82,17 +102,10 @@ class OpenVinoBackend:
         self._local = threading.local()
         self.timer = GraphTimer()
 
-    def config(self) -> dict:
-        """Compile properties: the precision asked, latency mode, one stream, the threads given,
-        threads not pinned to cores. OpenVINO pins its threads by default; on a machine shared
-        with other programs (or other replicas, each pinning to the same cores) a pinned thread
-        waits for its core. Measured on the 2-core VM at load ~10, demo backbone, 16 rows,
-        2 threads: 57 ms per call pinned, 42 ms not."""
-        cfg = {"INFERENCE_PRECISION_HINT": ELEMENT_TYPE[self.precision],
-               "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "ENABLE_CPU_PINNING": False}
-        if self.threads:
-            cfg["INFERENCE_NUM_THREADS"] = self.threads
-        return cfg
+    def config(self, graph: str | None = None) -> dict:
+        """Compile properties of ``graph`` (None: of a graph in the run's one precision): its
+        precision (the run's, or the bundle's per-graph record), and ``compile_config``'s."""
+        return compile_config(self.precisions[graph] if graph else self.precision, self.threads)
 
     def _read(self, graph: str):
         """The graph as OpenVINO reads it, from the bytes checked against the manifest."""
@@ -116,15 +129,15 @@ class OpenVinoBackend:
 
     def _compile(self, graph: str):
         try:
-            compiled = self.core.compile_model(self._read(graph), "CPU", self.config())
+            compiled = self.core.compile_model(self._read(graph), "CPU", self.config(graph))
         except FarError:
             raise
         except Exception as e:          # OpenVINO raises RuntimeError for every kind of failure
             raise FarError(f"OpenVINO cannot load graph '{graph}' of the bundle "
                            f"({type(e).__name__}: {openvino_message(e)}).") from None
         got = str(compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name())
-        if got != ELEMENT_TYPE[self.precision]:
-            raise FarError(f"OpenVINO compiled graph '{graph}' in {got} although {self.precision} was "
+        if got != ELEMENT_TYPE[self.precisions[graph]]:
+            raise FarError(f"OpenVINO compiled graph '{graph}' in {got} although {self.precisions[graph]} was "
                            "asked; refusing a silent change of precision.")
         log.debug("openvino compiled %s (%s, %s threads)", graph, got, self.threads or "default")
         return compiled

@@ -18,9 +18,11 @@ from .requests import READ_TIMEOUT_S, REQUEST_TIMEOUT_S
 @click.option("--max-batch", type=int, help="Largest batch per replica (default and upper bound: the bundle's).")
 @click.option("--batch-wait-ms", default=10.0, show_default=True,
               help="How long a batch waits for more requests after its first.")
-@click.option("--backend", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime",
-              show_default=True, help="Execution library of every replica.")
-@click.option("--precision", help="Compute precision: fp32 (default) or bf16 (OpenVINO on a CPU with bf16 units).")
+@click.option("--backend", type=click.Choice(["onnxruntime", "openvino"]),
+              help="Execution library of every replica (default: the one the bundle's precisions were "
+              "chosen on, else onnxruntime).")
+@click.option("--precision", help="Compute precision of every graph: fp32 or bf16 (OpenVINO on a CPU with bf16 "
+              "units); default: each graph's recorded choice, fp32 where none is recorded.")
 @click.option("--threads", type=int, help="The backend's operator threads per replica "
               "(default: this machine's cores / replicas).")
 @click.option("--max-queued", type=int, help="Requests waiting for a model replica beyond which the server answers 503 "

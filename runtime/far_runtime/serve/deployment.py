@@ -72,7 +72,7 @@ def no_spinning(pipe) -> None:
 @serve.deployment(name="far-runtime")
 class FarServer:
     def __init__(self, bundle: str, max_batch: int, batch_wait_ms: float, threads: int | None,
-                 digest: str | None = None, backend: str = "onnxruntime", precision: str | None = None):
+                 digest: str | None = None, backend: str | None = None, precision: str | None = None):
         self.pipe = Pipeline.load(bundle, threads=threads, digest=digest, backend=backend, precision=precision)
         no_spinning(self.pipe)
         self.checker = RequestChecker(self.pipe)
@@ -133,7 +133,7 @@ def build_app(bundle: str, max_batch: int | None = None, batch_wait_ms: float = 
               replicas: int = 1, threads: int | None = None, max_queued: int | None = None,
               cpus_per_replica: float | None = None, read_timeout_s: float = READ_TIMEOUT_S,
               request_timeout_s: float = REQUEST_TIMEOUT_S, digest: str | None = None,
-              backend: str = "onnxruntime", precision: str | None = None):
+              backend: str | None = None, precision: str | None = None):
     """The Ray Serve application for ``bundle``: the edge (``ingress.FarIngress``) in front of
     the model replicas; every option is checked here, before Ray starts."""
     from ..backends import check_choice
@@ -150,7 +150,10 @@ def build_app(bundle: str, max_batch: int | None = None, batch_wait_ms: float = 
         raise FarError(f"--replicas must be at least 1, got {replicas}.")
     if threads is not None and threads < 1:
         raise FarError(f"--threads must be at least 1, got {threads}.")
-    precision = check_choice(backend, precision)       # the library installed, the precision on this CPU
+    from ..graph_precision import bundle_backend
+    backend = bundle_backend(loaded.manifest, backend)
+    # the library installed, the precision (or the bundle's per-graph record) on this CPU
+    precision = check_choice(backend, precision, loaded.manifest)
     max_queued = 4 * max_batch * replicas if max_queued is None else max_queued
     if max_queued < 1:
         raise FarError(f"--max-queued must be at least 1, got {max_queued}.")

@@ -47,7 +47,7 @@ def default_threads(replicas: int) -> int:
 def start(bundle: str, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1,
           max_batch: int | None = None, batch_wait_ms: float = 10.0, threads: int | None = None,
           max_queued: int | None = None, address: str | None = None, read_timeout_s: float | None = None,
-          request_timeout_s: float | None = None, digest: str | None = None, backend: str = "onnxruntime",
+          request_timeout_s: float | None = None, digest: str | None = None, backend: str | None = None,
           precision: str | None = None):
     """Deploy and return once the replicas serve; the caller then waits and calls ``stop``."""
     require_ray()
