@@ -160,13 +160,6 @@ def test_manifest_over_64_mb_is_refused_before_it_is_read(bundles, tmp_path):
     assert sentence == f"{os.path.join(b, 'manifest.json')} is too large to be a bundle manifest."
 
 
-def test_manifest_limit_and_sentence_are_the_cpp_runtimes():
-    with open(CPP_BUNDLE) as f:
-        cpp = f.read()
-    assert "kMaxManifestBytes = 64u << 20" in cpp and MAX_MANIFEST_BYTES == 64 << 20
-    assert '" is too large to be a bundle manifest."' in cpp
-
-
 # --- cause 6: ONNX Runtime failures during a run -------------------------------------------------
 
 def test_a_graph_failing_during_a_run_is_one_sentence(bundles, tmp_path):
