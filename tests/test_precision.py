@@ -254,3 +254,11 @@ def test_int8_build_of_a_causal_bundle_calibrates_every_graph(causal_fp32, tmp_p
         a = ref.generate_tokens([1, 2], O=2, cfg=3.0, seed=4, mode=mode)
         b = pipe.generate_tokens([1, 2], O=2, cfg=3.0, seed=4, mode=mode)
         assert np.isfinite(b).all() and b.shape == a.shape == (2, 16, 4)
+
+
+def test_precision_table_takes_a_backend_and_run_precision_per_bundle():
+    from far_export.precision.table import parse_config
+    assert parse_config("out/p/fp32") == ("", "out/p/fp32", None, None)
+    assert parse_config("bf16=out/p/fp32@openvino:bf16") == ("bf16", "out/p/fp32", "openvino", "bf16")
+    assert parse_config("out/p/int8@openvino") == ("", "out/p/int8", "openvino", None)
+    assert parse_config("out/a=b/c") == ("out/a", "b/c", None, None)

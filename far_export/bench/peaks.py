@@ -234,6 +234,35 @@ def _openvino_kernels(threads: int, seconds: float, n_max: int) -> dict:
     return out
 
 
+def best_library_per_dtype(lib: dict, all_cores: bool) -> dict:
+    """Each dtype's peak: its best library (numpy only when it may use every core)."""
+    peaks = {}
+    for d, libs in lib.items():
+        usable = {k: v["gflops"] for k, v in libs.items()
+                  if v.get("gflops") and (k != "numpy" or all_cores)}
+        best = max(usable, key=usable.get) if usable else None
+        peaks[d] = {"gflops": usable[best] if best else None, "library": best}
+    return peaks
+
+
+def merge_peaks(*measured: dict) -> dict:
+    """Several ``measure_peaks`` of one run (before and after the measured runs) as one: each
+    library's best figure. A shared machine's load only ever lowers a peak, so the best of
+    measurements taken at different times is the closer to the machine's; ``measurements``
+    keeps when each was taken and under which load."""
+    first = measured[0]
+    lib = {d: {} for d in DTYPES}
+    for m in measured:
+        for d, libs in m["libraries"].items():
+            for k, r in libs.items():
+                if (lib[d].get(k, {}).get("gflops") or 0) < (r.get("gflops") or 0) or k not in lib[d]:
+                    lib[d][k] = r
+    all_cores = first["threads"] >= (os.cpu_count() or 1)
+    return {**first, "libraries": lib, "peak": best_library_per_dtype(lib, all_cores),
+            "measurements": [{"when": m.get("when"), "load_1m": m.get("load_1m"),
+                              "peak": {d: v["gflops"] for d, v in m["peak"].items()}} for m in measured]}
+
+
 def measure_peaks(threads: int, seconds: float = 1.0, n_max: int = 2048) -> dict:
     """Best GFLOP/s (int8: GOP/s) per dtype and library, and each dtype's peak (the best
     library); ``libraries`` lists every figure, ``reason`` says why one is missing."""
@@ -251,10 +280,5 @@ def measure_peaks(threads: int, seconds: float = 1.0, n_max: int = 2048) -> dict
     for d, r in _openvino_kernels(threads, seconds, n_max).items():
         lib[d]["openvino"] = r
     all_cores = threads >= (os.cpu_count() or 1)
-    peaks = {}
-    for d, libs in lib.items():
-        usable = {k: v["gflops"] for k, v in libs.items()
-                  if v.get("gflops") and (k != "numpy" or all_cores)}
-        best = max(usable, key=usable.get) if usable else None
-        peaks[d] = {"gflops": usable[best] if best else None, "library": best}
-    return {"threads": threads, "cpu": cpu_flags(), "libraries": lib, "peak": peaks}
+    return {"threads": threads, "cpu": cpu_flags(), "libraries": lib, "peak": best_library_per_dtype(lib, all_cores),
+            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "load_1m": os.getloadavg()[0]}

@@ -189,7 +189,10 @@ def _peaks(report: dict) -> list[str]:
         return []
     cpu = pk.get("cpu", {})
     flags = ", ".join(f for f, v in cpu.items() if f not in ("model", "all_flags") and v) or "none"
-    L = [f"Matmul peak per dtype ({pk['threads']} threads; CPU {cpu.get('model', '?')}, flags: {flags}); "
+    when = pk.get("measurements") or []
+    note = ("; measured " + " and ".join(f"at {m['when']} (load {m['load_1m']:.2f})" for m in when)
+            + ", each library's best" if len(when) > 1 else "")
+    L = [f"Matmul peak per dtype ({pk['threads']} threads; CPU {cpu.get('model', '?')}, flags: {flags}{note}); "
          "GFLOP/s, int8 GOP/s:\n", "| dtype | library | n | GFLOP/s | note |", "|---|---|---:|---:|---|"]
     for d, libs in pk["libraries"].items():
         for lib, r in libs.items():
