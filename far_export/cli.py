@@ -193,7 +193,7 @@ def build(checkpoint, out, precision, calibration_cache, int8_exclude, int8_budg
     int8 = Int8Settings(error_budget=int8_budget, exclude=exclude, min_speedup=int8_min_speedup)
     opts = PrecisionOptions(precision, int8=int8, cache_dir=calibration_cache)
     _run_export(checkpoint, vae_path, out, **kw, precision=precision, precision_options=opts)
-    from .tensorrt.engines import maybe_build_engines
+    from far_runtime.gpu.engine_build import maybe_build_engines
     click.echo(maybe_build_engines(out, precision) + " The ONNX Runtime bundle is ready.", err=True)
     if not skip_verify:
         _run_verify(out, None, None, None, 2, 0, None, None, None)
@@ -250,7 +250,7 @@ from .bench import bench  # noqa: E402
 main.add_command(bench)
 
 
-from .tensorrt.cli import engines  # noqa: E402
+from far_runtime.gpu.engines_cli import engines  # noqa: E402
 from .doctor import doctor  # noqa: E402
 main.add_command(engines)
 main.add_command(doctor)

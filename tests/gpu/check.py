@@ -135,7 +135,7 @@ def tensorrt_part(tiny_ckpt: str, vae: str, work: str) -> dict:
     except ImportError as e:
         return {"skipped": f"TensorRT imports, but the export needs onnx and onnxruntime ({e})"}
     from far_export.export.bundle import export_bundle
-    from far_export.tensorrt.engines import build_engines
+    from far_runtime.gpu.engine_build import build_engines
     from far_export.bench.torch_cuda import bench
     from far_runtime.bundle import load_bundle
     from far_runtime.pipeline import Pipeline

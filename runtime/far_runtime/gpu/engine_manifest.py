@@ -3,7 +3,7 @@
 Plain data, no TensorRT or CUDA needed: which graph an engine is built from and its hash,
 optimisation profiles and their lookup, the cache key, and the compatibility checks run
 before any engine is deserialised, each ending in one "rebuild with ..." sentence.
-``far-export engines`` writes the manifest; ``trt_backend.TrtBackend`` checks it.
+``far-runtime engines`` (``engine_build.py``) writes the manifest; ``trt_backend.TrtBackend`` checks it.
 """
 from __future__ import annotations
 
@@ -221,4 +221,4 @@ def rebuild_command(bundle_root: str, precision: str, manifest: dict | None = No
         return f"`{entry['command']}`"
     if manifest and manifest.get("command"):
         return f"`{manifest['command']}`"
-    return f"`far-export engines {bundle_root} --precision {precision}`"
+    return f"`far-runtime engines {bundle_root} --precision {precision}`"
