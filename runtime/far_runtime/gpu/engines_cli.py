@@ -50,4 +50,5 @@ def engines(bundle, precision, out, k_range, batch_range, max_profiles, version_
                       progress=lambda msg: click.echo(msg, err=True))
     click.echo(f"{len(m['engines'])} {m['precision']} engines ({m['built']} built, {m['reused']} reused) for "
                f"{m['built_on']['gpu']} (sm {m['built_on']['compute_capability']}), TensorRT "
-               f"{m['built_on']['tensorrt']}, in {out or default_engine_dir(bundle, m['precision'])}")
+               f"{m['built_on']['tensorrt']} ({m['built_on'].get('tensorrt_source', 'unknown')}, CUDA "
+               f"{m['built_on']['tensorrt_cuda']}), in {out or default_engine_dir(bundle, m['precision'])}")
