@@ -1,6 +1,6 @@
 """The aarch64 check (tests/aarch64/check.sh: Jetson's CPU under qemu-user, an arm64 Debian root
-from mmdebstrap) from pytest. Marked slow: about 12 minutes with the arm64 root cached in
-~/.cache/far-export/aarch64, 13 more the first time (measured in the README). Skips where it
+from mmdebstrap) from pytest. Marked slow: about 11 minutes with the arm64 root cached in
+~/.cache/far-export/aarch64, 5 to 13 more the first time (measured in the README). Skips where it
 cannot run: not root, no apt-get, the Debian archive or PyPI unreachable (exit status 3)."""
 import os
 import subprocess

@@ -8,10 +8,10 @@
 # 1. Debian packages on the host: mmdebstrap, qemu-user-static, binfmt-support, arch-test,
 #    g++-aarch64-linux-gnu (apt-get, when missing); binfmt_misc mounted, qemu-aarch64 enabled.
 # 2. An arm64 Debian bookworm root from mmdebstrap, cached in $FAR_EXPORT_CACHE/aarch64 (the
-#    first run builds it, ~13 min; later runs reuse it), with an ARM /proc/cpuinfo bind-mounted
-#    over the emulated one (under qemu-user the guest sees the host's x86 cpuinfo, on which
-#    `import onnxruntime` segfaults) and QEMU_CPU=cortex-a76 (the closest qemu has to Jetson
-#    Orin's Cortex-A78AE: ARMv8.2 with dot product, no SVE).
+#    first run builds it, 5 to 13 min; later runs reuse it, and the whole check takes ~11 min),
+#    with an ARM /proc/cpuinfo bind-mounted over the emulated one (under qemu-user the guest
+#    sees the host's x86 cpuinfo, on which `import onnxruntime` segfaults) and QEMU_CPU=cortex-a76
+#    (the closest qemu has to Jetson Orin's Cortex-A78AE: ARMv8.2 with dot product, no SVE).
 # 3. In the guest: a venv with `pip install ./runtime[cpu]` from this checkout (PyPI's aarch64
 #    wheels). The C++ runtime is cross-compiled on the host with Debian's aarch64 g++ against
 #    the root (--sysroot) and the guest wheel's libonnxruntime: measured on one source file
@@ -61,7 +61,7 @@ mkdir -p "$cache"
 exec 8>"$cache/.lock"
 flock 8                                     # one check at a time on this machine
 if [ ! -x "$root/usr/bin/python3" ]; then
-  log "building the arm64 bookworm root (mmdebstrap under qemu, ~13 min, once): $root"
+  log "building the arm64 bookworm root (mmdebstrap under qemu, 5 to 13 min, once): $root"
   rm -rf "$root.partial"
   mmdebstrap --arch=arm64 --variant=apt --include="$guest_pkgs" bookworm "$root.partial" >&2 ||
     cannot "mmdebstrap could not build the arm64 root (is the Debian archive reachable?)."
