@@ -198,7 +198,7 @@ def build(checkpoint, out, precision, backend, threads, bf16_budget, calibration
         click.echo(f"engines: none built: an auto bundle's precisions were chosen for {backend} on this CPU. "
                    f"The {backend} bundle is ready.", err=True)
     else:
-        from .tensorrt.engines import maybe_build_engines
+        from far_runtime.gpu.engine_build import maybe_build_engines
         click.echo(maybe_build_engines(out, precision) + " The ONNX Runtime bundle is ready.", err=True)
     if not skip_verify:
         _run_verify(out, None, None, None, 2, 0, None, None, None)
@@ -276,7 +276,7 @@ from .bench import bench  # noqa: E402
 main.add_command(bench)
 
 
-from .tensorrt.cli import engines  # noqa: E402
+from far_runtime.gpu.engines_cli import engines  # noqa: E402
 from .doctor import doctor  # noqa: E402
 main.add_command(engines)
 main.add_command(doctor)

@@ -70,16 +70,18 @@ def check_torch() -> dict:
 
 
 def check_tensorrt() -> dict:
-    """TensorRT really imported (full or lean runtime) and a GPU it can use, with the facts
-    engines are keyed on (TensorRT's own CUDA major, not cuda-python's)."""
+    """TensorRT really imported (full or lean runtime; a pip wheel or a system TensorRT such as
+    JetPack's) and a GPU it can use, with the facts engines are keyed on (TensorRT's own CUDA
+    major, not cuda-python's)."""
     from far_runtime.errors import FarError
-    from far_runtime.gpu.cuda_runtime import device_facts, import_cudart, import_tensorrt
+    from far_runtime.gpu.cuda_runtime import device_facts, import_cudart, import_tensorrt, tensorrt_origin
     try:
         trt = import_tensorrt()
     except FarError as e:
         return {"installed": False, "reason": str(e)}
+    origin = tensorrt_origin(trt)
     out = {"installed": True, "version": trt.__version__, "module": trt.__name__,
-           "builder": hasattr(trt, "Builder")}
+           "builder": hasattr(trt, "Builder"), "source": origin["source"], "cuda": origin["cuda"]}
     try:
         out["device"] = device_facts(trt, import_cudart())
     except FarError as e:
@@ -173,7 +175,7 @@ def diagnose(measure_seconds: float | None = None) -> dict:
         + " and int8 per graph here and keeps the fastest that passes its accuracy gate")
     other = []
     if engines_ok:
-        other.append("tensorrt (far_runtime.gpu.trt_backend.TrtBackend, after far-export engines)"
+        other.append("tensorrt (far_runtime.gpu.trt_backend.TrtBackend, after far-runtime engines)"
                      if trt.get("builder") else
                      "tensorrt lean runtime (far_runtime.gpu.trt_backend.TrtBackend, --version-compatible engines only)")
     if torch_.get("cuda_available"):
@@ -204,11 +206,11 @@ def format_report(r: dict) -> str:
     trt = r["tensorrt"]
     if trt["installed"]:
         flavour = "" if trt.get("builder") else " (lean runtime: runs --version-compatible engines, builds none)"
-        lines.append(f"tensorrt     {trt['version']}{flavour}")
+        lines.append(f"tensorrt     {trt['version']}{flavour}, from {trt['source']}, for CUDA {trt['cuda']}")
         d = trt.get("device")
         if d:
-            lines.append(f"             for CUDA {d['tensorrt_cuda']}, driver {d['driver']} (cuda-python runtime "
-                         f"{d['cuda_python']}), {d['gpu']} (compute capability {d['compute_capability']})")
+            lines.append(f"             driver {d['driver']} (cuda-python runtime {d['cuda_python']}), "
+                         f"{d['gpu']} (compute capability {d['compute_capability']})")
         else:
             lines.append(f"             {trt.get('device_error')}")
     else:

@@ -1,38 +1,32 @@
 """Session fixtures: tiny checkpoints the project writes itself, their bundles (each exported
-once per session), and ``variant``: one object per model variant that parity tests run over."""
+once per session), and ``variant``: one object per model variant that parity tests run over.
+
+far_export (torch) is imported only by the fixtures that export: with FAR_TEST_BUNDLES set
+(tiny_bundles.py; .ci/run's Python 3.10 job, which has the runtime alone) ``bundles`` comes
+from that folder."""
 from dataclasses import dataclass
 
 import pytest
 
-from far_export.synthetic import (tiny_causal_config, write_random_causal_checkpoint,
-                                  write_random_checkpoint, write_random_vae)
+import tiny_bundles
 
 VARIANT_NAMES = ("far", "mar", "far-causal")      # far_runtime.variants.VARIANTS
-CAUSAL_L = 16
 
 
 @pytest.fixture(scope="session")
 def tiny_files(tmp_path_factory):
     """Tiny FAR (shortcut), MAR (diffusion) and FAR-Causal (L = 16, two class tokens) training
     checkpoints plus a tiny VAE."""
-    d = tmp_path_factory.mktemp("tiny")
-    files = {k: str(d / f"{k}.pth") for k in ("far", "mar", "causal", "vae")}
-    write_random_checkpoint(files["far"], "tiny", "shortcut", seed=1)
-    write_random_checkpoint(files["mar"], "tiny", "diffusion", seed=2)
-    write_random_causal_checkpoint(files["causal"], tiny_causal_config(CAUSAL_L, class_tokens=2), seed=4)
-    write_random_vae(files["vae"], seed=3)
-    return files
+    return tiny_bundles.write_tiny_files(str(tmp_path_factory.mktemp("tiny")))
 
 
 @pytest.fixture(scope="session")
-def bundles(tiny_files, tmp_path_factory):
+def bundles(request, tmp_path_factory):
     """Exported bundles of the tiny FAR (O in 1, 2, 8) and MAR checkpoints."""
-    from far_export.export.bundle import export_bundle
-    d = tmp_path_factory.mktemp("bundles")
-    out = {"far": str(d / "far"), "mar": str(d / "mar")}
-    export_bundle(tiny_files["far"], tiny_files["vae"], out["far"], head_steps=(1, 2, 8))
-    export_bundle(tiny_files["mar"], tiny_files["vae"], out["mar"])
-    return out
+    if tiny_bundles.PREBUILT:
+        return tiny_bundles.prebuilt("masked")
+    files = request.getfixturevalue("tiny_files")
+    return tiny_bundles.export_masked(files, str(tmp_path_factory.mktemp("bundles")))
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import threading
 import numpy as np
 import pytest
 
+import tiny_bundles
 from cpp_helpers import cpp_build, edited_copy, far_generate, python_generate  # noqa: F401 (cpp_build: a fixture)
 from far_cpp import CError, CRuntime, draw_randomness as c_draw_randomness
 from far_runtime.backends import OrtBackend
@@ -85,27 +86,18 @@ def test_parity_mar(c_mar, py_mar, K, cfg, B):
 
 
 def assert_mar_close(a, b):
-    """Max abs 1e-5, not relative: the DDPM update is numpy's float32 order and its noise scale
-    uses numpy's own float32 exp (ddpm.cpp's numpy_expf), though the latents reach ~3e4."""
-    assert np.abs(a - b).max() <= 1e-5
+    """Bit for bit: the DDPM update is numpy's float32 order in both, and its noise scale is
+    exp32 in both (far_runtime/exp32.py, ddpm.cpp), though the latents reach ~3e4."""
+    assert a.dtype == b.dtype == np.float32 and a.tobytes() == b.tobytes(), np.abs(a - b).max()
 
 
 @pytest.fixture(scope="module")
-def respaced_mar(tiny_files, tmp_path_factory):
-    """MAR bundles trained with --num_sampling_steps ddim25 and 21 (a plain count whose
-    running index idx += 999/20 rounds differently from i * stride)."""
-    import torch
-    from far_export.export.bundle import export_bundle
-    d = tmp_path_factory.mktemp("respaced")
-    out = {}
-    for steps in ("ddim25", "21"):
-        obj = torch.load(tiny_files["mar"], weights_only=False)        # our own test file
-        obj["args"].num_sampling_steps = steps
-        ck = str(d / f"mar_{steps}.pth")
-        torch.save(obj, ck)
-        out[steps] = str(d / steps)
-        export_bundle(ck, None, out[steps], components=["backbone", "head"], validate_batches=[1])
-    return out
+def respaced_mar(request, tmp_path_factory):
+    """MAR bundles trained with --num_sampling_steps ddim25 and 21 (tiny_bundles.export_respaced)."""
+    if tiny_bundles.PREBUILT:
+        return tiny_bundles.prebuilt("respaced")
+    files = request.getfixturevalue("tiny_files")
+    return tiny_bundles.export_respaced(files, str(tmp_path_factory.mktemp("respaced")))
 
 
 @pytest.mark.parametrize("steps", ["ddim25", "21"])

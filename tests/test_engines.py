@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from far_export.tensorrt.engines import (build_options, derive_profiles, engine_key, engine_profiles,
-                                         maybe_build_engines, parse_range, plan_shapes, reusable)
+from far_runtime.gpu.engine_build import build_options, engine_key, maybe_build_engines, reusable
+from far_runtime.gpu.engine_profiles import derive_profiles, engine_profiles, parse_range, plan_shapes
 from far_runtime.bundle import Bundle, load_bundle
 from far_runtime.gpu.cuda_graphs import Binding, GraphCache
 from far_runtime.errors import FarError
@@ -229,7 +229,7 @@ def test_stale_engines_are_never_reused(tmp_path):
 
 # --- load-time checks -----------------------------------------------------------------------
 
-REBUILD = "`far-export engines b --precision fp16`"
+REBUILD = "`far-runtime engines b --precision fp16`"
 
 
 def _check(entry_change=None, facts_change=None, source=SOURCE):
@@ -262,7 +262,7 @@ def test_compatible_engine_passes():
 def test_incompatible_engine_says_rebuild(entry_change, facts_change, source, match):
     with pytest.raises(FarError, match=match) as e:
         _check(entry_change, facts_change, source)
-    assert "rebuild with `far-export engines b --precision fp16`" in str(e.value)
+    assert "rebuild with `far-runtime engines b --precision fp16`" in str(e.value)
 
 
 # --- CUDA-graph cache policy -----------------------------------------------------------------
@@ -332,7 +332,7 @@ def test_graph_cache_is_a_bounded_lru():
 
 @pytest.mark.skipif(TRT_INSTALLED, reason="TensorRT is installed here")
 def test_without_tensorrt_everything_says_so(bundles, tmp_path):
-    from far_export.tensorrt.engines import build_engines
+    from far_runtime.gpu.engine_build import build_engines
     from far_runtime.gpu.trt_backend import TrtBackend
     with pytest.raises(FarError, match="TensorRT is not installed"):
         build_engines(bundles["far"], "fp32", str(tmp_path / "e"), (1, 8), (1, 2))
@@ -454,7 +454,7 @@ def test_half_precision_parity(bundles, tiny_files, dtype):
 
 @NEEDS_TRT
 def test_tensorrt_engines_build_reuse_and_run(bundles, tmp_path):
-    from far_export.tensorrt.engines import build_engines
+    from far_runtime.gpu.engine_build import build_engines
     from far_runtime.pipeline import Pipeline
     from far_runtime.gpu.trt_backend import TrtBackend
     out = str(tmp_path / "engines")

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from far_export.tensorrt.builder import builder_code_sha256, network_flags
-from far_export.tensorrt.engines import build_options, engines_command, merge_entries, parse_range, unreferenced_files
+from far_runtime.gpu.engine_build import build_options, engines_command, merge_entries, unreferenced_files
+from far_runtime.gpu.engine_builder import builder_code_sha256, network_flags
+from far_runtime.gpu.engine_profiles import parse_range
 from far_runtime.bundle import Bundle, load_bundle
 from far_runtime.gpu.cuda_graphs import Binding, GraphCache
 from far_runtime.gpu.cuda_runtime import capture_graph, cuda_major_of, import_optional, import_tensorrt, tensorrt_cuda
@@ -304,13 +305,13 @@ def test_subset_build_keeps_other_engines():
     {"optimization_level": 0, "workspace_gb": 0.125, "hardware_compatibility": "same-cc"},
 ])
 def test_rebuild_command_parses_back_to_the_same_key(opts):
-    from far_export.tensorrt.cli import engines
+    from far_runtime.gpu.engines_cli import engines
     options = build_options(opts.get("version_compatible", False), opts.get("hardware_compatibility", "none"),
                             opts.get("optimization_level", 3), opts.get("workspace_gb"))
     cmd = engines_command("graphs/demo dir", "fp16", opts.get("out"), (16, 64), (1, 4),
                           opts.get("max_profiles", 4), options, opts.get("graphs"))
     argv = shlex.split(cmd)
-    assert argv[:2] == ["far-export", "engines"]
+    assert argv[:2] == ["far-runtime", "engines"]
     p = engines.make_context("engines", argv[2:]).params
     assert p["bundle"] == "graphs/demo dir" and p["precision"] == "fp16" and p["out"] == opts.get("out")
     assert parse_range(p["k_range"], "k", 1, 256) == (16, 64) and parse_range(p["batch_range"], "batch", 1, 8) == (1, 4)
@@ -326,9 +327,9 @@ def test_rebuild_sentence_of_one_engine_is_its_own_command():
     manifest = {"command": "rm -rf ~", "k_range": [1, 256], "batch_range": [1, 8]}
     entry = {"command": "rm -rf ~", "k_range": [1, 64], "batch_range": [1, 8], "key": {"graph": "backbone"}}
     assert rebuild_command("b", "fp16", manifest, entry) == \
-        "`far-export engines b --precision fp16 --k 1:64 --batch 1:8 --graphs backbone`"
-    assert rebuild_command("b", "fp16", manifest) == "`far-export engines b --precision fp16 --k 1:256 --batch 1:8`"
-    assert rebuild_command("b", "fp16") == "`far-export engines b --precision fp16`"
+        "`far-runtime engines b --precision fp16 --k 1:64 --batch 1:8 --graphs backbone`"
+    assert rebuild_command("b", "fp16", manifest) == "`far-runtime engines b --precision fp16 --k 1:256 --batch 1:8`"
+    assert rebuild_command("b", "fp16") == "`far-runtime engines b --precision fp16`"
 
 
 # --- defect 7: TensorRT's own CUDA major, lean runtime ----------------------------------------
@@ -386,7 +387,7 @@ def test_import_tells_missing_from_unloadable(tmp_path, monkeypatch):
 @pytest.mark.skipif(any(__import__("importlib.util").util.find_spec(m) for m in ("tensorrt", "tensorrt_lean")),
                     reason="TensorRT is installed here")
 def test_builder_needs_the_full_tensorrt():
-    with pytest.raises(FarError, match="lean runtime, far-runtime\\[tensorrt-lean\\], only runs engines"):
+    with pytest.raises(FarError, match=r"lean runtime \(far-runtime\[tensorrt-lean\]\) only runs engines"):
         import_tensorrt(builder=True)
 
 
@@ -400,7 +401,7 @@ REMOVED = {"device_memory_size", "device_memory_size_for_profile", "device_memor
            "OBEY_PRECISION_CONSTRAINTS", "FP16", "INT8"}
 CHECKED = {"set_optimization_profile_async", "set_input_shape", "set_tensor_address", "execute_async_v3",
            "add_optimization_profile", "parse_from_file", "set_timing_cache", "infer_shapes"}
-TRT_FILES = ["runtime/far_runtime/gpu/trt_backend.py", "far_export/tensorrt/builder.py"]
+TRT_FILES = ["runtime/far_runtime/gpu/trt_backend.py", "runtime/far_runtime/gpu/engine_builder.py"]
 
 
 @pytest.mark.parametrize("path", TRT_FILES)
@@ -420,7 +421,7 @@ def test_strongly_typed_only_where_tensorrt_takes_the_flag():
 
 
 def test_builder_code_is_part_of_the_key(tmp_path):
-    import far_export.tensorrt.builder as builder
+    import far_runtime.gpu.engine_builder as builder
     copy = tmp_path / "builder.py"
     copy.write_text(Path(builder.__file__).read_text() + "\n# a changed build flag\n")
     assert builder_code_sha256(str(copy)) != builder_code_sha256()
@@ -439,6 +440,23 @@ def test_tensorrt_extras_pin_cuda_python_per_cuda_major():
         major = cuda_major_of([trt[0].split("==")[0]])
         assert cuda[0].split("==")[1].split(".")[0] == major, (name, reqs)
     assert any("lean" in r for r in extras["tensorrt-lean"])
+
+
+def test_gpu_extras_say_where_their_wheels_exist():
+    """TensorRT 11 and onnxruntime-gpu wheels exist for x86-64 Linux and Windows only: on a
+    Jetson (aarch64) the extras bring cuda-python (which has aarch64 wheels) and nothing that
+    cannot install; TensorRT and ONNX Runtime GPU come from JetPack there."""
+    from packaging.requirements import Requirement
+    extras = tomllib.loads((ROOT / "runtime/pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for name in ("gpu", "tensorrt", "tensorrt-cu13", "tensorrt-lean", "tensorrt-lean-cu13"):
+        for python in ("3.10", "3.11"):
+            def wanted(machine, system="Linux"):
+                env = {"platform_machine": machine, "python_version": python, "sys_platform": system.lower()}
+                return sorted(Requirement(r).name for r in extras[name]
+                              if Requirement(r).marker is None or Requirement(r).marker.evaluate(env))
+            jetson = wanted("aarch64")
+            assert jetson == ([] if name == "gpu" else ["cuda-python"]), (name, jetson)
+            assert len(wanted("x86_64")) == (1 if name == "gpu" else 2) == len(wanted("AMD64", "Windows")), name
 
 
 # --- the prepared GPU check ------------------------------------------------------------------

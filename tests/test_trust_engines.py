@@ -15,14 +15,14 @@ import shlex
 
 import pytest
 
-from far_export.tensorrt.engines import build_options, engine_key, engines_command
+from far_runtime.gpu.engine_build import build_options, engine_key, engines_command
 from far_runtime.errors import FarError
 from far_runtime.gpu.engine_manifest import (ENGINE_FORMAT, ENGINE_FORMAT_VERSION, ENGINE_MANIFEST, GraphSource,
                                              cache_key, check_engine, check_engine_file, load_engine_manifest,
                                              parse_engine_manifest, rebuild_command)
 
 ROOT = os.geteuid() == 0
-REBUILD = "`far-export engines b --precision fp16`"
+REBUILD = "`far-runtime engines b --precision fp16`"
 FACTS = {"tensorrt": "10.8.0.43", "tensorrt_module": "tensorrt", "tensorrt_cuda": "12", "cuda_python": "12.9",
          "driver": "12.8", "gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
 PROFILE = [{"batch": [1, 2, 16], "n_known": [0, 8, 15], "n_pred": [1, 2, 16]}]
@@ -193,12 +193,12 @@ def test_rebuild_advice_never_quotes_the_command_field(tmp_path):
     m = load_engine_manifest(d, REBUILD)
     e = m["engines"]["backbone"]
     advice = rebuild_command("b", "fp16", m, e, d)
-    assert "curl" not in advice and "\n" not in advice and advice.startswith("`far-export engines b ")
+    assert "curl" not in advice and "\n" not in advice and advice.startswith("`far-runtime engines b ")
     src = GraphSource("backbone", "fp16", "/b/backbone.onnx", "1" * 64, None)
     for facts in ({"tensorrt": "10.9.0.1"}, {"gpu": "NVIDIA A100", "compute_capability": "8.0"}):
         with pytest.raises(FarError) as err:
             check_engine("backbone", e, {**FACTS, **facts}, src, advice)
-        msg = assert_sentence(err, "rebuild with `far-export engines b --precision fp16 --k 1:16 --batch 1:8")
+        msg = assert_sentence(err, "rebuild with `far-runtime engines b --precision fp16 --k 1:16 --batch 1:8")
         assert "curl" not in msg and "203.0.113.9" not in msg
 
 

@@ -230,6 +230,9 @@ def print_machine(machine: dict) -> None:
 from .serve.commands import loadtest, serve  # noqa: E402
 main.add_command(serve)
 main.add_command(loadtest)
+# TensorRT engines built on the machine that runs them (TensorRT is imported lazily).
+from .gpu.engines_cli import engines  # noqa: E402
+main.add_command(engines)
 
 
 if __name__ == "__main__":

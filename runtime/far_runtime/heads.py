@@ -18,6 +18,7 @@ import numpy as np
 
 from .ddpm import DDPMSchedule, ddpm_schedule
 from .errors import FarError
+from .exp32 import exp32
 from .options import as_int
 from .plan import Call, make_call
 from .schedule import check_head_steps
@@ -135,5 +136,5 @@ def _ddpm(backend, calls, x, step_noise, z, sched, cfg_iter, use_cfg, temperatur
         mean = float(sched.coef1[i]) * x0 + float(sched.coef2[i]) * x
         frac = (var + 1) / 2
         log_var = frac * float(sched.log_var_max[i]) + (1 - frac) * float(sched.log_var_min[i])
-        x = mean + np.exp(0.5 * log_var) * step_noise[j] * np.float32(temperature) if i > 0 else mean
+        x = mean + exp32(0.5 * log_var) * step_noise[j] * np.float32(temperature) if i > 0 else mean
     return x

@@ -73,7 +73,7 @@ def missing_engines(bundle_root: str, precision: str) -> str | None:
     """Why the bundle has no ``precision`` engines to run, or None."""
     edir = default_engine_dir(bundle_root, precision)
     if not os.path.isfile(os.path.join(edir, ENGINE_MANIFEST)):
-        return f"no {precision} engines in {edir} (build them with far-export engines)"
+        return f"no {precision} engines in {edir} (build them with far-runtime engines)"
     return None
 
 

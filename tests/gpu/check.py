@@ -124,6 +124,32 @@ def stream_check(backend) -> dict:
     return {"non_blocking": non_blocking, "destroyed": destroyed, "passed": non_blocking and destroyed}
 
 
+def runtime_only_engines(root: str) -> dict:
+    """`far-runtime engines` as a board runs it: a process whose path has the runtime and not
+    far_export (what JetPack 6 has: far-runtime and the system TensorRT); its engines load."""
+    import subprocess
+    here = os.path.dirname(os.path.abspath(__file__))
+    repo = os.path.dirname(os.path.dirname(here))
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and os.path.abspath(p) != repo]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.join(repo, "runtime"), *paths])}
+    out_dir = os.path.join(root, "engines-runtime-only")
+    probe = subprocess.run([sys.executable, "-c", "import far_export"], env=env, cwd=root, capture_output=True)
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "far_runtime.cli", "engines", root, "--precision", "fp32", "--k", "1:16",
+                        "--batch", "1:2", "--out", out_dir], env=env, cwd=root, capture_output=True, text=True)
+    res = {"far_export_importable": probe.returncode == 0, "returncode": r.returncode,
+           "build_s": time.perf_counter() - t0, "output": (r.stdout + r.stderr).strip().splitlines()[-3:]}
+    if r.returncode == 0:
+        from far_runtime.bundle import load_bundle
+        from far_runtime.gpu.trt_backend import TrtBackend
+        from far_runtime.pipeline import Pipeline
+        bundle = load_bundle(root)
+        pipe = Pipeline(bundle, TrtBackend(bundle, "fp32", engine_dir=out_dir))
+        res["tokens_finite"] = bool(np.isfinite(pipe.generate_tokens([1, 2], K=8, O=2, cfg=3.0, seed=2)).all())
+    res["passed"] = not res["far_export_importable"] and r.returncode == 0 and res.get("tokens_finite", False)
+    return res
+
+
 def tensorrt_part(tiny_ckpt: str, vae: str, work: str) -> dict:
     from far_export.doctor import tensorrt_gpu
     usable, why = tensorrt_gpu()
@@ -135,16 +161,17 @@ def tensorrt_part(tiny_ckpt: str, vae: str, work: str) -> dict:
     except ImportError as e:
         return {"skipped": f"TensorRT imports, but the export needs onnx and onnxruntime ({e})"}
     from far_export.export.bundle import export_bundle
-    from far_export.tensorrt.engines import build_engines
+    from far_runtime.gpu.engine_build import build_engines
     from far_export.bench.torch_cuda import bench
     from far_runtime.bundle import load_bundle
     from far_runtime.pipeline import Pipeline
     from far_runtime.gpu.trt_backend import TrtBackend
     root = os.path.join(work, "trt-bundle")
     export_bundle(tiny_ckpt, vae, root, head_steps=(1, 2, 8))
+    out = {"runtime_only": runtime_only_engines(root)}
     t0 = time.perf_counter()
     m = build_engines(root, "fp32", None, (1, 16), (1, 2))
-    out = {"engines_built": m["built"], "build_s": time.perf_counter() - t0, "facts": m["built_on"]}
+    out.update({"engines_built": m["built"], "build_s": time.perf_counter() - t0, "facts": m["built_on"]})
     bundle = load_bundle(root)
     a = Pipeline.load(root).generate_tokens([1, 2], K=8, O=2, cfg=3.0, seed=2)
     trt = Pipeline(bundle, TrtBackend(bundle, "fp32", cuda_graphs=True))

@@ -118,26 +118,25 @@ std::vector<int> respaced_timesteps(int num_steps, int sampling_steps, const std
     return {use.begin(), use.end()};
 }
 
-float numpy_expf(float x) {
+float exp32(float x) {
+    // exp32.py's operations in its order (module doc there); each is correctly rounded, and
+    // the library is compiled with -ffp-contract=off, so no multiply-add is fused.
     if (std::isnan(x)) return x;
-    if (x >= 88.72283935546875f) return HUGE_VALF;
-    if (x <= -103.97208404541015625f) return 0.0f;
-    // numpy's constants (npy_simd_data.h): log2(e), ln 2 split high/low, P0..P5 over Q0..Q2.
-    const float log2e = 1.44269504088896341f, ln2_hi = -6.93145752e-1f, ln2_lo = -1.42860677e-6f;
-    const float p0 = 9.999999999980870924916e-01f, p1 = 7.257664613233124478488e-01f, p2 = 2.473615434895520810817e-01f,
-                p3 = 5.114512081637298353406e-02f, p4 = 6.757896990527504603057e-03f, p5 = 5.082762527590693718096e-04f;
-    const float q0 = 1.0f, q1 = -2.742335390411667452936e-01f, q2 = 2.159509375685829852307e-02f;
-    const float k = std::nearbyint(x * log2e);
-    float y = std::fma(k, ln2_hi, x);
-    y = std::fma(k, ln2_lo, y);
-    float num = std::fma(p5, y, p4);
-    num = std::fma(num, y, p3);
-    num = std::fma(num, y, p2);
-    num = std::fma(num, y, p1);
-    num = std::fma(num, y, p0);
-    float den = std::fma(q2, y, q1);
-    den = std::fma(den, y, q0);
-    return std::ldexp(num / den, static_cast<int>(k));
+    static const double taylor[] = {   // 1/n! for n = 13 .. 0
+        0x1.6124613a86d09p-33, 0x1.1eed8eff8d898p-29, 0x1.ae64567f544e4p-26, 0x1.27e4fb7789f5cp-22,
+        0x1.71de3a556c734p-19, 0x1.a01a01a01a01ap-16, 0x1.a01a01a01a01ap-13, 0x1.6c16c16c16c17p-10,
+        0x1.1111111111111p-7,  0x1.5555555555555p-5,  0x1.5555555555555p-3,  0x1.0000000000000p-1,
+        0x1.0000000000000p+0,  0x1.0000000000000p+0};
+    const double inv_ln2 = 0x1.71547652b82fep+0, ln2_hi = 0x1.62e42fee00000p-1, ln2_lo = 0x1.a39ef35793c76p-33;
+    const double xd = std::min(std::max(static_cast<double>(x), -104.0), 89.0);
+    const double k = std::nearbyint(xd * inv_ln2);          // ties to even, as numpy's rint
+    const double r = (xd - k * ln2_hi) - k * ln2_lo;
+    double p = taylor[0];
+    for (size_t i = 1; i < sizeof(taylor) / sizeof(taylor[0]); ++i) p = p * r + taylor[i];
+    const double y = std::ldexp(p, static_cast<int>(k));
+    // Beyond float32's range the IEEE rounding numpy's cast performs gives inf.
+    if (y >= 0x1.ffffffp+127) return HUGE_VALF;
+    return static_cast<float>(y);
 }
 
 DDPMSchedule ddpm_schedule(int sampling_steps, const std::string& respacing) {

@@ -20,11 +20,9 @@ constexpr int kTrainSteps = 1000;
 // `respacing` is one of MAR's string forms ("100", "10,15,20", "ddim25"); when it is empty,
 // the plain count `sampling_steps` (checked to lie in 1..num_steps).
 std::vector<int> respaced_timesteps(int num_steps, int sampling_steps, const std::string& respacing = "");
-// numpy's float32 np.exp (its SIMD kernel on x86-64 with FMA: Cody-Waite reduction by ln 2,
-// a rational minimax approximation evaluated with fused multiply-adds, scaled by 2^k), so
-// MAR's noise scale exp(0.5 * log_var) rounds as the Python runtime's does. numpy's result
-// is not the correctly rounded one in ~40% of inputs, so std::exp would differ in the last bit.
-float numpy_expf(float x);
+// MAR's noise scale exp(0.5 * log_var): exp32.py's float32 exp, built from correctly rounded
+// operations only, so its bits are the same on every platform and in both runtimes.
+float exp32(float x);
 
 // The schedule for the manifest's model: its timestep_respacing, or else its diffusion_steps.
 DDPMSchedule ddpm_schedule(int sampling_steps, const std::string& respacing = "");

@@ -166,7 +166,7 @@ void MaskedLoop::diffusion(LoopRun& run, const IterationPlan& ip, const std::vec
                 if (i > 0) {
                     const float frac = (var + 1.0f) / 2.0f;
                     const float log_var = frac * lmax + (1.0f - frac) * lmin;
-                    xv = mean + numpy_expf(0.5f * log_var) * sn[c] * temp;
+                    xv = mean + exp32(0.5f * log_var) * sn[c] * temp;
                 } else {
                     xv = mean;
                 }

@@ -9,6 +9,7 @@
 #include "errors.h"
 #include "graph_check.h"
 #include "sizes.h"
+#include "ort_api.h"
 
 namespace far {
 namespace {
@@ -106,6 +107,7 @@ float* Entry::fptr(const std::string& name, size_t count) const { return checked
 int64_t* Entry::iptr(const std::string& name, size_t count) const { return checked(i, graph, name, count); }
 
 Ort::Env& ort_env() {
+    ort_api();                      // the C API version first (ort_api.h): refuses an older library
     static Ort::Env env(ORT_LOGGING_LEVEL_WARNING, "far_runtime");
     return env;
 }

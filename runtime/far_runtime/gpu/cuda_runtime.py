@@ -12,7 +12,10 @@ import ctypes
 import importlib
 import importlib.util
 import logging
+import os
 import re
+import shutil
+import subprocess
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,8 +59,9 @@ def import_tensorrt(builder: bool = False):
                                    "ONNX Runtime backend.")
     if builder:
         raise FarError("TensorRT is not installed, so engines cannot be built here; install "
-                       "far-export[tensorrt] on a machine with an NVIDIA GPU (the lean runtime, "
-                       "far-runtime[tensorrt-lean], only runs engines).")
+                       "far-runtime[tensorrt] on an x86-64 machine with an NVIDIA GPU, or on a Jetson "
+                       "use JetPack's TensorRT (python3-libnvinfer); the lean runtime "
+                       "(far-runtime[tensorrt-lean]) only runs engines.")
     raise FarError("TensorRT is not installed, so engines cannot be built or run here; install "
                    "far-runtime[tensorrt] (or far-runtime[tensorrt-lean] to run --version-compatible "
                    "engines) on a machine with an NVIDIA GPU, or use the ONNX Runtime backend.")
@@ -99,15 +103,52 @@ def cuda_major_of(distributions) -> str | None:
     return majors.pop() if len(majors) == 1 else None
 
 
-def tensorrt_cuda(trt) -> str:
-    """The CUDA major TensorRT itself was built for ("12", "13"), or "unknown" (e.g. a
-    TensorRT installed from NVIDIA's tar or container, whose wheel carries no suffix).
-    Not cuda-python's runtime version: that is whatever cuda-python release is installed."""
+def deb_cuda_major(version: str) -> str | None:
+    """The CUDA major in an NVIDIA TensorRT Debian package version, as JetPack and NVIDIA's apt
+    repositories name them: ``"10.3.0.30-1+cuda12.5"`` -> ``"12"``."""
+    m = re.search(r"\+cuda(\d+)(?:\.|$)", version or "")
+    return m.group(1) if m else None
+
+
+def deb_package_of(path: str | None) -> tuple[str, str] | None:
+    """(package, version) of the Debian package that installed ``path`` (``dpkg-query``), or
+    None: no dpkg on this machine, or a file no package owns."""
+    if not path or shutil.which("dpkg-query") is None:
+        return None
+    try:
+        r = subprocess.run(["dpkg-query", "-S", os.path.realpath(path)], capture_output=True, text=True, timeout=60)
+        if r.returncode != 0 or ": " not in r.stdout:
+            return None
+        package = r.stdout.splitlines()[0].split(": ")[0].split(",")[0].strip()      # "pkg" or "pkg:arm64"
+        v = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (package, v.stdout.strip()) if v.returncode == 0 and v.stdout.strip() else None
+
+
+def tensorrt_origin(trt) -> dict:
+    """Where TensorRT comes from and the CUDA major it was built for (``"12"``, ``"13"`` or
+    ``"unknown"``): a pip wheel names it (``tensorrt-cu12``, ``tensorrt_lean_cu13_libs``...);
+    a system TensorRT from NVIDIA's Debian packages (JetPack's ``python3-libnvinfer``: no wheel,
+    no suffix) has it in its package version. Never cuda-python's runtime version: that is
+    whatever cuda-python release is installed."""
     from importlib.metadata import packages_distributions
     name = trt.__name__.split(".")[0]
     dists = packages_distributions()
-    found = [d for mod in (name, f"{name}_bindings", f"{name}_libs") for d in dists.get(mod, [])]
-    return cuda_major_of(found) or "unknown"
+    found = sorted({d for mod in (name, f"{name}_bindings", f"{name}_libs") for d in dists.get(mod, [])})
+    major = cuda_major_of(found)
+    if major:
+        return {"source": "pip " + ", ".join(found), "cuda": major}
+    deb = deb_package_of(getattr(trt, "__file__", None))
+    if deb:
+        return {"source": f"deb {deb[0]} {deb[1]}", "cuda": deb_cuda_major(deb[1]) or "unknown"}
+    return {"source": ("pip " + ", ".join(found)) if found else "unknown", "cuda": "unknown"}
+
+
+def tensorrt_cuda(trt) -> str:
+    """The CUDA major TensorRT itself was built for ("12", "13"), or "unknown" (e.g. a
+    TensorRT from NVIDIA's tar archive or a container, with no wheel and no package)."""
+    return tensorrt_origin(trt)["cuda"]
 
 
 def device_facts(trt, cudart, device: int = 0) -> dict:
@@ -121,8 +162,9 @@ def device_facts(trt, cudart, device: int = 0) -> dict:
     if int(err) != 0:
         raise FarError(f"Could not read the properties of CUDA device {device} ({err}).")
     name = prop.name.decode(errors="replace").rstrip("\x00") if isinstance(prop.name, bytes) else str(prop.name)
+    origin = tensorrt_origin(trt)
     return {"tensorrt": trt.__version__, "tensorrt_module": trt.__name__.split(".")[0],
-            "tensorrt_cuda": tensorrt_cuda(trt), "cuda_python": _cuda_version(rt),
+            "tensorrt_cuda": origin["cuda"], "tensorrt_source": origin["source"], "cuda_python": _cuda_version(rt),
             "driver": _cuda_version(drv), "gpu": name.strip(),
             "compute_capability": f"{prop.major}.{prop.minor}"}
 

@@ -3,7 +3,7 @@
 Plain data, no TensorRT or CUDA needed: which graph an engine is built from and its hash,
 optimisation profiles and their lookup, the cache key, and the compatibility checks run
 before any engine is deserialised, each ending in one "rebuild with ..." sentence.
-``far-export engines`` writes the manifest; ``trt_backend.TrtBackend`` checks it.
+``far-runtime engines`` (``engine_build.py``) writes the manifest; ``trt_backend.TrtBackend`` checks it.
 
 ``engines.json`` is untrusted input, checked as strictly as ``manifest.json``: its size before
 it is read, its structure (``check_engine_structure``: every field the runtime reads, of the
@@ -33,7 +33,7 @@ ENGINE_FORMAT_VERSION = 2            # 2: key has tensorrt_cuda and builder (not
 HARDWARE_LEVELS = ("none", "same-cc", "ampere+")
 # Version-compatible engines also run on these later major versions (TensorRT docs).
 CROSS_MAJOR = {(8, 10), (10, 11)}
-DEFAULT_OPTIMIZATION_LEVEL = 3       # far-export engines' default (far_export/tensorrt/engines.py)
+DEFAULT_OPTIMIZATION_LEVEL = 3       # far-runtime engines' default (engines_cli.py)
 DEFAULT_MAX_PROFILES = 4
 MAX_ENGINES, MAX_PROFILES, MAX_DIM = 256, 64, 1 << 31
 _VERSION = re.compile(r"^[0-9]{1,4}(\.[0-9]{1,6}){0,4}$")
@@ -340,11 +340,11 @@ def check_plan_covered(plan: Plan, engines: dict, manifest: dict, rebuild: str) 
 
 def rebuild_command(bundle_root: str, precision: str, manifest: dict | None = None,
                     entry: dict | None = None, engine_dir: str | None = None) -> str:
-    """The quoted ``far-export engines`` command that rebuilds an engine folder, or one engine
+    """The quoted ``far-runtime engines`` command that rebuilds an engine folder, or one engine
     of it (``entry``), composed from checked values only (``check_engine_structure``): the
     K and batch ranges, the key's options and the graph. The manifest's own ``command`` text
     is never echoed, so a tampered manifest cannot make the tool advise running anything."""
-    cmd = ["far-export", "engines", bundle_root, "--precision", precision if precision in PRECISIONS else "fp32"]
+    cmd = ["far-runtime", "engines", bundle_root, "--precision", precision if precision in PRECISIONS else "fp32"]
     ranges = {**{r: manifest[r] for r in ("k_range", "batch_range") if isinstance(manifest, dict)
                  and _range(manifest.get(r))},
               **{r: entry[r] for r in ("k_range", "batch_range") if isinstance(entry, dict) and _range(entry.get(r))}}
@@ -366,7 +366,7 @@ def rebuild_command(bundle_root: str, precision: str, manifest: dict | None = No
 
 
 def _option_flags(opts: dict) -> list:
-    """The ``far-export engines`` flags of a key's options, each only when checked."""
+    """The ``far-runtime engines`` flags of a key's options, each only when checked."""
     flags = []
     if opts.get("version_compatible") is True:
         flags.append("--version-compatible")

@@ -2,7 +2,8 @@
 
 Kept in its own file because its source is part of every engine's cache key
 (``builder_code_sha256``): a change of build flags here rebuilds every engine, with no
-format number to remember to bump. Written against TensorRT 10.x and 11.x alike:
+format number to remember to bump. Written against TensorRT 10.x (JetPack 6 has 10.3) and
+11.x alike:
 networks are strongly typed (11 has no other kind and ignores the flag, so it is passed to
 10 only), INT8 comes from the graph's Q/DQ nodes, and every status the builder returns
 (``parse_from_file``, ``add_optimization_profile``, ``build_serialized_network``) is checked.
@@ -14,9 +15,9 @@ import logging
 import os
 import tempfile
 
-from far_runtime.errors import FarError
-from far_runtime.gpu.engine_manifest import GraphSource
-from far_runtime.specs import ComponentSpec
+from ..errors import FarError
+from ..specs import ComponentSpec
+from .engine_manifest import GraphSource
 
 log = logging.getLogger(__name__)
 

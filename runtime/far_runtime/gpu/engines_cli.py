@@ -1,12 +1,13 @@
-"""``far-export engines``: TensorRT engines for a bundle (see ``engines.py``)."""
+"""``far-runtime engines`` (also ``far-export engines``): TensorRT engines for a bundle, built on
+the machine that runs them (see ``engine_build.py``); needs no torch and no far-export."""
 from __future__ import annotations
 
 import json
 
 import click
 
-from far_runtime.schedule import MAX_K
-from far_runtime.gpu.engine_manifest import HARDWARE_LEVELS, PRECISIONS, default_engine_dir
+from ..schedule import MAX_K
+from .engine_manifest import HARDWARE_LEVELS, PRECISIONS, default_engine_dir
 
 
 @click.command()
@@ -31,9 +32,9 @@ from far_runtime.gpu.engine_manifest import HARDWARE_LEVELS, PRECISIONS, default
 def engines(bundle, precision, out, k_range, batch_range, max_profiles, version_compatible,
             hardware_compatible, optimization_level, workspace_gb, graphs, force, profiles_only):
     """Build TensorRT engines from the bundle's graphs on this GPU (reused when unchanged)."""
-    from far_runtime.bundle import load_bundle
-
-    from .engines import build_engines, engine_profiles, parse_range
+    from ..bundle import load_bundle
+    from .engine_build import build_engines
+    from .engine_profiles import engine_profiles, parse_range
     b = load_bundle(bundle, check_hashes=not profiles_only)
     k = parse_range(k_range, "k", 1, MAX_K)
     max_batch = b.manifest["max_batch"]
@@ -49,4 +50,5 @@ def engines(bundle, precision, out, k_range, batch_range, max_profiles, version_
                       progress=lambda msg: click.echo(msg, err=True))
     click.echo(f"{len(m['engines'])} {m['precision']} engines ({m['built']} built, {m['reused']} reused) for "
                f"{m['built_on']['gpu']} (sm {m['built_on']['compute_capability']}), TensorRT "
-               f"{m['built_on']['tensorrt']}, in {out or default_engine_dir(bundle, m['precision'])}")
+               f"{m['built_on']['tensorrt']} ({m['built_on'].get('tensorrt_source', 'unknown')}, CUDA "
+               f"{m['built_on']['tensorrt_cuda']}), in {out or default_engine_dir(bundle, m['precision'])}")
