@@ -485,3 +485,26 @@ def test_tensorrt_engines_build_reuse_and_run(bundles, tmp_path):
     json.dump(manifest, open(manifest_path, "w"))
     with pytest.raises(FarError, match="rebuild with"):
         TrtBackend(bundle, "fp32", out)
+
+
+@pytest.mark.parametrize("head_kind", ["shortcut", "diffusion"])
+def test_profiles_cover_the_shapes_of_the_sampling_options(head_kind):
+    """Issue 24: the plan knows the options, so the engines' profiles cover the shapes they
+    make (the condition cache's refresh asks the backbone for every still-masked position)."""
+    from far_runtime.accel import accel_options
+    bundle = paper_bundle(head_kind)
+    profiles = engine_profiles(bundle, (1, 64), (1, 4), max_profiles=4)
+    schedule = "8:1" if head_kind == "shortcut" else "100:10"
+    sets = [accel_options(cfg_cache="2:3"), accel_options(cfg_cache="0:1"),
+            accel_options(cfg_cache="1:4", cfg_interval="0.25:1"), accel_options(head_schedule=schedule),
+            accel_options(cfg_interval="0:0.5", head_schedule=schedule)]
+    mode = "step" if head_kind == "diffusion" else "fused"
+    o = 100 if head_kind == "diffusion" else 8
+    checked = 0
+    for K in (1, 2, 5, 16, 33, 64):
+        for b in (1, 3, 4):
+            for accel in sets:
+                for call in make_plan(bundle.model, b, K, o, True, mode, True, 8, accel).distinct():
+                    assert select_profile(profiles[call.graph], dict(call.dims)) is not None, (accel, call)
+                    checked += 1
+    assert checked > 0

@@ -23,7 +23,7 @@ from far_runtime.bundle import Bundle, load_bundle
 from far_runtime.gpu.cuda_graphs import Binding, GraphCache
 from far_runtime.gpu.cuda_runtime import capture_graph, cuda_major_of, import_optional, import_tensorrt, tensorrt_cuda
 from far_runtime.gpu.device_slots import SlotBackend, SlotCache, ThreadResults, default_capacity, plan_capacity
-from far_runtime.gpu.engine_manifest import check_engine, rebuild_command
+from far_runtime.gpu.engine_manifest import check_engine
 from far_runtime.errors import FarError
 from far_runtime.plan import make_call
 from far_runtime.variants.masked import make_plan
@@ -319,17 +319,6 @@ def test_rebuild_command_parses_back_to_the_same_key(opts):
     assert (p["graphs"].split(",") if p["graphs"] else None) == opts.get("graphs")
     again = build_options(p["version_compatible"], p["hardware_compatible"], p["optimization_level"], p["workspace_gb"])
     assert again == options
-
-
-def test_rebuild_sentence_of_one_engine_is_its_own_command():
-    """Composed from the entry's checked ranges and graph (issue 26: never the manifest's
-    ``command`` text, which a tampered manifest could fill with anything)."""
-    manifest = {"command": "rm -rf ~", "k_range": [1, 256], "batch_range": [1, 8]}
-    entry = {"command": "rm -rf ~", "k_range": [1, 64], "batch_range": [1, 8], "key": {"graph": "backbone"}}
-    assert rebuild_command("b", "fp16", manifest, entry) == \
-        "`far-runtime engines b --precision fp16 --k 1:64 --batch 1:8 --graphs backbone`"
-    assert rebuild_command("b", "fp16", manifest) == "`far-runtime engines b --precision fp16 --k 1:256 --batch 1:8`"
-    assert rebuild_command("b", "fp16") == "`far-runtime engines b --precision fp16`"
 
 
 # --- defect 7: TensorRT's own CUDA major, lean runtime ----------------------------------------

@@ -227,3 +227,14 @@ def test_parse_engine_manifest_refuses_what_load_refuses():
     with pytest.raises(FarError, match="not valid JSON"):
         parse_engine_manifest(b"\xff", "e.json", REBUILD)
     assert parse_engine_manifest(json.dumps(GOOD).encode(), "e.json", REBUILD)["engines"]
+
+
+def test_rebuild_sentence_of_one_engine_is_its_own_command():
+    """Composed from the entry's checked ranges and graph (issue 26: never the manifest's
+    ``command`` text, which a tampered manifest could fill with anything)."""
+    manifest = {"command": "rm -rf ~", "k_range": [1, 256], "batch_range": [1, 8]}
+    entry = {"command": "rm -rf ~", "k_range": [1, 64], "batch_range": [1, 8], "key": {"graph": "backbone"}}
+    assert rebuild_command("b", "fp16", manifest, entry) == \
+        "`far-runtime engines b --precision fp16 --k 1:64 --batch 1:8 --graphs backbone`"
+    assert rebuild_command("b", "fp16", manifest) == "`far-runtime engines b --precision fp16 --k 1:256 --batch 1:8`"
+    assert rebuild_command("b", "fp16") == "`far-runtime engines b --precision fp16`"

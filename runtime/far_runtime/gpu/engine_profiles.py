@@ -40,7 +40,8 @@ def plan_shapes(bundle: Bundle, k_range: tuple[int, int], batch_range: tuple[int
     """``{graph: Counter({dims: calls})}`` over every plan in the K and batch ranges.
 
     Covers CFG on and off, the fused head of every exported O and the per-step head (each
-    with its O calls per iteration), every loop mode of the variant, and the VAE decode; only
+    with its O calls per iteration), every loop mode of the variant, the shapes only the
+    sampling options make (``variant.shape_options``), and the VAE decode; only
     graphs the bundle has. A call's dims are those of its graph's spec.
     """
     model, manifest = bundle.model, bundle.manifest
@@ -55,12 +56,12 @@ def plan_shapes(bundle: Bundle, k_range: tuple[int, int], batch_range: tuple[int
     calls = Counter()
     for K in ks:
         for batch in range(batch_range[0], batch_range[1] + 1):
-            for use_cfg in (False, True):
+            for use_cfg, accel in [(False, None), (True, None), *((True, a) for a in variant.shape_options)]:
                 for mode in modes or ["fused"]:
                     steps = head_steps[0] if mode == "fused" else max(head_steps)
                     for loop in loops:
                         plan = variant.plan(model, batch, K, steps, use_cfg, mode, bundle.has("vae_decoder"),
-                                            manifest["max_batch"], loop)
+                                            manifest["max_batch"], loop, accel)
                         calls.update(profile_key(c.key, specs) for c in plan.calls())
     out: dict = defaultdict(Counter)
     for (graph, dims), n in calls.items():

@@ -20,6 +20,9 @@ class Variant:
     family = ""              # "masked" or "causal": the manifest's model.kind (absent: masked)
     backbone_graphs: tuple = ()
     modes: tuple = (None,)   # loop modes besides the default (FAR-Causal: "cache", "recompute")
+    # Sampling options (accel.AccelOptions) whose guided plans show every shape the options can
+    # make that the plain plans do not (engine profiles read them; see gpu/engine_profiles.py).
+    shape_options: tuple = ()
 
     def __init__(self, name: str, head_kind: str, title: str):
         self.name, self.head_kind, self.title = name, head_kind, title

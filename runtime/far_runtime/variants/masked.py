@@ -91,6 +91,10 @@ def make_plan(model: dict, batch: int, num_iter: int, head_steps: int, use_cfg: 
 class Masked(Variant):
     family = "masked"
     backbone_graphs = ("backbone",)
+    # The condition cache's refresh on every iteration: the backbone's 2B rows then predict
+    # every still-masked position. Guidance intervals and head schedules make B-row and
+    # per-O calls, which the plain plans (CFG off, every exported O) already show.
+    shape_options = (AccelOptions(cfg_cache="0:1"),)
 
     def backbone_specs(self, model, max_batch, tolerance):
         L, C, D = model["seq_len"], model["token_dim"], model["cond_dim"]
