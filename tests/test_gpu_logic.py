@@ -7,7 +7,6 @@ through them; ``HostSlots`` below is a numpy implementation of SlotBackend's fou
 and the PyTorch backend runs the same SlotBackend for real on the CPU.
 """
 import ast
-import shlex
 import sys
 import threading
 import tomllib
@@ -16,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from far_runtime.gpu.engine_build import build_options, engines_command, merge_entries, unreferenced_files
+from far_runtime.gpu.engine_build import merge_entries, unreferenced_files
 from far_runtime.gpu.engine_builder import builder_code_sha256, network_flags
-from far_runtime.gpu.engine_profiles import parse_range
 from far_runtime.bundle import Bundle, load_bundle
 from far_runtime.gpu.cuda_graphs import Binding, GraphCache
 from far_runtime.gpu.cuda_runtime import capture_graph, cuda_major_of, import_optional, import_tensorrt, tensorrt_cuda
@@ -294,31 +292,6 @@ def test_subset_build_keeps_other_engines():
     assert unreferenced_files(old, merged) == ["backbone-1.engine", "gone-1.engine"]
     full = merge_entries(old, built, subset=False, bundle=bundle)
     assert full == built and "head_step-1.engine" in unreferenced_files(old, full)
-
-
-# --- defect 5: the rebuild sentence reproduces the key -----------------------------------------
-
-@pytest.mark.parametrize("opts", [
-    {},
-    {"version_compatible": True, "hardware_compatibility": "ampere+", "optimization_level": 5,
-     "workspace_gb": 1.5, "graphs": ["backbone", "head_o8"], "max_profiles": 2, "out": "my engines"},
-    {"optimization_level": 0, "workspace_gb": 0.125, "hardware_compatibility": "same-cc"},
-])
-def test_rebuild_command_parses_back_to_the_same_key(opts):
-    from far_runtime.gpu.engines_cli import engines
-    options = build_options(opts.get("version_compatible", False), opts.get("hardware_compatibility", "none"),
-                            opts.get("optimization_level", 3), opts.get("workspace_gb"))
-    cmd = engines_command("graphs/demo dir", "fp16", opts.get("out"), (16, 64), (1, 4),
-                          opts.get("max_profiles", 4), options, opts.get("graphs"))
-    argv = shlex.split(cmd)
-    assert argv[:2] == ["far-runtime", "engines"]
-    p = engines.make_context("engines", argv[2:]).params
-    assert p["bundle"] == "graphs/demo dir" and p["precision"] == "fp16" and p["out"] == opts.get("out")
-    assert parse_range(p["k_range"], "k", 1, 256) == (16, 64) and parse_range(p["batch_range"], "batch", 1, 8) == (1, 4)
-    assert p["max_profiles"] == opts.get("max_profiles", 4)
-    assert (p["graphs"].split(",") if p["graphs"] else None) == opts.get("graphs")
-    again = build_options(p["version_compatible"], p["hardware_compatible"], p["optimization_level"], p["workspace_gb"])
-    assert again == options
 
 
 # --- defect 7: TensorRT's own CUDA major, lean runtime ----------------------------------------

