@@ -247,13 +247,14 @@ def checked_sets(pipe, settings: dict, batch: int, sets: dict, builtin: set, mod
     return ok, skipped
 
 
-def measure_model(pipe, model: str, sets: dict, builtin: set, settings: dict, batch: int, runs: int,
+def measure_model(pipe, model: str, checked: tuple, settings: dict, batch: int, runs: int,
                   warmup: int, seed: int, images: int, say) -> dict:
-    """One model's entries (the defaults first), its defaults' scores and spread, its best."""
+    """One model's entries (the defaults first), its defaults' scores and spread, its best;
+    ``checked``: ``checked_sets``' answer."""
     shortcut = pipe.model["head_kind"] == "shortcut"
     labels = np.arange(batch) % pipe.model["num_classes"]
     base_flops = work(pipe, settings, batch, AccelOptions())
-    ok, skipped = checked_sets(pipe, settings, batch, sets, builtin, model)
+    ok, skipped = checked
     for name, why in skipped.items():
         say(f"{model}: set '{name}' does not fit this model, not run: {why}")
     total = lambda f: f["backbone"] + f["head"]          # noqa: E731
@@ -315,17 +316,18 @@ def models_to_run(source, preset, mar, vae, skip_mar: bool, out: str, seed: int)
         if not skip_mar:
             models["mar"] = {"source": files["mar"], "vae": files["vae"]}
     else:
+        demo_mar = os.path.join(ASSETS, "mar_demo.pth")
         if source is None:
             source, vae = DEFAULT_CHECKPOINT, vae or DEFAULT_VAE
+            if mar is None and not skip_mar and os.path.isfile(demo_mar):
+                mar = demo_mar
         models["far"] = {"source": source, "vae": vae}
-        demo_mar = os.path.join(ASSETS, "mar_demo.pth")
-        if mar is None and not skip_mar and os.path.isfile(demo_mar):
-            mar = demo_mar
         if skip_mar:
             skipped["mar"] = "MAR was left out (--skip-mar)."
         elif mar is None:
-            skipped["mar"] = (f"MAR was skipped: there is no MAR demo checkpoint at {demo_mar} "
-                              "and no --mar CHECKPOINT was given.")
+            skipped["mar"] = ("MAR was skipped: no --mar CHECKPOINT was given"
+                              + (f" and there is no MAR demo checkpoint at {demo_mar}." if source == DEFAULT_CHECKPOINT
+                                 else " (the demo MAR goes with the demo FAR, when no SOURCE is given)."))
         else:
             models["mar"] = {"source": mar, "vae": vae}
     if "mar" in skipped and not skip_mar:
@@ -368,7 +370,8 @@ def run_accel(source: str | None, out: str, preset: str | None = None, mar: str 
                                "2 x |Fréchet(seed set A) - Fréchet(seed set B)| of the defaults"},
               "machine": machine_info(), "models": {}, "accel": [], "accel_best": {},
               "accel_skipped": skipped, "accel_targets": {}}
-    for model in MODELS:
+    pipes = {}
+    for model in MODELS:                   # every model loaded and every set checked before any timing
         if model not in models:
             report["accel_best"][model] = None
             continue
@@ -380,9 +383,11 @@ def run_accel(source: str | None, out: str, preset: str | None = None, mar: str 
         if pipe.variant.name not in ("far", "mar") or pipe.model["head_kind"] != want:
             raise FarError(f"bench --accel measures masked {model.upper()} models ({want} head); "
                            f"{m['source']} is {pipe.variant.title}.")
-        say(f"{model}: {len(sets[model])} option sets against the defaults, batch {batch}, {threads} threads")
-        res = measure_model(pipe, model, sets[model], builtin[model], settings, batch, runs, warmup, seed, images, say)
-        report["models"][model] = {"source": m["source"], "bundle": os.path.abspath(bundle),
+        pipes[model] = (pipe, bundle, checked_sets(pipe, settings, batch, sets[model], builtin[model], model))
+    for model, (pipe, bundle, checked) in pipes.items():
+        say(f"{model}: {len(checked[0])} option sets against the defaults, batch {batch}, {threads} threads")
+        res = measure_model(pipe, model, checked, settings, batch, runs, warmup, seed, images, say)
+        report["models"][model] = {"source": models[model]["source"], "bundle": os.path.abspath(bundle),
                                    **{k: res[k] for k in ("settings", "settings_flags", "head_steps",
                                                           "defaults", "not_run")}}
         report["accel"] += res["entries"]

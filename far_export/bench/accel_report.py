@@ -62,7 +62,7 @@ def markdown(report: dict) -> str:
                      f"{'met' if t.get('met') else 'not met'}; moonshot {t.get('moonshot')}x: "
                      f"{'met' if t.get('moonshot_met') else 'not met'}).\n")
     for model, why in report.get("accel_skipped", {}).items():
-        L.append(f"{model.upper()}: {why}\n")
+        L.append(f"{why}\n")
     return "\n".join(L)
 
 
@@ -89,10 +89,12 @@ def plot(report: dict, path: str) -> None:
         entries = [e for e in report["accel"] if e["model"] == model]
         d = report["models"][model].get("defaults")
         if d:
+            for ok, label, face, edge in ((True, "passes", "#4c72b0", "#4c72b0"),
+                                          (False, "fails the rule", "white", "#c44e52")):
+                pts = [(e["frechet"], e["speedup"]) for e in entries if bool(e["passes"]) == ok]
+                if pts:
+                    ax.scatter(*zip(*pts), s=40, color=face, edgecolors=edge, zorder=3, label=label)
             for e in entries:
-                ok = bool(e["passes"])
-                ax.scatter(e["frechet"], e["speedup"], s=40, color="#4c72b0" if ok else "white",
-                           edgecolors="#4c72b0" if ok else "#c44e52", zorder=3)
                 ax.annotate(e["name"], (e["frechet"], e["speedup"]), fontsize=7, xytext=(4, 3),
                             textcoords="offset points")
             front = passing_front([(e["frechet"], e["speedup"]) for e in entries if e["passes"]])
