@@ -185,3 +185,8 @@ def test_head_steps_to_export():
     sets, _ = option_sets()
     assert head_steps_needed(sets["far"], 8) == [1, 2, 4, 8]
     assert head_steps_needed({"x": parse_flags("--head-schedule 16:2", "x")}, 4) == [1, 2, 4, 8, 16]
+
+
+def test_far_causal_is_refused(built, tmp_path):
+    res, _ = run_accel([built[0], "--accel-images", "0"], tmp_path)
+    assert res.exit_code == 2 and "measures masked FAR models (shortcut head)" in res.output

@@ -34,7 +34,6 @@ from far_runtime.accel import FLAGS, AccelOptions, accel_options
 from far_runtime.errors import FarError
 
 from ..flops import plan_flops
-from ..quality.score import DEMO_SAMPLING
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +182,7 @@ def best_entry(entries: list) -> dict | None:
 
 def settings_for(K: int | None = None, O: int | None = None, cfg: float | None = None) -> dict:
     """The defaults' sampling settings: the README's, any of K, O, CFG replaced when given."""
+    from ..quality.score import DEMO_SAMPLING     # imports torch: not at the top (bench's runtime worker is torch-free)
     s = {"K": DEMO_SAMPLING["K"], "O": DEMO_SAMPLING["O"], "cfg": DEMO_SAMPLING["cfg"],
          "cfg_schedule": DEMO_SAMPLING["cfg_schedule"], "temperature": DEMO_SAMPLING["temperature"]}
     for k, v in (("K", K), ("O", O), ("cfg", cfg)):
@@ -265,6 +265,7 @@ def measure_model(pipe, model: str, checked: tuple, settings: dict, batch: int, 
         md, mo = statistics.median(d), statistics.median(o)
         say(f"{model}: {name}: {md:.3f}s defaults, {mo:.3f}s with {flags_text(opts)}: {md / mo:.2f}x")
         entries.append({"model": model, "name": name, "options": flags_text(opts), "speedup": md / mo,
+                        "speedup_paired_median": statistics.median(a / b for a, b in zip(d, o)),
                         "work_ratio": total(base_flops) / total(fl), "images_per_s": batch / mo,
                         "defaults_images_per_s": batch / md, "seconds_median": mo,
                         "defaults_seconds_median": md, "seconds": o, "defaults_seconds": d,
