@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import os
+import shlex
 
 from far_runtime.cli import parse_int_list
+from far_runtime.errors import FarError
 
+from .accel import DEFAULT_IMAGES as ACCEL_IMAGES
 from .compare import MIN_PSNR_DB
 from .report import markdown, write_report
 from .sweep import run_bench
@@ -69,11 +72,31 @@ def _command():
                   show_default=True, help="int8 calibration runs: quick (1 seed, batch 2, 16 samples per "
                                           "graph) or full (far-export build's defaults).")
     @click.option("--skip-mar", is_flag=True, help="With --preset: leave out the MAR model (MAR vs FAR).")
+    @click.option("--accel", is_flag=True,
+                  help="Measure the sampling accelerations instead (--head-schedule, --cfg-interval, --cfg-cache): "
+                       "each option set against the same model's defaults (the README's settings) on FAR and "
+                       "MAR: speed-up, accuracy, Fréchet distance, which pass (bench.json 'accel').")
+    @click.option("--accel-images", default=ACCEL_IMAGES, show_default=True,
+                  help="With --accel: images scored per option set (0: speed only).")
+    @click.option("--accel-set", "accel_set", multiple=True,
+                  help="With --accel: add (or replace) an option set, '[far:|mar:]name=flags', e.g. "
+                       "'far:fast=--head-schedule 8:2 --cfg-cache 1:4'; repeatable.")
+    @click.option("--accel-sets", "accel_sets", help="With --accel: a JSON file {\"far\": {name: flags}, "
+                                                      "\"mar\": {...}} replacing the built-in option sets.")
     @click.option("--out", default="out/bench", show_default=True, help="Report folder.")
-    def bench(source, preset, mar_path, vae_path, num_iter, head_steps, batch, cfg, threads, runs,
+    @click.pass_context
+    def bench(ctx, source, preset, mar_path, vae_path, num_iter, head_steps, batch, cfg, threads, runs,
               warmup, sweep_k, sweep_o, seed, matmul_seconds, peers, backend, int8_min_speedup, min_psnr,
-              calibration, skip_mar, out):
-        """Time eager PyTorch against the runtime: latency, breakdown, memory, MAR vs FAR, K x O."""
+              calibration, skip_mar, accel, accel_images, accel_set, accel_sets, out):
+        """Time eager PyTorch against the runtime: latency, breakdown, memory, MAR vs FAR, K x O.
+        With --accel: the sampling accelerations against each model's defaults."""
+        if accel:
+            return _accel(ctx, source, preset, mar_path, vae_path, num_iter, head_steps, batch, cfg, threads,
+                          runs, warmup, seed, skip_mar, accel_images, accel_set, accel_sets, out)
+        given = [f"--{p.replace('_', '-')}" for p in ("accel_set", "accel_sets", "accel_images")
+                 if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise FarError(f"{given[0]} applies to bench --accel; add --accel.")
         if source is None and preset is None:
             from ..defaults import default_paths
             source, vae_path = default_paths(None, vae_path)
@@ -101,6 +124,40 @@ def _command():
         click.echo(f"wrote {os.path.join(out, 'bench.json')}, bench.md and bench.png")
     return bench
 
+
+
+# the bench options --accel uses (the others belong to the timing of eager against the runtime)
+ACCEL_OPTIONS = {"source", "preset", "mar_path", "vae_path", "num_iter", "head_steps", "batch", "cfg", "threads",
+                 "runs", "warmup", "seed", "skip_mar", "accel", "accel_images", "accel_set", "accel_sets", "out"}
+ACCEL_BATCH = 8
+
+
+def _accel(ctx, source, preset, mar, vae, K, O, batch, cfg, threads, runs, warmup, seed, skip_mar, images,
+           extra_sets, sets_file, out):
+    """``bench --accel``: O, CFG and batch count only where given (else the README's settings and
+    batch 8); options of the eager-vs-runtime timing are refused."""
+    import click
+    from .accel import run_accel
+    from .accel_report import markdown as accel_markdown
+    given = lambda p: ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE   # noqa: E731
+    other = [p for p in ctx.params if p not in ACCEL_OPTIONS and given(p)]
+    if other:
+        opt = next(o for o in ctx.command.params if o.name == other[0])
+        raise FarError(f"{opt.opts[0]} does not apply to bench --accel (it times eager PyTorch against the runtime).")
+    O, cfg = (O if given("head_steps") else None), (cfg if given("cfg") else None)
+    batch = batch if given("batch") else ACCEL_BATCH
+    report = run_accel(source, out, preset, mar, vae, K, O, cfg, batch, threads, runs, warmup, seed, images,
+                       sets_file, extra_sets, skip_mar, say=lambda m: click.echo(m, err=True))
+    cmd = command_line(source if preset is None else None, preset=preset, mar=mar, vae=vae, K=K, O=O, cfg=cfg,
+                       batch=batch, threads=report["threads"], runs=runs, warmup=warmup, seed=seed,
+                       accel_images=images, accel_sets=sets_file, out=out)
+    report["command"] = (cmd.replace("far-export bench", "far-export bench --accel", 1)
+                         + "".join(f" --accel-set {shlex.quote(s)}" for s in extra_sets)
+                         + (" --skip-mar" if skip_mar else ""))
+    from .accel_report import write_accel_report
+    write_accel_report(report, out)
+    click.echo(accel_markdown(report))
+    click.echo(f"wrote {os.path.join(out, 'bench.json')}, bench.md and accel.png")
 
 
 bench = _command()
