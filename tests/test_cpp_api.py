@@ -57,7 +57,7 @@ NOT_LOADED = "{fn} was given a far_runtime that is not loaded (freed already, or
 
 
 def test_api_version(cpp_build):
-    assert cpp_build["lib"].far_api_version() == 2
+    assert cpp_build["lib"].far_api_version() == 3
 
 
 def test_a_second_far_free_does_nothing(cpp_build, bundles):

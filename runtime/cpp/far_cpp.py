@@ -9,7 +9,7 @@ import ctypes
 import numpy as np
 
 
-API_VERSION = 2      # far_runtime.h's FAR_RUNTIME_API_VERSION, whose structs this file mirrors
+API_VERSION = 3      # far_runtime.h's FAR_RUNTIME_API_VERSION, whose structs this file mirrors
 
 
 def load_library(path: str):
@@ -41,7 +41,8 @@ class LoadOptions(ctypes.Structure):
 class SampleOptions(ctypes.Structure):
     _fields_ = [("size", ctypes.c_size_t), ("K", ctypes.c_int), ("O", ctypes.c_int), ("cfg", ctypes.c_double),
                 ("cfg_schedule", ctypes.c_char_p), ("temperature", ctypes.c_double),
-                ("seed", ctypes.c_uint64), ("head", ctypes.c_char_p)]
+                ("seed", ctypes.c_uint64), ("head", ctypes.c_char_p),
+                ("head_schedule", ctypes.c_char_p), ("cfg_interval", ctypes.c_char_p), ("cfg_cache", ctypes.c_char_p)]
 
 
 class ModelInfo(ctypes.Structure):
@@ -69,11 +70,15 @@ class CRuntime:
         self.info = ModelInfo()
         assert lib.far_model(self.handle, ctypes.byref(self.info)) == 0
 
-    def options(self, K=0, O=8, cfg=1.0, seed=0, temperature=1.0, head="auto", schedule="linear"):
+    def options(self, K=0, O=8, cfg=1.0, seed=0, temperature=1.0, head="auto", schedule="linear",
+                head_schedule=None, cfg_interval=None, cfg_cache=None):
+        """far_sample_options; the acceleration options are strings, None (NULL) for off."""
         o = SampleOptions()
         self.lib.far_sample_options_default(ctypes.byref(o))
         o.K, o.O, o.cfg, o.seed, o.temperature = K, O, cfg, seed, temperature
         o.head, o.cfg_schedule = head.encode(), schedule.encode()
+        for k, v in (("head_schedule", head_schedule), ("cfg_interval", cfg_interval), ("cfg_cache", cfg_cache)):
+            setattr(o, k, None if v is None else v.encode())
         return o
 
     def tokens(self, labels, stats=None, **kw) -> np.ndarray:

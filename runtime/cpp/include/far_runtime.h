@@ -28,7 +28,9 @@
  *   would hold more than 2^31 elements: FAR_ERROR_INPUT.
  * - Option structs carry their own size: fill them with far_*_options_default, which sets
  *   .size; a struct whose .size is not the size of this header's struct (zeroed, garbage, or
- *   from another version of this header) is FAR_ERROR_INPUT, never read past its end.
+ *   from another version of this header) is FAR_ERROR_INPUT, never read past its end. One
+ *   exception: a far_sample_options of API version 2 (its .size ends before head_schedule)
+ *   is read as far as it goes, the fields it lacks off.
  * - far_*_options_default and far_free with NULL do nothing.
  */
 #ifndef FAR_RUNTIME_H
@@ -41,7 +43,8 @@
 extern "C" {
 #endif
 
-#define FAR_RUNTIME_API_VERSION 2   /* 2: .size in the option structs, handles checked */
+#define FAR_RUNTIME_API_VERSION 3   /* 2: .size in the option structs, handles checked;
+                                       3: the sampling accelerations in far_sample_options */
 
 enum far_status {
     FAR_OK = 0,
@@ -85,6 +88,19 @@ typedef struct far_sample_options {
     double temperature;      /* default 1.0 */
     uint64_t seed;           /* numpy PCG64 seed (default 0) */
     const char* head;        /* "auto" (default), "fused" or "step" */
+    /* The sampling accelerations (API version 3; far_runtime/ACCEL.md has the exact rules), each
+     * NULL (off, the default) or a string spelled as far-runtime generate's flags take it; a
+     * value the run cannot take is FAR_ERROR_INPUT with the Python runtime's sentence. With all
+     * three NULL a run is the run without them, bit for bit. */
+    const char* head_schedule; /* head steps per iteration: "A:B" anneals from A (nothing known) to
+                                  B, rounded down (FAR, FAR-Causal: O, a power of two; MAR: DDPM
+                                  steps, at most diffusion_steps), e.g. "8:1"; or one value per
+                                  iteration "8,8,4,2". Replaces O. */
+    const char* cfg_interval;  /* "LO:HI", 0 <= LO < HI <= 1: guidance only on iterations s with
+                                  LO*K <= s < HI*K, the others run no unconditional rows */
+    const char* cfg_cache;     /* "W:N" (FAR and MAR; refused for FAR-Causal): LazyMAR's condition
+                                  cache, the unconditional rows run on iterations s < W and where
+                                  (s - W) % N == 0, their z difference reused in between */
 } far_sample_options;
 
 typedef struct far_model_info {

@@ -4,9 +4,11 @@
 #include "far_runtime.h"
 
 #include <atomic>
+#include <cstddef>
 #include <memory>
 #include <mutex>
 #include <new>
+#include <optional>
 #include <string>
 #include <unordered_map>
 
@@ -75,13 +77,19 @@ void require(bool ok, const std::string& what) {
     if (!ok) throw far::Error(far::Code::Input, what);
 }
 
-// An options struct of this header's size, or a sentence (the header's rule): its fields are
-// read only once its size says the caller has them.
+// An options struct of this header's size (or `earlier`, an older version's, when not 0), or a
+// sentence (the header's rule): its fields are read only once its size says the caller has them.
 template <class T>
-void check_size(const T* o, const char* type, const char* fill) {
-    require(!o || o->size == sizeof(T), std::string(type) + ".size is " + std::to_string(o ? o->size : 0) + ", not sizeof(" +
-                                            type + ") = " + std::to_string(sizeof(T)) + "; fill the options with " + fill + " first.");
+void check_size(const T* o, const char* type, const char* fill, size_t earlier = 0) {
+    require(!o || o->size == sizeof(T) || (earlier && o->size == earlier),
+            std::string(type) + ".size is " + std::to_string(o ? o->size : 0) + ", not sizeof(" + type + ") = " +
+                std::to_string(sizeof(T)) + "; fill the options with " + fill + " first.");
 }
+
+// far_sample_options of API version 2: everything before head_schedule.
+constexpr size_t kSampleOptionsV2 = offsetof(far_sample_options, head_schedule);
+
+std::optional<std::string> optional(const char* s) { return s ? std::optional<std::string>(s) : std::nullopt; }
 
 far::LoadOptions load_options(const far_load_options* o) {
     check_size(o, "far_load_options", "far_load_options_default");
@@ -97,7 +105,7 @@ far::LoadOptions load_options(const far_load_options* o) {
 }
 
 far::SampleOptions sample_options(const far_sample_options* o) {
-    check_size(o, "far_sample_options", "far_sample_options_default");
+    check_size(o, "far_sample_options", "far_sample_options_default", kSampleOptionsV2);
     far::SampleOptions s;
     if (!o) return s;
     s.K = o->K;
@@ -107,6 +115,10 @@ far::SampleOptions sample_options(const far_sample_options* o) {
     s.temperature = o->temperature;
     s.seed = o->seed;
     s.head = o->head ? o->head : "auto";
+    if (o->size < sizeof(far_sample_options)) return s;     // version 2: no accelerations
+    s.head_schedule = optional(o->head_schedule);
+    s.cfg_interval = optional(o->cfg_interval);
+    s.cfg_cache = optional(o->cfg_cache);
     return s;
 }
 
@@ -154,6 +166,9 @@ void far_sample_options_default(far_sample_options* o) {
     o->temperature = 1.0;
     o->seed = 0;
     o->head = "auto";
+    o->head_schedule = nullptr;
+    o->cfg_interval = nullptr;
+    o->cfg_cache = nullptr;
 }
 
 int far_load(const char* bundle_dir, const far_load_options* options, far_runtime** out) {

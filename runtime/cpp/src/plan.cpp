@@ -83,30 +83,61 @@ void check_batch(int batch, int max_batch) {
     }
 }
 
+std::vector<Call> head_calls(const std::string& mode, int steps, int batch, int zrows, int n) {
+    if (mode == "fused") return {make_call(fused_name(steps), {{"rows", batch * n}, {"zrows", zrows * n}})};
+    return std::vector<Call>(static_cast<size_t>(steps), make_call("head_step", {{"rows", zrows * n}}));
+}
+
+namespace {
+
+std::string joint_mode(const std::set<std::string>& modes) { return modes.size() == 1 ? *modes.begin() : "mixed"; }
+
+}  // namespace
+
 ShapePlan make_plan(int seq_len, bool diffusion, int batch, int num_iter, int head_steps, bool use_cfg,
-                    std::string head_mode, int max_batch) {
+                    const ModeFor& mode_for, int max_batch, const AccelOptions& accel, int max_steps) {
     check_batch(batch, max_batch);
+    const std::vector<Iteration> its = mask_schedule(num_iter, seq_len);
+    std::vector<int> known;
+    std::vector<bool> runs;
+    for (const Iteration& it : its) {
+        known.push_back(it.n_known());
+        runs.push_back(it.n_pred() > 0);
+    }
+    const std::vector<IterationOptions> opts =
+        resolve(accel, num_iter, head_steps, use_cfg, known, seq_len, !diffusion, max_steps, runs, true);
     ShapePlan p;
     p.batch = batch;
-    p.rows = use_cfg ? 2 * batch : batch;
     p.num_iter = num_iter;
-    p.head_steps = head_steps;
-    p.head_mode = diffusion ? "step" : head_mode;
-    for (const Iteration& it : mask_schedule(num_iter, seq_len)) {
-        IterationPlan ip{it, {}};
+    std::set<std::string> modes;
+    for (size_t s = 0; s < its.size(); ++s) {
+        const Iteration& it = its[s];
+        const IterationOptions& o = opts[s];
+        IterationPlan ip;
+        ip.it = it;
+        ip.head_steps = o.head_steps;
+        ip.head_mode = diffusion ? "step" : mode_for(o.head_steps);
+        ip.rows = o.uncond == Uncond::Computed || o.uncond == Uncond::Refresh ? 2 * batch : batch;
+        ip.n_out = o.uncond == Uncond::Refresh ? it.before : it.n_pred();
+        ip.guided = o.guided;
+        ip.uncond = o.uncond;
         if (it.n_pred()) {
-            const int n = it.n_pred();
-            ip.calls.push_back(make_call("backbone", {{"batch", p.rows}, {"n_known", it.n_known()}, {"n_pred", n}}));
-            if (p.head_mode == "fused") {
-                ip.calls.push_back(make_call(fused_name(head_steps), {{"rows", batch * n}, {"zrows", p.rows * n}}));
-            } else {
-                const Call step = make_call("head_step", {{"rows", p.rows * n}});
-                for (int i = 0; i < head_steps; ++i) ip.calls.push_back(step);
-            }
+            ip.calls.push_back(make_call("backbone", {{"batch", ip.rows}, {"n_known", it.n_known()}, {"n_pred", ip.n_out}}));
+            for (Call& c : head_calls(ip.head_mode, o.head_steps, batch, o.guided ? 2 * batch : batch, it.n_pred()))
+                ip.calls.push_back(std::move(c));
         }
+        p.rows = std::max(p.rows, ip.rows);
+        p.head_steps = std::max(p.head_steps, ip.head_steps);
+        modes.insert(ip.head_mode);
         p.iterations.push_back(std::move(ip));
     }
+    p.head_mode = joint_mode(modes);
     return p;
+}
+
+ShapePlan make_plan(int seq_len, bool diffusion, int batch, int num_iter, int head_steps, bool use_cfg,
+                    const std::string& head_mode, int max_batch) {
+    return make_plan(seq_len, diffusion, batch, num_iter, head_steps, use_cfg, [&](int) { return head_mode; }, max_batch);
 }
 
 // --- FAR-Causal ---------------------------------------------------------------------------
@@ -114,11 +145,21 @@ ShapePlan make_plan(int seq_len, bool diffusion, int batch, int num_iter, int he
 std::vector<Call> CausalPlan::distinct() const {
     std::set<std::string> seen;
     std::vector<Call> out;
-    for (const Call* c : {&prefill, &steps[0], &steps[1]})
-        if (seen.insert(c->key()).second) out.push_back(*c);
-    for (const Call& c : head)
-        if (seen.insert(c.key()).second) out.push_back(c);
+    for (const TokenPlan& t : tokens) {
+        if (seen.insert(t.backbone.key()).second) out.push_back(t.backbone);
+        for (const Call& c : t.head)
+            if (seen.insert(c.key()).second) out.push_back(c);
+    }
     return out;
+}
+
+std::vector<int> token_rows(const std::vector<IterationOptions>& opts, int batch) {
+    int last = -1;
+    for (size_t i = 0; i < opts.size(); ++i)
+        if (opts[i].guided) last = static_cast<int>(i);
+    std::vector<int> rows;
+    for (int i = 0; i < static_cast<int>(opts.size()); ++i) rows.push_back(i <= last ? 2 * batch : batch);
+    return rows;
 }
 
 void check_causal_k(long long k, int seq_len) {
@@ -133,21 +174,42 @@ double causal_cfg_at(int i, int seq_len, double cfg, const std::string& schedule
     return cfg;
 }
 
-CausalPlan make_causal_plan(int seq_len, int batch, int head_steps, bool use_cfg, std::string head_mode, int max_batch) {
+CausalPlan make_causal_plan(int seq_len, int batch, int head_steps, bool use_cfg, const ModeFor& mode_for, int max_batch,
+                            const AccelOptions& accel) {
     check_batch(batch, max_batch);
+    std::vector<int> known;
+    for (int i = 0; i < seq_len; ++i) known.push_back(i);
+    const std::vector<IterationOptions> opts =
+        resolve(accel, seq_len, head_steps, use_cfg, known, seq_len, true, 0, std::vector<bool>(seq_len, true), false);
+    const std::vector<int> rows = token_rows(opts, batch);
     CausalPlan p;
     p.batch = batch;
-    p.rows = use_cfg ? 2 * batch : batch;
+    p.rows = rows[0];
     p.seq_len = seq_len;
-    p.head_steps = head_steps;
-    p.head_mode = std::move(head_mode);
-    p.prefill = make_call("causal_prefill", {{"batch", p.rows}});
+    std::set<std::string> modes;
+    for (int i = 0; i < seq_len; ++i) {
+        const IterationOptions& o = opts[i];
+        TokenPlan t;
+        t.backbone = i == 0 ? make_call("causal_prefill", {{"batch", rows[0]}})
+                            : make_call("causal_step", {{"batch", rows[i]}, {"slot", i % 2}});
+        t.rows = rows[i];
+        t.guided = o.guided;
+        t.head_steps = o.head_steps;
+        t.head_mode = mode_for(o.head_steps);
+        t.head = head_calls(t.head_mode, o.head_steps, batch, o.guided ? 2 * batch : batch, 1);
+        p.head_steps = std::max(p.head_steps, t.head_steps);
+        modes.insert(t.head_mode);
+        p.tokens.push_back(std::move(t));
+    }
+    p.head_mode = joint_mode(modes);
+    p.prefill = p.tokens[0].backbone;
     for (int s = 0; s < 2; ++s) p.steps[s] = make_call("causal_step", {{"batch", p.rows}, {"slot", s}});
-    if (p.head_mode == "fused")
-        p.head = {make_call(fused_name(head_steps), {{"rows", batch}, {"zrows", p.rows}})};
-    else
-        p.head.assign(static_cast<size_t>(head_steps), make_call("head_step", {{"rows", p.rows}}));
+    p.head = p.tokens[0].head;
     return p;
+}
+
+CausalPlan make_causal_plan(int seq_len, int batch, int head_steps, bool use_cfg, const std::string& head_mode, int max_batch) {
+    return make_causal_plan(seq_len, batch, head_steps, use_cfg, [&](int) { return head_mode; }, max_batch);
 }
 
 }  // namespace far

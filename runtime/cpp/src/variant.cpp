@@ -35,6 +35,17 @@ std::string head_mode(const Bundle& bundle, int O, const std::string& head) {
     return "fused";
 }
 
+ModeFor head_modes(const Bundle& bundle, const SampleOptions& o, const AccelOptions& accel) {
+    if (!accel.head_on) {
+        const std::string mode = head_mode(bundle, o.O, o.head);
+        return [mode](int) { return mode; };
+    }
+    if (o.head != "auto" && o.head != "fused" && o.head != "step")
+        throw Error(Code::Input, "head must be 'auto', 'fused' or 'step', got " + py_repr(o.head) + ".");
+    const std::string head = o.head;
+    return [&bundle, head](int steps) { return head_mode(bundle, steps, head); };
+}
+
 int64_t* row_labels(Workspace& ws, const std::vector<int64_t>& labels, int rows, int num_classes) {
     const int B = static_cast<int>(labels.size());
     int64_t* out = ws.ints("labels", rows);

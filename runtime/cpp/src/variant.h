@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,10 @@ struct SampleOptions {
     double temperature = 1.0;
     uint64_t seed = 0;
     std::string head = "auto";        // auto, fused, step
+    // The acceleration options (accel.h; far_runtime/ACCEL.md), off when absent.
+    std::optional<std::string> head_schedule;   // "A:B" or "v0,v1,..."
+    std::optional<std::string> cfg_interval;    // "LO:HI"
+    std::optional<std::string> cfg_cache;       // "W:N" (FAR, MAR)
 };
 
 struct RunStats {
@@ -74,6 +79,10 @@ std::vector<std::string> graph_names(const std::vector<Call>& calls);
 
 // "fused" or "step" (pipeline.py's head_mode): which head graphs serve O steps.
 std::string head_mode(const Bundle& bundle, int O, const std::string& head);
+// The head modes of a run (pipeline.py's plan): without a head schedule, the mode of O for
+// every iteration (checked now); with one, `head` checked now and the mode chosen per
+// scheduled O as the plan asks for it.
+ModeFor head_modes(const Bundle& bundle, const SampleOptions& o, const AccelOptions& accel);
 
 // The rows' labels [rows] in the workspace's shared "labels" buffer: the batch's classes,
 // then (with CFG) as many unconditional twins (label num_classes).

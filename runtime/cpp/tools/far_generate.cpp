@@ -9,10 +9,12 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "accel.h"
 #include "errors.h"
 #include "images.h"
 #include "npz.h"
@@ -35,6 +37,14 @@ const char* kUsage =
     "  --cfg-schedule [linear|constant]\n"
     "  --temperature FLOAT             [default: 1.0]\n"
     "  --seed INTEGER                  [default: 0]\n"
+    "  --head-schedule TEXT            Head steps per iteration: 'A:B' anneals from A to B as the known\n"
+    "                                  fraction grows (FAR: O, rounded down to a power of two; MAR: DDPM\n"
+    "                                  steps), or one value per iteration 'v0,v1,...'. Replaces --O.\n"
+    "  --cfg-interval TEXT             'LO:HI': guidance only on iterations s with LO*K <= s < HI*K; the\n"
+    "                                  others run no unconditional rows.\n"
+    "  --cfg-cache TEXT                'W:N' (FAR, MAR): LazyMAR's condition cache; the unconditional rows\n"
+    "                                  run on the first W iterations and every N-th after, and their z\n"
+    "                                  difference is reused in between.\n"
     "  --head [auto|fused|step]        Fused O-step head graph or one call per step.  [default: auto]\n"
     "  --threads INTEGER               ONNX Runtime intra-op threads.\n"
     "  --save-randomness TEXT          Write the run's orders and noise to this .npz.\n"
@@ -192,6 +202,7 @@ int run(int argc, char** argv) {
     std::string seed_text = "0", num_text = "8";
     double cfg = 3.0, temperature = 1.0;
     bool stats = false;
+    std::optional<std::string> head_schedule, cfg_interval, cfg_cache;   // off unless given
     for (int i = 1; i < argc; ++i) {
         std::string a = argv[i], value;
         if (a == "--help" || a == "-h") {
@@ -226,6 +237,9 @@ int run(int argc, char** argv) {
         else if (a == "--temperature") temperature = parse_float(a, value);
         else if (a == "--seed") { parse_int_or_big(a, value); seed_text = value; }
         else if (a == "--head") head = choice(a, value, {"auto", "fused", "step"});
+        else if (a == "--head-schedule") head_schedule = value;
+        else if (a == "--cfg-interval") cfg_interval = value;
+        else if (a == "--cfg-cache") cfg_cache = value;
         else if (a == "--threads") { threads = parse_int(a, value); threads_given = true; }
         else if (a == "--save-randomness") save_randomness = value;
         else if (a == "--out") out = value;
@@ -246,6 +260,7 @@ int run(int argc, char** argv) {
         throw far::Error(far::Code::Input, "The temperature must be a finite number, got " + far::py_float(temperature) + ".");
     if (temperature < 0) throw far::Error(far::Code::Input, "The temperature must be >= 0, got " + far::py_float(temperature) + ".");
     const uint64_t seed = parse_seed(seed_text);
+    far::parse_accel(head_schedule, cfg_interval, cfg_cache);   // their syntax (accel.py's sentences)
     if (threads_given && threads < 1) throw far::Error(far::Code::Input, "--threads must be at least 1, got " + std::to_string(threads) + ".");
     check_writable_file(out, "--out");
     if (!save_randomness.empty()) check_writable_file(save_randomness, "--save-randomness");
@@ -269,6 +284,9 @@ int run(int argc, char** argv) {
     o.temperature = temperature;
     o.seed = seed;
     o.head = head;
+    o.head_schedule = head_schedule;
+    o.cfg_interval = cfg_interval;
+    o.cfg_cache = cfg_cache;
     const int B = static_cast<int>(num);
     rt.check(labels.data(), B, o);                      // labels, plan (O, head, batch), schedule, buffer sizes
     rt.open(B, o, true);                                // the graphs' sessions, checked against the model entry
