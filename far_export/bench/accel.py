@@ -305,17 +305,14 @@ def models_to_run(source, preset, mar, vae, skip_mar: bool, out: str, seed: int)
     and the demo MAR when its checkpoint ships in the assets (else MAR is left out, saying so)."""
     import os
     from ..defaults import ASSETS, DEFAULT_CHECKPOINT, DEFAULT_VAE
-    from .models import write_preset_models
+    from .models import preset_models
     if source is not None and preset is not None:
         raise FarError("Pass either a CHECKPOINT or BUNDLE, or --preset tiny|small|B (not both).")
     if preset and mar:
         raise FarError("--preset writes its own MAR model; leave out --mar (or pass a CHECKPOINT).")
     models, skipped = {}, {}
     if preset:
-        files = write_preset_models(preset, os.path.join(out, "models"), seed)
-        models["far"] = {"source": files["far"], "vae": files["vae"]}
-        if not skip_mar:
-            models["mar"] = {"source": files["mar"], "vae": files["vae"]}
+        models.update(preset_models(preset, os.path.join(out, "models"), seed, skip_mar))
     else:
         demo_mar = os.path.join(ASSETS, "mar_demo.pth")
         if source is None:

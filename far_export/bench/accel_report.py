@@ -3,7 +3,6 @@ speed-up against Fréchet distance with the passing front marked, both made from
 alone (a saved ``bench.json`` can be re-rendered)."""
 from __future__ import annotations
 
-import os
 import time
 
 #: issue #24's targets for the fastest passing set, end to end: (target, moonshot) x the defaults
@@ -122,8 +121,5 @@ def plot(report: dict, path: str) -> None:
 
 
 def write_accel_report(report: dict, out: str) -> None:
-    from far_runtime.files import write_json
-    write_json(os.path.join(out, "bench.json"), report)
-    with open(os.path.join(out, "bench.md"), "w") as f:
-        f.write(markdown(report))
-    plot(report, os.path.join(out, "accel.png"))
+    from .report import write_report
+    write_report(report, out, markdown, plot, "accel.png")

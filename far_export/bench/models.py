@@ -53,6 +53,13 @@ def write_preset_models(preset_name: str, folder: str, seed: int = 0) -> dict:
     return paths
 
 
+def preset_models(preset_name: str, folder: str, seed: int, skip_mar: bool) -> dict:
+    """``{"far": {"source", "vae"}, "mar": ...}`` of the preset's models (MAR unless skipped)."""
+    files = write_preset_models(preset_name, folder, seed)
+    names = ["far"] + ([] if skip_mar else ["mar"])
+    return {n: {"source": files[n], "vae": files["vae"]} for n in names}
+
+
 def backbone_digest(checkpoint: str) -> str:
     """sha256 over the backbone's tensors (names, shapes, bytes): equal iff same backbone."""
     from ..checkpoint import load_model_checkpoint

@@ -259,9 +259,11 @@ def plot(report: dict, path: str) -> None:
     plt.close(fig)
 
 
-def write_report(report: dict, out: str) -> None:
+def write_report(report: dict, out: str, render=None, draw=None, figure: str = "bench.png") -> None:
+    """``bench.json``, ``bench.md`` (``render``, default this module's ``markdown``) and the
+    figure (``draw``, default ``plot``) in ``out``; ``--accel`` passes its own pair."""
     from far_runtime.files import write_json
     write_json(os.path.join(out, "bench.json"), report)
     with open(os.path.join(out, "bench.md"), "w") as f:
-        f.write(markdown(report))
-    plot(report, os.path.join(out, "bench.png"))
+        f.write((render or markdown)(report))
+    (draw or plot)(report, os.path.join(out, figure))

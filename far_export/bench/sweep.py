@@ -20,7 +20,7 @@ from .compare import MIN_PSNR_DB, accuracy, output_path, summary
 from .engines import component_of
 from .bundles import build_bundles, bundle_precisions
 from .models import (MAR_VS_FAR_O, TENSORRT, TORCH_CUDA, backbone_digest, bundle_manifest, ensure_bundle,
-                     reference_source, write_preset_models)
+                     reference_source, preset_models)
 from .peers import BUNDLES, BY_NAME, choose, parse_peers
 from .report import COMPONENTS, REFERENCE, RUNTIME, write_report
 
@@ -220,10 +220,7 @@ def run_bench(source: str | None, out: str, preset: str | None = None, mar: str 
     models = {}
     same_backbone = None
     if preset:
-        files = write_preset_models(preset, os.path.join(out, "models"), seed)
-        models["far"] = {"source": files["far"], "vae": files["vae"]}
-        if not skip_mar:
-            models["mar"] = {"source": files["mar"], "vae": files["vae"]}
+        models.update(preset_models(preset, os.path.join(out, "models"), seed, skip_mar))
     else:
         models["far"] = {"source": source, "vae": vae}
         if mar:
