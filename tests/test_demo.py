@@ -278,3 +278,17 @@ def test_demo_is_a_leaf():
             if any(n.lstrip(".").startswith(("demo", "far_export.demo")) or ".demo" in n for n in names):
                 importers.add(str(rel))
     assert importers <= {"cli.py"}, importers
+
+
+@shipped
+def test_shipped_mar_demo_is_a_mar_checkpoint():
+    """The MAR demo (issue 24) in MAR's trainer layout: a diffusion head at MAR's 100 sampling
+    steps, loaded without pickled code, that samples finite tokens."""
+    from far_export.defaults import ASSETS
+    path = os.path.join(ASSETS, "mar_demo.pth")
+    ck = load_model_checkpoint(path)
+    assert ck.config.head.kind == "diffusion" and ck.config.head.diffusion_steps == 100
+    backbone, head = build_model(ck)
+    tokens = sample_tokens(backbone, head, [2, 7], num_iter=4, cfg=5.0, seed=1)
+    assert torch.isfinite(tokens).all() and tokens.shape == (2, ck.config.backbone.seq_len,
+                                                              ck.config.backbone.token_dim)
