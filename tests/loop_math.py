@@ -19,7 +19,7 @@ from far_runtime.schedule import MAX_K, mask_schedule
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SRC = os.path.join(ROOT, "runtime", "cpp", "src")
 PROBE_SOURCES = [os.path.join(ROOT, "tests", "loop_math_probe.cpp")] + \
-    [os.path.join(SRC, f) for f in ("ddpm.cpp", "plan.cpp", "errors.cpp")]
+    [os.path.join(SRC, f) for f in ("ddpm.cpp", "plan.cpp", "accel.cpp", "errors.cpp")]
 # The flags runtime/cpp/CMakeLists.txt compiles the library with (Release, no fused multiply-add).
 PROBE_FLAGS = ["-std=c++17", "-O3", "-DNDEBUG", "-ffp-contract=off"]
 MASK_LENGTHS = (16, 64, 256, 1024)

@@ -37,7 +37,7 @@ from far_runtime.randomness import read_randomness
 from far_runtime.serve.requests import RequestChecker, parse_body, parse_output
 
 FOLDER = tempfile.mkdtemp(prefix="far-fuzz-")      # an empty folder the paths must stay inside
-REBUILD = "`far-export engines b --precision fp32`"
+REBUILD = "`far-runtime engines b --precision fp32`"
 FLAGS = {"--k", "--batch", "--out", "--max-profiles", "--version-compatible", "--hardware-compatible",
          "--optimization-level", "--workspace-gb", "--graphs"}
 SAFE = re.compile(r"^[A-Za-z0-9_.:+/-]{1,200}$")
@@ -132,7 +132,7 @@ def engines(data: bytes) -> None:
             pass
         advice = rebuild_command("b", "fp16", m, entry, os.path.join(FOLDER, "e"))
         words = shlex.split(advice.strip("`"))       # the project's words and checked values only
-        assert advice[0] == advice[-1] == "`" and words[:5] == ["far-export", "engines", "b", "--precision", "fp16"]
+        assert advice[0] == advice[-1] == "`" and words[:5] == ["far-runtime", "engines", "b", "--precision", "fp16"]
         assert all(w in FLAGS or SAFE.match(w) for w in words[5:]), advice
 
 
