@@ -46,7 +46,11 @@ std::vector<Declared> declared(const Ort::Session& s, bool inputs) {
         d.tensor = true;
         d.dtype = dtype_name(info.GetElementType());
         d.shape = info.GetShape();
-        for (const char* sym : info.GetSymbolicDimensions()) d.symbols.push_back(sym ? sym : "");
+        // The two-argument form: the C++ headers of onnxruntime < 1.22 (JetPack 6's 1.23.2 builds
+        // against Debian's 1.21 headers) have no overload returning a vector.
+        std::vector<const char*> syms(d.shape.size(), nullptr);
+        info.GetSymbolicDimensions(syms.data(), syms.size());
+        for (const char* sym : syms) d.symbols.push_back(sym ? sym : "");
     }
     return out;
 }
