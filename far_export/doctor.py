@@ -132,16 +132,12 @@ def cpu_precisions(measure_seconds: float | None = None) -> dict:
 
 
 def _cpu_lines(cpu: dict) -> list[str]:
-    lines = [f"cpu          {cpu['cpu']}, {cpu['usable_cores']} usable core(s)"
-             + ("" if cpu["flags_read"] else " (no /proc/cpuinfo: flags unknown)")]
+    from far_runtime.cpu import describe_cpu, describe_precision
+    lines = [f"cpu          {describe_cpu(cpu)}"]
     measured = (cpu.get("measured") or {}).get("gflops", {})
     fp32 = max((v for v in measured.get("fp32", {}).values() if v), default=None)
     for name, p in cpu["precisions"].items():
-        units = ", ".join(p["units"]) or "no flags"
-        native = "native" if p["native"] else ("emulated" if name == "bf16" else "no VNNI/AMX")
-        users = ", ".join(p["backends"]) or "no installed backend"
-        how = f"; {p['how']}" if p.get("how") and p["backends"] else ""
-        lines.append(f"precision    {name}: {native} ({units}); computed by: {users}{how}")
+        lines.append(f"precision    {describe_precision(name, p)}")
         rates = {lib: g for lib, g in measured.get(name, {}).items() if g}
         if rates:
             lines.append(f"             matmul, {cpu['measured']['threads']} threads: " + ", ".join(

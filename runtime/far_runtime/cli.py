@@ -211,14 +211,10 @@ def print_bundle(report: dict) -> None:
 
 
 def print_machine(machine: dict) -> None:
-    click.echo(f"cpu         {machine['cpu']}, {machine['usable_cores']} usable core(s)"
-               + ("" if machine["flags_read"] else " (no /proc/cpuinfo: flags unknown)"))
+    from .cpu import describe_cpu, describe_precision
+    click.echo(f"cpu         {describe_cpu(machine)}")
     for name, p in machine["precisions"].items():
-        units = ", ".join(p["units"]) or "no flags"
-        native = "native" if p["native"] else ("emulated" if name == "bf16" else "no VNNI/AMX")
-        users = ", ".join(p["backends"]) or "none installed here"
-        how = f"; {p['how']}" if p.get("how") and p["backends"] else ""
-        click.echo(f"precision   {name}: {native} ({units}); backends: {users}{how}")
+        click.echo(f"precision   {describe_precision(name, p)}")
     for name, b in machine["cpu_backends"].items():
         detail = (f"{b.get('version', '')} " + (f"(CPU capabilities: {', '.join(b['cpu_capabilities'])})"
                                                  if b.get("cpu_capabilities") else "")).strip()

@@ -113,3 +113,18 @@ def machine_precisions(flags: frozenset[str] | None, installed: dict[str, bool])
         "int8": {"native": bool(int8), "units": int8 or units(flags, ("avx2",)),
                  "backends": have, "how": "an int8 bundle (far-export build --precision int8)"},
     }
+
+
+def describe_cpu(machine: dict) -> str:
+    """``machine_precisions``'s CPU in words (``far-runtime info`` and ``far-export doctor``)."""
+    return (f"{machine['cpu']}, {machine['usable_cores']} usable core(s)"
+            + ("" if machine["flags_read"] else " (no /proc/cpuinfo: flags unknown)"))
+
+
+def describe_precision(name: str, p: dict) -> str:
+    """One precision of ``machine_precisions`` in words: native or not, the CPU units, and the
+    installed backends that compute in it (with how to ask for it)."""
+    native = "native" if p["native"] else ("emulated" if name == "bf16" else "no VNNI/AMX")
+    users = ", ".join(p["backends"]) or "none installed here"
+    how = f"; {p['how']}" if p.get("how") and p["backends"] else ""
+    return f"{name}: {native} ({', '.join(p['units']) or 'no flags'}); backends: {users}{how}"
